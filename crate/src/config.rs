@@ -1,0 +1,146 @@
+//! The normalized configuration the TypeScript layer hands over.
+//!
+//! Validation with user-facing key paths happens in TypeScript (`lib/config.ts`); this side
+//! only deserializes the already-checked, fully-defaulted shape and rejects anything else.
+
+use serde::Deserialize;
+
+/// TLS mode of an endpoint, with libpq's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, without certificate checks.
+    Prefer,
+    /// TLS required, without certificate checks.
+    Require,
+    /// TLS required, the chain checked against the CA; the host name is not checked.
+    VerifyCa,
+    /// TLS required, chain and host name checked.
+    VerifyFull,
+}
+
+/// Which kind of server a group may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    /// Any reachable server.
+    Any,
+    /// A server that accepts writes.
+    ReadWrite,
+    /// A server in read-only mode.
+    ReadOnly,
+    /// The primary (not in recovery).
+    Primary,
+    /// A standby (in recovery).
+    Standby,
+    /// A standby when one is healthy, else the primary.
+    PreferStandby,
+}
+
+/// How a group picks the endpoint for a new checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Weighted rotation.
+    RoundRobin,
+    /// The endpoint with the fewest connections in use.
+    LeastBusy,
+    /// Weighted random choice.
+    Random,
+}
+
+/// One PostgreSQL server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Name groups use to refer to this endpoint.
+    pub id: String,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database name.
+    pub name: String,
+    /// Role to log in as.
+    pub user: String,
+    /// Password, if any.
+    pub pass: Option<String>,
+    /// TLS mode.
+    pub ssl: SslMode,
+    /// PEM text of the CA bundle for `verify-ca` / `verify-full` (system roots when absent).
+    pub ssl_ca: Option<String>,
+    /// Seconds allowed for TCP connect, TLS and startup together.
+    pub connect_timeout: f64,
+    /// Milliseconds, sent as the session's `statement_timeout` (0 disables).
+    pub query_timeout: u64,
+    /// Megabytes, sent as the session's `temp_buffers`.
+    pub session_tmp_buffer: u64,
+    /// `application_name` reported to the server.
+    pub application_name: String,
+    /// Relative share of new connections.
+    pub weight: u32,
+}
+
+/// One group of connections with its own size and behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Group name, as used by `new Handler(name)`.
+    pub name: String,
+    /// Upper bound on the group's open connections, over all its endpoints.
+    pub connection_count: usize,
+    /// When false, the first statement of a handler opens a transaction.
+    pub autocommit: bool,
+    /// Run `"SQLPrepare"."PrepareQueries"()` on each new connection.
+    pub sqlprepare: bool,
+    /// Indexes into the pool's endpoint list.
+    pub endpoints: Vec<usize>,
+    /// Server role this group accepts.
+    pub target_session_attrs: TargetSessionAttrs,
+    /// Balancing strategy.
+    pub balance: Balance,
+    /// Milliseconds a checkout may wait for a connection.
+    pub acquire_timeout: u64,
+    /// Waiters allowed in the queue before checkouts fail fast.
+    pub max_waiting: usize,
+    /// Connections kept open even when idle.
+    pub min_idle: usize,
+    /// Milliseconds after which an idle connection above `min_idle` is closed (0: never).
+    pub idle_timeout: u64,
+    /// Milliseconds after which a connection is replaced (0: never).
+    pub max_lifetime: u64,
+    /// Milliseconds of idleness after which a connection is pinged before hand-out.
+    pub ping_after_idle: u64,
+    /// Prepared statements cached per connection (0: no named statements).
+    pub statement_cache_size: usize,
+}
+
+/// The whole pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// All endpoints, in configuration order.
+    pub endpoints: Vec<EndpointConfig>,
+    /// All groups, in configuration order.
+    pub groups: Vec<GroupConfig>,
+    /// Milliseconds between health-monitor rounds.
+    pub health_interval: u64,
+}
+
+impl PoolConfig {
+    /// Parses the JSON the TypeScript layer produced.
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        let config: Self = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        for group in &config.groups {
+            if group.connection_count == 0 {
+                return Err(format!("groups.{}.connection_count must be >= 1", group.name));
+            }
+            if group.endpoints.is_empty() || group.endpoints.iter().any(|&i| i >= config.endpoints.len()) {
+                return Err(format!("groups.{}.endpoints names a missing endpoint", group.name));
+            }
+        }
+        Ok(config)
+    }
+}

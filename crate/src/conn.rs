@@ -1,0 +1,168 @@
+//! One pooled session: the client, its statement cache and its transaction state.
+
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+use futures_util::{pin_mut, TryStreamExt};
+use lru::LruCache;
+use tokio_postgres::{Client, Statement};
+
+use crate::error::PoolError;
+use crate::protocol::{command_of, decode_params, ResultWriter};
+
+/// Transaction state as tracked from the statements we ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxState {
+    /// No transaction open.
+    Idle,
+    /// A transaction is open and healthy.
+    Open,
+    /// A statement failed inside the transaction; only ROLLBACK can end it.
+    Failed,
+}
+
+/// A session owned by the pool.
+pub struct PgConn {
+    /// The tokio-postgres client.
+    pub client: Client,
+    /// Index of its endpoint within the group.
+    pub endpoint: usize,
+    /// When it was last returned to the pool.
+    pub last_used: Instant,
+    /// When it must be replaced (`max_lifetime`, jittered).
+    pub expires: Option<Instant>,
+    /// Transaction state.
+    pub tx: TxState,
+    statements: Option<LruCache<String, Statement>>,
+}
+
+impl PgConn {
+    /// Wraps a fresh session.
+    pub fn new(client: Client, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
+        let now = Instant::now();
+        let expires = (max_lifetime_ms > 0).then(|| {
+            // Up to 10% jitter so connections opened together are not all replaced together.
+            let jitter = 1.0 - fastrand::f64() * 0.1;
+            now + Duration::from_millis(max_lifetime_ms).mul_f64(jitter)
+        });
+        Self {
+            client,
+            endpoint,
+            last_used: now,
+            expires,
+            tx: TxState::Idle,
+            statements: NonZeroUsize::new(cache_size).map(LruCache::new),
+        }
+    }
+
+    /// Whether the socket is gone.
+    pub fn is_broken(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(cache) = self.statements.as_mut() {
+            if let Some(stmt) = cache.get(sql) {
+                return Ok(stmt.clone());
+            }
+        }
+        let stmt = self.client.prepare(sql).await?;
+        if let Some(cache) = self.statements.as_mut() {
+            cache.put(sql.to_string(), stmt.clone());
+        }
+        Ok(stmt)
+    }
+
+    /// Runs one statement and returns the encoded result.
+    pub async fn query(&mut self, sql: &str, params: &[u8]) -> Result<Vec<u8>, PoolError> {
+        let command = command_of(sql);
+        let result = self.run(sql, params, &command).await;
+        self.track_tx(&command, result.is_ok());
+        result
+    }
+
+    async fn run(&mut self, sql: &str, params: &[u8], command: &str) -> Result<Vec<u8>, PoolError> {
+        let params = decode_params(params).map_err(PoolError::Query)?;
+        if command == "COMMIT" && self.tx == TxState::Failed {
+            // The server would answer ROLLBACK without an error; a lost commit must be loud.
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(PoolError::Query(
+                "COMMIT failed: the transaction was aborted by an earlier error and has been rolled back".into(),
+            ));
+        }
+        let stmt = match self.statement(sql).await {
+            Ok(stmt) => stmt,
+            // Scripts with several statements cannot be prepared; run them as a simple query.
+            Err(e) if params.is_empty() && is_multi_statement_error(&e) => {
+                self.client.batch_execute(sql).await.map_err(|e| PoolError::from_pg(&e))?;
+                return Ok(ResultWriter::new(command, &[]).finish(None));
+            }
+            Err(e) => return Err(PoolError::from_pg(&e)),
+        };
+        let mut writer = ResultWriter::new(command, stmt.columns());
+        let stream = self.client.query_raw(&stmt, params.iter()).await.map_err(|e| PoolError::from_pg(&e))?;
+        pin_mut!(stream);
+        while let Some(row) = stream.try_next().await.map_err(|e| PoolError::from_pg(&e))? {
+            writer.push_row(&row).map_err(PoolError::Query)?;
+        }
+        Ok(writer.finish(stream.rows_affected()))
+    }
+
+    fn track_tx(&mut self, command: &str, ok: bool) {
+        self.tx = match (command, ok, self.tx) {
+            ("BEGIN", true, _) => TxState::Open,
+            ("COMMIT" | "ROLLBACK", _, _) => TxState::Idle,
+            (_, false, TxState::Open) => TxState::Failed,
+            (_, _, state) => state,
+        };
+    }
+
+    /// Opens a transaction if none is open (for `autocommit: false` groups).
+    pub async fn begin_if_idle(&mut self) -> Result<(), PoolError> {
+        if self.tx == TxState::Idle {
+            self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
+            self.tx = TxState::Open;
+        }
+        Ok(())
+    }
+
+    /// Commits; an aborted transaction or a failing COMMIT is an error.
+    pub async fn commit(&mut self) -> Result<(), PoolError> {
+        match self.tx {
+            TxState::Idle => Ok(()),
+            TxState::Failed => {
+                let rolled_back = self.client.batch_execute("ROLLBACK").await;
+                self.tx = TxState::Idle;
+                rolled_back.map_err(|e| PoolError::from_pg(&e))?;
+                Err(PoolError::Query(
+                    "commit failed: the transaction was aborted by an earlier error and has been rolled back".into(),
+                ))
+            }
+            TxState::Open => {
+                let result = self.client.batch_execute("COMMIT").await;
+                // Whatever happened, the server has ended the transaction (or the socket is gone).
+                self.tx = TxState::Idle;
+                result.map_err(|e| PoolError::from_pg(&e))
+            }
+        }
+    }
+
+    /// Rolls back an open or failed transaction.
+    pub async fn rollback(&mut self) -> Result<(), PoolError> {
+        if self.tx == TxState::Idle {
+            return Ok(());
+        }
+        let result = self.client.batch_execute("ROLLBACK").await;
+        self.tx = TxState::Idle;
+        result.map_err(|e| PoolError::from_pg(&e))
+    }
+
+    /// A cheap round trip proving the session still answers.
+    pub async fn ping(&self) -> bool {
+        self.client.simple_query("").await.is_ok()
+    }
+}
+
+fn is_multi_statement_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| db.code().code() == "42601" && db.message().contains("multiple commands"))
+}

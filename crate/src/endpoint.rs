@@ -1,0 +1,290 @@
+//! One PostgreSQL server: how to open a session on it (TCP, TLS, startup settings) and its
+//! health as seen by every group that uses it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::{EndpointConfig, GroupConfig, SslMode, TargetSessionAttrs};
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The server could not be reached or refused the session; counts against its health.
+    Unreachable(String),
+    /// The server works but has the wrong role for the group.
+    WrongRole(String),
+}
+
+/// Health of one endpoint, shared by all groups.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Until when new connections avoid this endpoint.
+    pub banned_until: Option<Instant>,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Last failure, for `stats()` and `DBOfflineError`.
+    pub last_error: Option<String>,
+}
+
+/// A configured server.
+pub struct Endpoint {
+    /// Its configuration (the password stays here and is never formatted).
+    pub config: EndpointConfig,
+    pg: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+    /// Shared health state.
+    pub health: Mutex<Health>,
+}
+
+const BAN_BASE: Duration = Duration::from_millis(200);
+const BAN_MAX: Duration = Duration::from_secs(5);
+
+impl Endpoint {
+    /// Prepares connection settings; fails only on an unusable TLS configuration.
+    pub fn new(config: EndpointConfig) -> Result<Self, String> {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&config.host)
+            .port(config.port)
+            .dbname(&config.name)
+            .user(&config.user)
+            .application_name(&config.application_name)
+            .connect_timeout(Duration::from_secs_f64(config.connect_timeout))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .options(format!(
+                "-c statement_timeout={} -c temp_buffers={}MB",
+                config.query_timeout, config.session_tmp_buffer
+            ));
+        if let Some(pass) = &config.pass {
+            pg.password(pass);
+        }
+        let tls = match config.ssl {
+            SslMode::Disable => None,
+            mode => {
+                pg.ssl_mode(if mode == SslMode::Prefer { PgSslMode::Prefer } else { PgSslMode::Require });
+                Some(MakeRustlsConnect::new(tls_config(mode, config.ssl_ca.as_deref())?))
+            }
+        };
+        Ok(Self { config, pg, tls, health: Mutex::new(Health::default()) })
+    }
+
+    /// `host:port` for messages.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.config.host, self.config.port)
+    }
+
+    /// Whether new connections should avoid this endpoint now.
+    pub fn is_banned(&self, now: Instant) -> bool {
+        self.health.lock().banned_until.is_some_and(|until| until > now)
+    }
+
+    /// Records a failed attempt and bans the endpoint with jittered exponential backoff.
+    pub fn record_failure(&self, error: &str) {
+        let mut health = self.health.lock();
+        health.failures = health.failures.saturating_add(1);
+        let exp = BAN_BASE.saturating_mul(1 << health.failures.min(6)).min(BAN_MAX);
+        let jitter = 0.75 + fastrand::f64() * 0.5;
+        health.banned_until = Some(Instant::now() + exp.mul_f64(jitter));
+        health.last_error = Some(error.to_string());
+    }
+
+    /// Records a successful session: the endpoint is healthy again.
+    pub fn record_success(&self) {
+        let mut health = self.health.lock();
+        health.failures = 0;
+        health.banned_until = None;
+    }
+
+    /// Opens a session set up for `group`, within the endpoint's connect timeout.
+    pub async fn connect(&self, group: &GroupConfig) -> Result<Client, ConnectError> {
+        let limit = Duration::from_secs_f64(self.config.connect_timeout);
+        let attempt = async {
+            let client = self.open().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+            if group.target_session_attrs != TargetSessionAttrs::Any {
+                check_role(&client, group.target_session_attrs).await?;
+            }
+            if group.sqlprepare {
+                client
+                    .batch_execute(r#"SELECT "SQLPrepare"."PrepareQueries"()"#)
+                    .await
+                    .map_err(|e| ConnectError::Unreachable(format!("sqlprepare failed: {e}")))?;
+            }
+            Ok(client)
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Unreachable(format!("connect timeout after {}s", self.config.connect_timeout))),
+        }
+    }
+
+    async fn open(&self) -> Result<Client, tokio_postgres::Error> {
+        match &self.tls {
+            None => {
+                let (client, connection) = self.pg.connect(NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok(client)
+            }
+            Some(tls) => {
+                let (client, connection) = self.pg.connect(tls.clone()).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok(client)
+            }
+        }
+    }
+}
+
+/// The server's role as far as `target_session_attrs` cares.
+async fn check_role(client: &Client, wanted: TargetSessionAttrs) -> Result<(), ConnectError> {
+    let row = client
+        .query_one("SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'", &[])
+        .await
+        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let in_recovery: bool = row.get(0);
+    let read_only: bool = row.get(1);
+    let ok = match wanted {
+        TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => true,
+        TargetSessionAttrs::ReadWrite => !read_only && !in_recovery,
+        TargetSessionAttrs::ReadOnly => read_only || in_recovery,
+        TargetSessionAttrs::Primary => !in_recovery,
+        TargetSessionAttrs::Standby => in_recovery,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ConnectError::WrongRole(format!(
+            "server role (in_recovery={in_recovery}, read_only={read_only}) does not match target_session_attrs"
+        )))
+    }
+}
+
+fn tls_config(mode: SslMode, ca_pem: Option<&str>) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = match mode {
+        SslMode::Prefer | SslMode::Require | SslMode::Disable => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth(),
+        SslMode::VerifyCa => {
+            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_no_client_auth()
+        }
+        SslMode::VerifyFull => builder.with_root_certificates(roots(ca_pem)?).with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+fn roots(ca_pem: Option<&str>) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match ca_pem {
+        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(pem) => {
+            for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("ssl_ca: {e}"))?;
+                store.add(cert).map_err(|e| format!("ssl_ca: {e}"))?;
+            }
+            if store.is_empty() {
+                return Err("ssl_ca: no certificate found in PEM".into());
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// `prefer` / `require`: encrypted, but any certificate is accepted (libpq's meaning).
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the full chain check, with only the host-name mismatch forgiven.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,124 @@
+//! Errors that cross to JavaScript.
+//!
+//! They cross as a napi error whose reason is a JSON object; `lib/errors.ts` turns it into the
+//! matching `PgDbPoolError` subclass. Messages never contain passwords.
+
+use serde::Serialize;
+use tokio_postgres::error::DbError;
+
+/// Every failure the pool reports.
+#[derive(Debug, Clone)]
+pub enum PoolError {
+    /// The pool was closed.
+    Closed,
+    /// No connection became free within `acquire_timeout`, or the wait queue was full.
+    Timeout(String),
+    /// A connection could not be opened or was lost.
+    Connection(String),
+    /// No endpoint of the group could be reached; one line per endpoint.
+    Offline(Vec<String>),
+    /// The server rejected a statement.
+    Db(Box<DbError>),
+    /// A statement failed on the client side (wrong parameter count, bad protocol state).
+    Query(String),
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causes: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    db: Option<WireDb<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireDb<'a> {
+    sql_state: &'a str,
+    severity: &'a str,
+    detail: Option<&'a str>,
+    hint: Option<&'a str>,
+    position: Option<String>,
+    schema: Option<&'a str>,
+    table: Option<&'a str>,
+    column: Option<&'a str>,
+    data_type: Option<&'a str>,
+    constraint: Option<&'a str>,
+    routine: Option<&'a str>,
+    r#where: Option<&'a str>,
+}
+
+impl PoolError {
+    /// Classifies a tokio-postgres error from a statement.
+    pub fn from_pg(err: &tokio_postgres::Error) -> Self {
+        if let Some(db) = err.as_db_error() {
+            return PoolError::Db(Box::new(db.clone()));
+        }
+        if err.is_closed() {
+            return PoolError::Connection(format!("connection lost: {err}"));
+        }
+        let text = err.to_string();
+        if text.starts_with("error communicating with the server") || text.contains("connection closed") {
+            PoolError::Connection(text)
+        } else {
+            PoolError::Query(text)
+        }
+    }
+
+    /// Whether the error means the connection itself can no longer be used.
+    pub fn is_connection_fault(&self) -> bool {
+        match self {
+            PoolError::Connection(_) => true,
+            // The server ends the session after these (admin shutdown, terminated backend).
+            PoolError::Db(db) => matches!(db.code().code(), "57P01" | "57P02" | "57P03" | "08006" | "08003"),
+            _ => false,
+        }
+    }
+
+    /// JSON text for the napi error reason.
+    pub fn to_json(&self) -> String {
+        let (code, message, causes, db) = match self {
+            PoolError::Closed => ("POOL_CLOSED", "the pool is closed".to_string(), None, None),
+            PoolError::Timeout(m) => ("POOL_TIMEOUT", m.clone(), None, None),
+            PoolError::Connection(m) => ("DB_CONNECTION", m.clone(), None, None),
+            PoolError::Offline(causes) => (
+                "DB_OFFLINE",
+                format!("no endpoint could be reached: {}", causes.join("; ")),
+                Some(causes.as_slice()),
+                None,
+            ),
+            PoolError::Query(m) => ("DB_QUERY", m.clone(), None, None),
+            PoolError::Db(db) => {
+                let wire = WireDb {
+                    sql_state: db.code().code(),
+                    severity: db.severity(),
+                    detail: db.detail(),
+                    hint: db.hint(),
+                    position: db.position().map(|p| match p {
+                        tokio_postgres::error::ErrorPosition::Original(n) => n.to_string(),
+                        tokio_postgres::error::ErrorPosition::Internal { position, .. } => position.to_string(),
+                    }),
+                    schema: db.schema(),
+                    table: db.table(),
+                    column: db.column(),
+                    data_type: db.datatype(),
+                    constraint: db.constraint(),
+                    routine: db.routine(),
+                    r#where: db.where_(),
+                };
+                ("DB_QUERY", db.message().to_string(), None, Some(wire))
+            }
+        };
+        serde_json::to_string(&Wire { code, message, causes, db }).unwrap_or_else(|_| {
+            r#"{"code":"DB_QUERY","message":"unserializable error"}"#.to_string()
+        })
+    }
+}
+
+impl From<PoolError> for napi::Error {
+    fn from(err: PoolError) -> Self {
+        napi::Error::from_reason(err.to_json())
+    }
+}

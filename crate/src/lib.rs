@@ -1,0 +1,15 @@
+//! Rust core of `pgdbpool` for Node.js: a PostgreSQL pool over several endpoints, exposed
+//! through napi-rs. See SPEC.md and README.md at the repository root.
+
+#![deny(unsafe_code)]
+
+mod balancer;
+mod bindings;
+mod config;
+mod conn;
+mod endpoint;
+mod error;
+mod pool;
+mod protocol;
+
+pub use bindings::{NativeHandler, NativePool};

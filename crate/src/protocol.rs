@@ -1,0 +1,534 @@
+//! Encoding across the JS boundary: parameters arrive as one Buffer, a result leaves as one
+//! Buffer (SPEC §7.2). `lib/decode.ts` is the other half of the result layout.
+//!
+//! Result layout (big-endian):
+//! `u8 version | u32 rows | f64 rowsAffected (-1: none) | u8 len, command | u32 columns |
+//! per column: u32 len, name, u32 type oid, u8 kind | per row, per column: i32 len (-1: NULL), payload`.
+//! Payloads are already normalized per kind (see [`Kind`]), so TypeScript never parses
+//! PostgreSQL's binary formats beyond fixed-width numbers.
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::types::{to_sql_checked, Format, FromSql, IsNull, Kind as PgKind, ToSql, Type};
+
+/// How a column's payload is laid out for the TypeScript decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// 1 byte.
+    Bool = 1,
+    /// i16.
+    Int2 = 2,
+    /// i32.
+    Int4 = 3,
+    /// u32.
+    Oid = 4,
+    /// f32.
+    Float4 = 5,
+    /// f64.
+    Float8 = 6,
+    /// UTF-8 text, returned as a string.
+    Text = 7,
+    /// UTF-8 JSON text, returned parsed.
+    Json = 8,
+    /// Raw bytes, returned as a Buffer.
+    Bytea = 9,
+    /// i64 microseconds since 2000-01-01 UTC.
+    Timestamptz = 10,
+    /// i64 microseconds since 2000-01-01, local wall time.
+    Timestamp = 11,
+    /// i32 days since 2000-01-01.
+    Date = 12,
+    /// Decimal text of an int8, a string unless BigInt is asked for.
+    Int8 = 13,
+    /// i64 microseconds, i32 days, i32 months.
+    Interval = 14,
+    /// Two f64.
+    Point = 15,
+    /// u8 element kind, u8 dimensions, i32 per dimension, then elements as cells.
+    Array = 16,
+}
+
+/// Picks the payload kind for a column type.
+pub fn kind_of(ty: &Type) -> Kind {
+    match *ty {
+        Type::BOOL => Kind::Bool,
+        Type::INT2 => Kind::Int2,
+        Type::INT4 => Kind::Int4,
+        Type::OID | Type::XID | Type::CID | Type::REGPROC | Type::REGCLASS | Type::REGTYPE => Kind::Oid,
+        Type::FLOAT4 => Kind::Float4,
+        Type::FLOAT8 => Kind::Float8,
+        Type::INT8 => Kind::Int8,
+        Type::JSON | Type::JSONB => Kind::Json,
+        Type::BYTEA => Kind::Bytea,
+        Type::TIMESTAMPTZ => Kind::Timestamptz,
+        Type::TIMESTAMP => Kind::Timestamp,
+        Type::DATE => Kind::Date,
+        Type::INTERVAL => Kind::Interval,
+        Type::POINT => Kind::Point,
+        _ => match ty.kind() {
+            PgKind::Array(_) => Kind::Array,
+            PgKind::Domain(base) => kind_of(base),
+            _ => Kind::Text,
+        },
+    }
+}
+
+/// A column value exactly as the server sent it (binary format).
+pub struct RawCell<'a>(pub &'a [u8]);
+
+impl<'a> FromSql<'a> for RawCell<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        Ok(RawCell(raw))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// One bound parameter: text (server infers and parses, as node-postgres does) or binary
+/// bytes for Buffers.
+#[derive(Debug)]
+pub struct Param<'a> {
+    binary: bool,
+    value: Option<&'a [u8]>,
+}
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self.value {
+            None => Ok(IsNull::Yes),
+            Some(bytes) => {
+                out.put_slice(bytes);
+                Ok(IsNull::No)
+            }
+        }
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    fn encode_format(&self, _: &Type) -> Format {
+        if self.binary {
+            Format::Binary
+        } else {
+            Format::Text
+        }
+    }
+    to_sql_checked!();
+}
+
+/// Splits the parameter Buffer (`u32 count`, then per parameter `u8 tag` — 0 null, 1 text,
+/// 2 binary — `u32 len`, bytes).
+pub fn decode_params(buf: &[u8]) -> Result<Vec<Param<'_>>, String> {
+    let bad = || "malformed parameter buffer".to_string();
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let slice = buf.get(pos..pos + n).ok_or_else(bad)?;
+        pos += n;
+        Ok(slice)
+    };
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
+    let mut params = Vec::with_capacity(count);
+    for _ in 0..count {
+        let tag = take(1)?[0];
+        let len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
+        let value = take(len)?;
+        params.push(match tag {
+            0 => Param { binary: false, value: None },
+            1 => Param { binary: false, value: Some(value) },
+            2 => Param { binary: true, value: Some(value) },
+            _ => return Err(bad()),
+        });
+    }
+    Ok(params)
+}
+
+/// Builds one result Buffer.
+pub struct ResultWriter {
+    buf: Vec<u8>,
+    kinds: Vec<(Kind, Type)>,
+    rows: u32,
+}
+
+impl ResultWriter {
+    /// Starts a result with its header.
+    pub fn new(command: &str, columns: &[tokio_postgres::Column]) -> Self {
+        let mut buf = Vec::with_capacity(256);
+        buf.push(1u8);
+        buf.extend_from_slice(&0u32.to_be_bytes());
+        buf.extend_from_slice(&(-1f64).to_be_bytes());
+        let command = &command.as_bytes()[..command.len().min(255)];
+        buf.push(command.len() as u8);
+        buf.extend_from_slice(command);
+        buf.extend_from_slice(&(columns.len() as u32).to_be_bytes());
+        let mut kinds = Vec::with_capacity(columns.len());
+        for column in columns {
+            let kind = kind_of(column.type_());
+            buf.extend_from_slice(&(column.name().len() as u32).to_be_bytes());
+            buf.extend_from_slice(column.name().as_bytes());
+            buf.extend_from_slice(&column.type_().oid().to_be_bytes());
+            buf.push(kind as u8);
+            kinds.push((kind, column.type_().clone()));
+        }
+        Self { buf, kinds, rows: 0 }
+    }
+
+    /// Appends one row.
+    pub fn push_row(&mut self, row: &tokio_postgres::Row) -> Result<(), String> {
+        for i in 0..self.kinds.len() {
+            let cell: Option<RawCell<'_>> = row.try_get(i).map_err(|e| e.to_string())?;
+            let (kind, ty) = &self.kinds[i];
+            match cell {
+                None => self.buf.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(RawCell(raw)) => write_cell(&mut self.buf, *kind, ty, raw)?,
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Seals the header and returns the bytes.
+    pub fn finish(mut self, rows_affected: Option<u64>) -> Vec<u8> {
+        self.buf[1..5].copy_from_slice(&self.rows.to_be_bytes());
+        let affected = rows_affected.map_or(-1f64, |n| n as f64);
+        self.buf[5..13].copy_from_slice(&affected.to_be_bytes());
+        self.buf
+    }
+}
+
+/// Writes `i32 len` + normalized payload.
+fn write_cell(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result<(), String> {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    write_payload(out, kind, ty, raw)?;
+    let len = (out.len() - start - 4) as i32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn write_payload(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result<(), String> {
+    match kind {
+        Kind::Json if *ty == Type::JSONB => out.extend_from_slice(raw.get(1..).unwrap_or_default()),
+        Kind::Int8 => {
+            let v = i64::from_be_bytes(raw.try_into().map_err(|_| "bad int8")?);
+            let mut b = itoa_buf(v);
+            out.append(&mut b);
+        }
+        Kind::Array => write_array(out, ty, raw)?,
+        Kind::Text => write_text(out, ty, raw)?,
+        _ => out.extend_from_slice(raw),
+    }
+    Ok(())
+}
+
+fn itoa_buf(v: i64) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+fn write_array(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
+    let elem_ty = match ty.kind() {
+        PgKind::Array(elem) => elem.clone(),
+        _ => return Err("array without element type".into()),
+    };
+    let elem_kind = kind_of(&elem_ty);
+    let bad = || "malformed array".to_string();
+    let rd_i32 = |at: usize| -> Result<i32, String> {
+        Ok(i32::from_be_bytes(raw.get(at..at + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
+    };
+    let ndim = rd_i32(0)?;
+    if !(0..=6).contains(&ndim) {
+        return Err(bad());
+    }
+    out.push(elem_kind as u8);
+    out.push(ndim as u8);
+    let mut pos = 12usize;
+    for _ in 0..ndim {
+        let len = rd_i32(pos)?;
+        out.extend_from_slice(&len.to_be_bytes());
+        pos += 8;
+    }
+    while pos < raw.len() {
+        let len = rd_i32(pos)?;
+        pos += 4;
+        if len < 0 {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+        } else {
+            let end = pos + len as usize;
+            write_cell(out, elem_kind, &elem_ty, raw.get(pos..end).ok_or_else(bad)?)?;
+            pos = end;
+        }
+    }
+    Ok(())
+}
+
+/// Types without a dedicated kind become text the way PostgreSQL prints them.
+fn write_text(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
+    let mut s = String::new();
+    match *ty {
+        Type::NUMERIC => numeric_text(raw, &mut s)?,
+        Type::UUID => {
+            let hex = |b: &[u8], s: &mut String| b.iter().for_each(|x| {
+                let _ = write!(s, "{x:02x}");
+            });
+            if raw.len() != 16 {
+                return Err("bad uuid".into());
+            }
+            hex(&raw[0..4], &mut s);
+            s.push('-');
+            hex(&raw[4..6], &mut s);
+            s.push('-');
+            hex(&raw[6..8], &mut s);
+            s.push('-');
+            hex(&raw[8..10], &mut s);
+            s.push('-');
+            hex(&raw[10..16], &mut s);
+        }
+        Type::TIME => time_text(i64_at(raw, 0)?, &mut s),
+        Type::TIMETZ => {
+            time_text(i64_at(raw, 0)?, &mut s);
+            let west = i32::from_be_bytes(raw.get(8..12).ok_or("bad timetz")?.try_into().map_err(|_| "bad timetz")?);
+            let east = -west;
+            let (sign, abs) = if east < 0 { ('-', -east) } else { ('+', east) };
+            let _ = write!(s, "{sign}{:02}", abs / 3600);
+            if abs % 3600 != 0 {
+                let _ = write!(s, ":{:02}", (abs % 3600) / 60);
+            }
+        }
+        Type::INET | Type::CIDR => inet_text(raw, *ty == Type::CIDR, &mut s)?,
+        Type::MACADDR => {
+            let parts: Vec<String> = raw.iter().map(|b| format!("{b:02x}")).collect();
+            s.push_str(&parts.join(":"));
+        }
+        Type::MONEY => {
+            let cents = i64_at(raw, 0)?;
+            let (sign, abs) = if cents < 0 { ("-", cents.unsigned_abs()) } else { ("", cents as u64) };
+            let whole = (abs / 100).to_string();
+            let mut grouped = String::new();
+            for (i, c) in whole.chars().enumerate() {
+                if i > 0 && (whole.len() - i) % 3 == 0 {
+                    grouped.push(',');
+                }
+                grouped.push(c);
+            }
+            let _ = write!(s, "{sign}${grouped}.{:02}", abs % 100);
+        }
+        _ => {
+            // Text-like types (text, varchar, name, enums, citext, xml, "char") are UTF-8 in
+            // binary format too.
+            out.extend_from_slice(raw);
+            return Ok(());
+        }
+    }
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn i64_at(raw: &[u8], at: usize) -> Result<i64, String> {
+    Ok(i64::from_be_bytes(raw.get(at..at + 8).ok_or("short value")?.try_into().map_err(|_| "short value")?))
+}
+
+fn time_text(micros: i64, s: &mut String) {
+    let secs = micros / 1_000_000;
+    let frac = micros % 1_000_000;
+    let _ = write!(s, "{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
+    if frac != 0 {
+        let f = format!("{frac:06}");
+        s.push('.');
+        s.push_str(f.trim_end_matches('0'));
+    }
+}
+
+fn inet_text(raw: &[u8], cidr: bool, s: &mut String) -> Result<(), String> {
+    let (family, bits, nb) = match raw {
+        [f, b, _, n, ..] => (*f, *b, *n as usize),
+        _ => return Err("bad inet".into()),
+    };
+    let addr = raw.get(4..4 + nb).ok_or("bad inet")?;
+    let max_bits = match family {
+        2 => {
+            let a: [u8; 4] = addr.try_into().map_err(|_| "bad inet")?;
+            let _ = write!(s, "{}", Ipv4Addr::from(a));
+            32
+        }
+        _ => {
+            let a: [u8; 16] = addr.try_into().map_err(|_| "bad inet")?;
+            let _ = write!(s, "{}", Ipv6Addr::from(a));
+            128
+        }
+    };
+    if cidr || bits != max_bits {
+        let _ = write!(s, "/{bits}");
+    }
+    Ok(())
+}
+
+/// PostgreSQL's binary numeric (base-10000 digits) to its text form.
+fn numeric_text(raw: &[u8], s: &mut String) -> Result<(), String> {
+    let rd = |at: usize| -> Result<u16, String> {
+        Ok(u16::from_be_bytes(raw.get(at..at + 2).ok_or("bad numeric")?.try_into().map_err(|_| "bad numeric")?))
+    };
+    let ndigits = rd(0)? as usize;
+    let weight = rd(2)? as i16 as i32;
+    let sign = rd(4)?;
+    let dscale = rd(6)? as i32;
+    match sign {
+        0xC000 => {
+            s.push_str("NaN");
+            return Ok(());
+        }
+        0xD000 => {
+            s.push_str("Infinity");
+            return Ok(());
+        }
+        0xF000 => {
+            s.push_str("-Infinity");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let digit = |i: i32| -> Result<u16, String> {
+        if i < 0 || i as usize >= ndigits {
+            Ok(0)
+        } else {
+            rd(8 + 2 * i as usize)
+        }
+    };
+    if sign == 0x4000 {
+        s.push('-');
+    }
+    if weight < 0 {
+        s.push('0');
+    } else {
+        for i in 0..=weight {
+            let d = digit(i)?;
+            if i == 0 {
+                let _ = write!(s, "{d}");
+            } else {
+                let _ = write!(s, "{d:04}");
+            }
+        }
+    }
+    if dscale > 0 {
+        s.push('.');
+        let mut written = 0;
+        let mut i = weight + 1;
+        while written < dscale {
+            let group = format!("{:04}", digit(i)?);
+            for c in group.chars() {
+                if written < dscale {
+                    s.push(c);
+                    written += 1;
+                }
+            }
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The command word node-postgres reports (`SELECT`, `INSERT`, ...), taken from the SQL text
+/// because tokio-postgres does not expose the server's command tag.
+pub fn command_of(sql: &str) -> String {
+    let words = leading_words(sql);
+    let first = words.first().map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+    match first.as_str() {
+        "WITH" => main_verb_after_with(sql),
+        "START" => "BEGIN".into(),
+        "END" => "COMMIT".into(),
+        "ABORT" => "ROLLBACK".into(),
+        "VALUES" | "TABLE" => "SELECT".into(),
+        _ => first,
+    }
+}
+
+fn leading_words(sql: &str) -> Vec<&str> {
+    let s = strip_leading_comments(sql);
+    s.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').filter(|w| !w.is_empty()).take(1).collect()
+}
+
+fn strip_leading_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return s;
+        }
+    }
+}
+
+/// For `WITH ... <verb>`, the first keyword at parenthesis depth 0 after the CTE list.
+fn main_verb_after_with(sql: &str) -> String {
+    let mut depth = 0i32;
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    let mut in_quote: Option<u8> = None;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if let Some(q) = in_quote {
+            if c == q {
+                in_quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            b'\'' | b'"' => in_quote = Some(c),
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            _ if depth == 0 && c.is_ascii_alphabetic() => {
+                let start = i;
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                    i += 1;
+                }
+                let word = sql[start..i].to_ascii_uppercase();
+                if matches!(word.as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "TABLE") {
+                    return if word == "VALUES" || word == "TABLE" { "SELECT".into() } else { word };
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    "SELECT".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric(raw: &[u8]) -> String {
+        let mut s = String::new();
+        numeric_text(raw, &mut s).expect("numeric");
+        s
+    }
+
+    #[test]
+    fn numeric_to_text() {
+        // 12345.678 = digits [1, 2345, 6780], weight 1, dscale 3
+        let raw = [0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x7c];
+        assert_eq!(numeric(&raw), "12345.678");
+        // -0.05 = digits [500], weight -1, dscale 2
+        let raw = [0, 1, 0xff, 0xff, 0x40, 0, 0, 2, 0x01, 0xf4];
+        assert_eq!(numeric(&raw), "-0.05");
+        // 0 with scale 0
+        assert_eq!(numeric(&[0, 0, 0, 0, 0, 0, 0, 0]), "0");
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(command_of("  select 1"), "SELECT");
+        assert_eq!(command_of("-- c\nINSERT INTO t VALUES (1)"), "INSERT");
+        assert_eq!(command_of("WITH a AS (SELECT 1) UPDATE t SET x = 1"), "UPDATE");
+        assert_eq!(command_of("start transaction"), "BEGIN");
+    }
+}

@@ -1,0 +1,311 @@
+// Both halves of the boundary format (see crate/src/protocol.rs): parameters go to Rust as one
+// Buffer, a result comes back as one Buffer and is turned into rows here in a tight loop.
+
+import type { TypeOptions } from './config'
+
+export interface FieldInfo {
+  name: string
+  dataTypeID: number
+}
+
+export interface QueryResult<R = Record<string, unknown>> {
+  rows: R[]
+  rowCount: number | null
+  command: string
+  fields: FieldInfo[]
+}
+
+export type RowMode = 'object' | 'array'
+
+const enum Kind {
+  Bool = 1,
+  Int2 = 2,
+  Int4 = 3,
+  Oid = 4,
+  Float4 = 5,
+  Float8 = 6,
+  Text = 7,
+  Json = 8,
+  Bytea = 9,
+  Timestamptz = 10,
+  Timestamp = 11,
+  Date = 12,
+  Int8 = 13,
+  Interval = 14,
+  Point = 15,
+  Array = 16,
+}
+
+const PG_EPOCH_MS = 946_684_800_000
+const EMPTY = Buffer.alloc(0)
+
+// ---------- parameters ----------
+
+function pad(n: number, width = 2): string {
+  return String(n).padStart(width, '0')
+}
+
+/** node-postgres's text form of a Date: local time with its UTC offset. */
+function dateToString(date: Date): string {
+  let offset = -date.getTimezoneOffset()
+  let year = date.getFullYear()
+  const bc = year < 1
+  if (bc) year = Math.abs(year) + 1
+  let out = `${pad(year, 4)}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}.${pad(date.getMilliseconds(), 3)}`
+  if (offset < 0) {
+    out += '-'
+    offset *= -1
+  } else {
+    out += '+'
+  }
+  out += `${pad(Math.floor(offset / 60))}:${pad(offset % 60)}`
+  return bc ? `${out} BC` : out
+}
+
+function arrayLiteral(values: unknown[]): string {
+  const parts = values.map((v) => {
+    if (v === null || v === undefined) return 'NULL'
+    if (Array.isArray(v)) return arrayLiteral(v)
+    if (Buffer.isBuffer(v) || v instanceof Uint8Array) return `"\\\\x${Buffer.from(v).toString('hex')}"`
+    const text = String(toText(v))
+    return `"${text.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`
+  })
+  return `{${parts.join(',')}}`
+}
+
+/** A JS value as PostgreSQL text input, following node-postgres's prepareValue. */
+function toText(value: unknown): string | Buffer | null {
+  switch (typeof value) {
+    case 'string':
+      return value
+    case 'number':
+    case 'bigint':
+    case 'boolean':
+      return String(value)
+    case 'undefined':
+      return null
+    case 'object': {
+      if (value === null) return null
+      if (Buffer.isBuffer(value)) return value
+      if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+      if (value instanceof Date) return dateToString(value)
+      if (Array.isArray(value)) return arrayLiteral(value)
+      const custom = (value as { toPostgres?: (prepare: (v: unknown) => unknown) => unknown }).toPostgres
+      if (typeof custom === 'function') return toText(custom.call(value, toText))
+      return JSON.stringify(value)
+    }
+    default:
+      throw new TypeError(`cannot bind a ${typeof value} as a query parameter`)
+  }
+}
+
+/** `u32 count`, then per parameter `u8 tag (0 null, 1 text, 2 binary) | u32 len | bytes`. */
+export function encodeParams(params: readonly unknown[] | undefined): Buffer {
+  if (params === undefined || params.length === 0) return EMPTY
+  const n = params.length
+  const values: Array<string | Buffer | null> = new Array(n)
+  let size = 4
+  for (let i = 0; i < n; i++) {
+    const v = toText(params[i])
+    values[i] = v
+    size += 5 + (v === null ? 0 : typeof v === 'string' ? Buffer.byteLength(v) : v.length)
+  }
+  const out = Buffer.allocUnsafe(size)
+  out.writeUInt32BE(n, 0)
+  let pos = 4
+  for (let i = 0; i < n; i++) {
+    const v = values[i]
+    if (v === null) {
+      out[pos] = 0
+      out.writeUInt32BE(0, pos + 1)
+      pos += 5
+    } else if (typeof v === 'string') {
+      out[pos] = 1
+      const len = out.write(v, pos + 5)
+      out.writeUInt32BE(len, pos + 1)
+      pos += 5 + len
+    } else {
+      out[pos] = 2
+      out.writeUInt32BE(v.length, pos + 1)
+      v.copy(out, pos + 5)
+      pos += 5 + v.length
+    }
+  }
+  return out
+}
+
+// ---------- results ----------
+
+function micros(buf: Buffer, pos: number): number {
+  return buf.readInt32BE(pos) * 4294967296 + buf.readUInt32BE(pos + 4)
+}
+
+function isInfinity(buf: Buffer, pos: number): number {
+  const hi = buf.readInt32BE(pos)
+  const lo = buf.readUInt32BE(pos + 4)
+  if (hi === 0x7fffffff && lo === 0xffffffff) return 1
+  if (hi === -0x80000000 && lo === 0) return -1
+  return 0
+}
+
+function isoParts(ms: number, withMicros: number): string {
+  const d = new Date(ms)
+  const frac = withMicros ? `.${pad(withMicros, 6).replace(/0+$/, '')}` : ''
+  return `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}${frac}`
+}
+
+class Decoder {
+  constructor(
+    private readonly buf: Buffer,
+    private readonly types: Required<TypeOptions>,
+  ) {}
+
+  value(kind: number, pos: number, len: number): unknown {
+    const buf = this.buf
+    switch (kind) {
+      case Kind.Bool:
+        return buf[pos] !== 0
+      case Kind.Int2:
+        return buf.readInt16BE(pos)
+      case Kind.Int4:
+        return buf.readInt32BE(pos)
+      case Kind.Oid:
+        return buf.readUInt32BE(pos)
+      case Kind.Float4:
+        return buf.readFloatBE(pos)
+      case Kind.Float8:
+        return buf.readDoubleBE(pos)
+      case Kind.Text:
+        return buf.toString('utf8', pos, pos + len)
+      case Kind.Json:
+        return JSON.parse(buf.toString('utf8', pos, pos + len))
+      case Kind.Bytea:
+        return Buffer.from(buf.subarray(pos, pos + len))
+      case Kind.Int8: {
+        const text = buf.toString('latin1', pos, pos + len)
+        return this.types.int8 === 'string' ? text : this.types.int8 === 'bigint' ? BigInt(text) : Number(text)
+      }
+      case Kind.Timestamptz:
+      case Kind.Timestamp: {
+        const inf = isInfinity(buf, pos)
+        if (inf !== 0) return this.types.dates === 'string' ? (inf > 0 ? 'infinity' : '-infinity') : inf * Infinity
+        const us = micros(buf, pos)
+        const ms = Math.floor(us / 1000) + PG_EPOCH_MS
+        if (this.types.dates === 'string') {
+          const text = isoParts(ms, ((us % 1_000_000) + 1_000_000) % 1_000_000)
+          return kind === Kind.Timestamptz ? `${text}+00` : text
+        }
+        if (kind === Kind.Timestamptz) return new Date(ms)
+        const u = new Date(ms)
+        return new Date(u.getUTCFullYear(), u.getUTCMonth(), u.getUTCDate(), u.getUTCHours(), u.getUTCMinutes(), u.getUTCSeconds(), u.getUTCMilliseconds())
+      }
+      case Kind.Date: {
+        const days = buf.readInt32BE(pos)
+        if (days === 0x7fffffff) return this.types.dates === 'string' ? 'infinity' : Infinity
+        if (days === -0x80000000) return this.types.dates === 'string' ? '-infinity' : -Infinity
+        const u = new Date(days * 86_400_000 + PG_EPOCH_MS)
+        if (this.types.dates === 'string') return isoParts(u.getTime(), 0).slice(0, 10)
+        return new Date(u.getUTCFullYear(), u.getUTCMonth(), u.getUTCDate())
+      }
+      case Kind.Interval: {
+        let us = micros(buf, pos)
+        const days = buf.readInt32BE(pos + 8)
+        const months = buf.readInt32BE(pos + 12)
+        const out: Record<string, number> = {}
+        if (months / 12 >= 1 || months / 12 <= -1) out.years = Math.trunc(months / 12)
+        if (months % 12) out.months = months % 12
+        if (days) out.days = days
+        const hours = Math.trunc(us / 3_600_000_000)
+        us -= hours * 3_600_000_000
+        const minutes = Math.trunc(us / 60_000_000)
+        us -= minutes * 60_000_000
+        const seconds = Math.trunc(us / 1_000_000)
+        us -= seconds * 1_000_000
+        if (hours) out.hours = hours
+        if (minutes) out.minutes = minutes
+        if (seconds) out.seconds = seconds
+        if (us) out.milliseconds = us / 1000
+        return out
+      }
+      case Kind.Point:
+        return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8) }
+      case Kind.Array:
+        return this.array(pos)
+      default:
+        return Buffer.from(buf.subarray(pos, pos + len))
+    }
+  }
+
+  array(pos: number): unknown[] {
+    const buf = this.buf
+    const elemKind = buf[pos]
+    const ndim = buf[pos + 1]
+    pos += 2
+    if (ndim === 0) return []
+    const dims: number[] = []
+    for (let d = 0; d < ndim; d++, pos += 4) dims.push(buf.readInt32BE(pos))
+    const state = { pos }
+    const build = (d: number): unknown[] => {
+      const out = new Array(dims[d])
+      for (let i = 0; i < dims[d]; i++) {
+        if (d + 1 < ndim) {
+          out[i] = build(d + 1)
+        } else {
+          const len = buf.readInt32BE(state.pos)
+          state.pos += 4
+          if (len < 0) {
+            out[i] = null
+          } else {
+            out[i] = this.value(elemKind, state.pos, len)
+            state.pos += len
+          }
+        }
+      }
+      return out
+    }
+    return build(0)
+  }
+}
+
+/** Turns one result Buffer into a node-postgres-shaped result. */
+export function decodeResult<R = Record<string, unknown>>(buf: Buffer, rowMode: RowMode, types: Required<TypeOptions>): QueryResult<R> {
+  const rowCount = buf.readUInt32BE(1)
+  const affected = buf.readDoubleBE(5)
+  const cmdLen = buf[13]
+  const command = buf.toString('latin1', 14, 14 + cmdLen)
+  let pos = 14 + cmdLen
+  const ncols = buf.readUInt32BE(pos)
+  pos += 4
+  const fields: FieldInfo[] = new Array(ncols)
+  const names: string[] = new Array(ncols)
+  const kinds: number[] = new Array(ncols)
+  for (let c = 0; c < ncols; c++) {
+    const nameLen = buf.readUInt32BE(pos)
+    const name = buf.toString('utf8', pos + 4, pos + 4 + nameLen)
+    pos += 4 + nameLen
+    const oid = buf.readUInt32BE(pos)
+    kinds[c] = buf[pos + 4]
+    pos += 5
+    names[c] = name
+    fields[c] = { name, dataTypeID: oid }
+  }
+  const decoder = new Decoder(buf, types)
+  const rows: unknown[] = new Array(rowCount)
+  const asArray = rowMode === 'array'
+  for (let r = 0; r < rowCount; r++) {
+    const row: Record<string, unknown> | unknown[] = asArray ? new Array(ncols) : {}
+    for (let c = 0; c < ncols; c++) {
+      const len = buf.readInt32BE(pos)
+      pos += 4
+      let value: unknown = null
+      if (len >= 0) {
+        value = decoder.value(kinds[c], pos, len)
+        pos += len
+      }
+      if (asArray) (row as unknown[])[c] = value
+      else (row as Record<string, unknown>)[names[c]] = value
+    }
+    rows[r] = row
+  }
+  return { rows: rows as R[], rowCount: affected < 0 ? (ncols > 0 ? rowCount : null) : affected, command, fields }
+}

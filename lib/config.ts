@@ -1,0 +1,337 @@
+import { readFileSync } from 'node:fs'
+
+import { ConfigError } from './errors'
+
+export type SslMode = 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
+export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby' | 'prefer-standby'
+export type Balance = 'round-robin' | 'least-busy' | 'random'
+
+/** One PostgreSQL server (the Python seed's keys, plus `port`, `id` and more). */
+export interface EndpointConfig {
+  /** Name that groups use in `endpoints`; defaults to `host:port`. */
+  id?: string
+  host: string
+  port?: number
+  /** Database name. */
+  name: string
+  user: string
+  pass?: string
+  ssl?: SslMode
+  /** CA bundle for `verify-ca` / `verify-full`: a PEM file path or PEM text. */
+  ssl_ca?: string
+  /** Seconds. */
+  connect_timeout?: number
+  /** Milliseconds, applied per connection as `statement_timeout` (0 disables). */
+  query_timeout?: number
+  /** Megabytes, applied per connection as `temp_buffers`. */
+  session_tmp_buffer?: number
+  application_name?: string
+  weight?: number
+}
+
+export interface GroupConfig {
+  connection_count: number
+  autocommit?: boolean
+  sqlprepare?: boolean
+  /** Endpoint ids (or indexes into `db`) serving this group; all endpoints by default. */
+  endpoints?: Array<string | number>
+  target_session_attrs?: TargetSessionAttrs
+  balance?: Balance
+  /** Milliseconds a checkout may wait for a free connection. */
+  acquire_timeout?: number
+  max_waiting?: number
+  min_idle?: number
+  /** Milliseconds; 0 keeps idle connections forever. */
+  idle_timeout?: number
+  /** Milliseconds; 0 never replaces a connection for its age. */
+  max_lifetime?: number
+  /** Milliseconds of idleness after which a connection is pinged before hand-out. */
+  ping_after_idle?: number
+  /** Prepared statements kept per connection; 0 for PgBouncer transaction mode. */
+  statement_cache_size?: number
+}
+
+export interface TypeOptions {
+  /** How int8 (bigint) columns arrive: 'string' (pg's default), 'bigint' or 'number'. */
+  int8?: 'string' | 'bigint' | 'number'
+  /** How date/time columns arrive: Date objects (pg's default) or strings. */
+  dates?: 'date' | 'string'
+}
+
+export interface Config {
+  type?: 'threaded' | 'non-threaded'
+  db: EndpointConfig | string | Array<EndpointConfig | string>
+  groups: Record<string, GroupConfig>
+  types?: TypeOptions
+  /** Milliseconds between health-monitor rounds. */
+  health_interval?: number
+}
+
+export const ENDPOINT_DEFAULTS = {
+  port: 5432,
+  ssl: 'disable' as SslMode,
+  connect_timeout: 10,
+  query_timeout: 5000,
+  session_tmp_buffer: 128,
+  application_name: 'pgdbpool',
+  weight: 1,
+}
+
+export const GROUP_DEFAULTS = {
+  autocommit: true,
+  sqlprepare: false,
+  target_session_attrs: 'any' as TargetSessionAttrs,
+  balance: 'round-robin' as Balance,
+  acquire_timeout: 10_000,
+  max_waiting: 10_000,
+  min_idle: 0,
+  idle_timeout: 600_000,
+  max_lifetime: 3_600_000,
+  ping_after_idle: 10_000,
+  statement_cache_size: 256,
+}
+
+export interface NormalizedEndpoint extends Required<Omit<EndpointConfig, 'pass' | 'ssl_ca'>> {
+  pass: string | null
+  ssl_ca: string | null
+}
+
+export interface NormalizedGroup extends Required<Omit<GroupConfig, 'endpoints'>> {
+  name: string
+  endpoints: number[]
+}
+
+export interface NormalizedConfig {
+  type: 'threaded' | 'non-threaded'
+  endpoints: NormalizedEndpoint[]
+  groups: NormalizedGroup[]
+  types: Required<TypeOptions>
+  health_interval: number
+}
+
+const SSL_MODES: SslMode[] = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full']
+const TSA: TargetSessionAttrs[] = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby']
+const BALANCES: Balance[] = ['round-robin', 'least-busy', 'random']
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'an array'
+  if (typeof v === 'string') return `a string`
+  return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v)}`
+}
+
+function checkKeys(obj: Record<string, unknown>, allowed: readonly string[], path: string) {
+  for (const key of Object.keys(obj)) {
+    if (!allowed.includes(key)) {
+      throw new ConfigError(path ? `${path}.${key}` : key, `unknown key (allowed: ${allowed.join(', ')})`)
+    }
+  }
+}
+
+function integer(v: unknown, path: string, min: number, fallback?: number): number {
+  if (v === undefined && fallback !== undefined) return fallback
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
+    throw new ConfigError(path, `must be an integer >= ${min} (got ${describe(v)})`)
+  }
+  return v
+}
+
+function positive(v: unknown, path: string, fallback: number): number {
+  if (v === undefined) return fallback
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+    throw new ConfigError(path, `must be a number > 0 (got ${describe(v)})`)
+  }
+  return v
+}
+
+function string(v: unknown, path: string, fallback?: string): string {
+  if (v === undefined && fallback !== undefined) return fallback
+  if (typeof v !== 'string' || v.length === 0) throw new ConfigError(path, `must be a non-empty string (got ${describe(v)})`)
+  return v
+}
+
+function boolean(v: unknown, path: string, fallback: boolean): boolean {
+  if (v === undefined) return fallback
+  if (typeof v !== 'boolean') throw new ConfigError(path, `must be true or false (got ${describe(v)})`)
+  return v
+}
+
+function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[], fallback: T): T {
+  if (v === undefined) return fallback
+  if (typeof v !== 'string' || !allowed.includes(v as T)) {
+    throw new ConfigError(path, `must be one of ${allowed.map((a) => `'${a}'`).join(', ')} (got ${typeof v === 'string' ? `'${v}'` : describe(v)})`)
+  }
+  return v as T
+}
+
+const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
+const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'ping_after_idle', 'statement_cache_size'] as const
+const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
+
+/** Parses `postgres://user:pass@host:port/db?sslmode=...&application_name=...`. */
+function endpointFromUrl(url: string, path: string): Record<string, unknown> {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    // The URL may hold a password: never echo it.
+    throw new ConfigError(path, 'is not a valid postgres:// URL')
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    throw new ConfigError(path, `URL scheme must be postgres:// or postgresql:// (got ${parsed.protocol}//)`)
+  }
+  const out: Record<string, unknown> = {
+    host: decodeURIComponent(parsed.hostname).replace(/^\[|\]$/g, '') || 'localhost',
+    name: decodeURIComponent(parsed.pathname.replace(/^\//, '')) || decodeURIComponent(parsed.username),
+    user: decodeURIComponent(parsed.username),
+  }
+  if (parsed.port) out.port = Number(parsed.port)
+  if (parsed.password) out.pass = decodeURIComponent(parsed.password)
+  for (const [key, value] of parsed.searchParams) {
+    switch (key) {
+      case 'sslmode':
+        out.ssl = value
+        break
+      case 'sslrootcert':
+        out.ssl_ca = value
+        break
+      case 'connect_timeout':
+        out.connect_timeout = Number(value)
+        break
+      case 'application_name':
+        out.application_name = value
+        break
+      default:
+        throw new ConfigError(`${path}?${key}`, 'unsupported URL parameter (supported: sslmode, sslrootcert, connect_timeout, application_name)')
+    }
+  }
+  return out
+}
+
+function readCa(value: string, path: string): string {
+  if (value.includes('-----BEGIN')) return value
+  try {
+    return readFileSync(value, 'utf8')
+  } catch (e) {
+    throw new ConfigError(path, `cannot read CA file '${value}': ${(e as Error).message}`)
+  }
+}
+
+function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
+  const obj = typeof raw === 'string' ? endpointFromUrl(raw, path) : raw
+  if (!isPlainObject(obj)) throw new ConfigError(path, `must be an endpoint object or a postgres:// URL (got ${describe(raw)})`)
+  checkKeys(obj, ENDPOINT_KEYS, path)
+  const host = string(obj.host, `${path}.host`)
+  const port = integer(obj.port, `${path}.port`, 1, ENDPOINT_DEFAULTS.port)
+  if (port > 65535) throw new ConfigError(`${path}.port`, `must be <= 65535 (got ${port})`)
+  const ssl = oneOf(obj.ssl, `${path}.ssl`, SSL_MODES, ENDPOINT_DEFAULTS.ssl)
+  if (obj.pass !== undefined && typeof obj.pass !== 'string') throw new ConfigError(`${path}.pass`, 'must be a string')
+  let sslCa: string | null = null
+  if (obj.ssl_ca !== undefined) {
+    sslCa = readCa(string(obj.ssl_ca, `${path}.ssl_ca`), `${path}.ssl_ca`)
+  }
+  return {
+    id: obj.id === undefined ? `${host}:${port}` : string(obj.id, `${path}.id`),
+    host,
+    port,
+    name: string(obj.name, `${path}.name`),
+    user: string(obj.user, `${path}.user`),
+    pass: (obj.pass as string | undefined) ?? null,
+    ssl,
+    ssl_ca: sslCa,
+    connect_timeout: positive(obj.connect_timeout, `${path}.connect_timeout`, ENDPOINT_DEFAULTS.connect_timeout),
+    query_timeout: integer(obj.query_timeout, `${path}.query_timeout`, 0, ENDPOINT_DEFAULTS.query_timeout),
+    session_tmp_buffer: integer(obj.session_tmp_buffer, `${path}.session_tmp_buffer`, 1, ENDPOINT_DEFAULTS.session_tmp_buffer),
+    application_name: string(obj.application_name, `${path}.application_name`, ENDPOINT_DEFAULTS.application_name),
+    weight: integer(obj.weight, `${path}.weight`, 1, ENDPOINT_DEFAULTS.weight),
+  }
+}
+
+function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoint[]): NormalizedGroup {
+  const path = `groups.${name}`
+  if (!isPlainObject(raw)) throw new ConfigError(path, `must be an object (got ${describe(raw)})`)
+  checkKeys(raw, GROUP_KEYS, path)
+  if (raw.connection_count === undefined) throw new ConfigError(`${path}.connection_count`, 'is required')
+  const connectionCount = integer(raw.connection_count, `${path}.connection_count`, 1)
+  let endpointIndexes: number[]
+  if (raw.endpoints === undefined) {
+    endpointIndexes = endpoints.map((_, i) => i)
+  } else {
+    if (!Array.isArray(raw.endpoints) || raw.endpoints.length === 0) {
+      throw new ConfigError(`${path}.endpoints`, `must be a non-empty array of endpoint ids (got ${describe(raw.endpoints)})`)
+    }
+    endpointIndexes = raw.endpoints.map((ref: unknown, i: number) => {
+      const index = typeof ref === 'number' ? (Number.isInteger(ref) && ref >= 0 && ref < endpoints.length ? ref : -1) : endpoints.findIndex((e) => e.id === ref)
+      if (index < 0) {
+        throw new ConfigError(`${path}.endpoints[${i}]`, `names no configured endpoint: ${JSON.stringify(ref)} (endpoints: ${endpoints.map((e) => e.id).join(', ')})`)
+      }
+      return index
+    })
+  }
+  const minIdle = integer(raw.min_idle, `${path}.min_idle`, 0, GROUP_DEFAULTS.min_idle)
+  if (minIdle > connectionCount) throw new ConfigError(`${path}.min_idle`, `must be <= connection_count (${connectionCount})`)
+  return {
+    name,
+    connection_count: connectionCount,
+    autocommit: boolean(raw.autocommit, `${path}.autocommit`, GROUP_DEFAULTS.autocommit),
+    sqlprepare: boolean(raw.sqlprepare, `${path}.sqlprepare`, GROUP_DEFAULTS.sqlprepare),
+    endpoints: [...new Set(endpointIndexes)],
+    target_session_attrs: oneOf(raw.target_session_attrs, `${path}.target_session_attrs`, TSA, GROUP_DEFAULTS.target_session_attrs),
+    balance: oneOf(raw.balance, `${path}.balance`, BALANCES, GROUP_DEFAULTS.balance),
+    acquire_timeout: integer(raw.acquire_timeout, `${path}.acquire_timeout`, 1, GROUP_DEFAULTS.acquire_timeout),
+    max_waiting: integer(raw.max_waiting, `${path}.max_waiting`, 0, GROUP_DEFAULTS.max_waiting),
+    min_idle: minIdle,
+    idle_timeout: integer(raw.idle_timeout, `${path}.idle_timeout`, 0, GROUP_DEFAULTS.idle_timeout),
+    max_lifetime: integer(raw.max_lifetime, `${path}.max_lifetime`, 0, GROUP_DEFAULTS.max_lifetime),
+    ping_after_idle: integer(raw.ping_after_idle, `${path}.ping_after_idle`, 0, GROUP_DEFAULTS.ping_after_idle),
+    statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, 0, GROUP_DEFAULTS.statement_cache_size),
+  }
+}
+
+/**
+ * Validates the whole configuration and returns a fully-defaulted copy; the input is never
+ * mutated. Throws `ConfigError` naming the first bad key path.
+ */
+export function normalizeConfig(config: unknown): NormalizedConfig {
+  if (!isPlainObject(config)) throw new ConfigError('', `config must be an object (got ${describe(config)})`)
+  checkKeys(config, TOP_KEYS, '')
+  const type = oneOf(config.type, 'type', ['threaded', 'non-threaded'] as const, 'threaded')
+  if (config.db === undefined) throw new ConfigError('db', 'is required')
+  const dbList = Array.isArray(config.db) ? config.db : [config.db]
+  if (dbList.length === 0) throw new ConfigError('db', 'must name at least one endpoint')
+  const endpoints = dbList.map((e, i) => normalizeEndpoint(e, Array.isArray(config.db) ? `db[${i}]` : 'db'))
+  const seen = new Set<string>()
+  endpoints.forEach((e, i) => {
+    if (seen.has(e.id)) throw new ConfigError(`db[${i}].id`, `duplicate endpoint id '${e.id}' (set distinct ids)`)
+    seen.add(e.id)
+  })
+  if (!isPlainObject(config.groups)) throw new ConfigError('groups', `must be an object of named groups (got ${describe(config.groups)})`)
+  const names = Object.keys(config.groups)
+  if (names.length === 0) throw new ConfigError('groups', 'must define at least one group')
+  const groups = names.map((name) => normalizeGroup(name, (config.groups as Record<string, unknown>)[name], endpoints))
+  let types: Required<TypeOptions> = { int8: 'string', dates: 'date' }
+  if (config.types !== undefined) {
+    if (!isPlainObject(config.types)) throw new ConfigError('types', `must be an object (got ${describe(config.types)})`)
+    checkKeys(config.types, ['int8', 'dates'], 'types')
+    types = {
+      int8: oneOf(config.types.int8, 'types.int8', ['string', 'bigint', 'number'] as const, 'string'),
+      dates: oneOf(config.types.dates, 'types.dates', ['date', 'string'] as const, 'date'),
+    }
+  }
+  return {
+    type,
+    endpoints,
+    groups,
+    types,
+    health_interval: integer(config.health_interval, 'health_interval', 10, 1000),
+  }
+}
+
+/** The JSON the native core reads: endpoints and groups only, in a fixed key order. */
+export function nativeConfigJson(config: NormalizedConfig): string {
+  return JSON.stringify({ endpoints: config.endpoints, groups: config.groups, health_interval: config.health_interval })
+}

@@ -1,0 +1,360 @@
+import { inspect } from 'node:util'
+
+import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './config'
+import { FieldInfo, QueryResult, RowMode, decodeResult, encodeParams } from './codec'
+import { PgDbPoolError, PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
+
+// The generated binding is private: only this module talks to it.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const native: typeof import('../binding') = require('../binding.js')
+
+// Node 18.x before 18.18 lacks the well-known symbol that `await using` looks up.
+if (typeof Symbol.asyncDispose !== 'symbol') {
+  Object.defineProperty(Symbol, 'asyncDispose', { value: Symbol.for('Symbol.asyncDispose') })
+}
+
+export interface QueryOptions {
+  /** `'array'` returns each row as an array in column order. */
+  rowMode?: RowMode
+}
+
+export interface PoolQueryOptions extends QueryOptions {
+  /** Group to run on; `'default'` unless given. */
+  group?: string
+}
+
+/** A statement as text plus values, or node-postgres's `{ text, values, rowMode }` object. */
+export type QueryInput = string | { text: string; values?: readonly unknown[]; rowMode?: RowMode }
+
+export interface EndpointStats {
+  id: string
+  host: string
+  port: number
+  size: number
+  idle: number
+  inUse: number
+  opening: number
+  banned: boolean
+  wrongRole: boolean
+  failures: number
+  lastError: string | null
+}
+
+export interface GroupStats {
+  name: string
+  max: number
+  size: number
+  idle: number
+  inUse: number
+  opening: number
+  waiting: number
+  acquires: number
+  waits: number
+  timeouts: number
+  connects: number
+  connectErrors: number
+  disconnects: number
+  queryErrors: number
+  endpoints: EndpointStats[]
+}
+
+export interface PoolStats {
+  type: 'threaded' | 'non-threaded'
+  /** Pool objects attached to the same native pool (worker threads, with `threaded`). */
+  users: number
+  closed: boolean
+  groups: Record<string, GroupStats>
+}
+
+export interface CloseOptions {
+  /** Milliseconds to let checked-out handlers finish before their work is cancelled. */
+  timeout?: number
+}
+
+type NativePool = import('../binding').NativePool
+type NativeHandler = import('../binding').NativeHandler
+
+function splitInput(input: QueryInput, params: readonly unknown[] | undefined, options: QueryOptions | undefined) {
+  if (typeof input === 'string') return { text: input, values: params, rowMode: options?.rowMode ?? 'object' }
+  if (input === null || typeof input !== 'object' || typeof input.text !== 'string') {
+    throw new TypeError('query text must be a string or an object with a string `text`')
+  }
+  return { text: input.text, values: params ?? input.values, rowMode: options?.rowMode ?? input.rowMode ?? 'object' }
+}
+
+/**
+ * A connection pool over one or more PostgreSQL endpoints. Most programs use the module-level
+ * `init()` / `Handler` / `query()` functions, which share one default `Pool`; create `Pool`s
+ * directly to hold several independent pools in one process.
+ */
+export class Pool {
+  readonly #native: NativePool
+  readonly #config: NormalizedConfig
+  readonly #groups: Map<string, number>
+  #closing: Promise<void> | undefined
+  /** Settles once the first connections are open; rejects with `DBOfflineError`. */
+  readonly ready: Promise<void>
+
+  /** Validates `config` (throwing `ConfigError`) and starts connecting in the background. */
+  constructor(config: Config) {
+    this.#config = normalizeConfig(config)
+    this.#groups = new Map(this.#config.groups.map((g, i) => [g.name, i]))
+    try {
+      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded')
+    } catch (e) {
+      throw fromNative(e)
+    }
+    this.ready = this.#native.warmUp().catch((e: unknown) => {
+      throw fromNative(e)
+    })
+    // Callers that never look at `ready` must not get an unhandled rejection.
+    this.ready.catch(() => {})
+  }
+
+  /** Group names in configuration order. */
+  get groups(): string[] {
+    return [...this.#groups.keys()]
+  }
+
+  get closed(): boolean {
+    return this.#closing !== undefined
+  }
+
+  /** @internal */
+  groupIndex(group: string): number {
+    if (this.#closing) throw new PoolClosedError()
+    const index = this.#groups.get(group)
+    if (index === undefined) throw new UnconfiguredGroupError(group, this.groups)
+    return index
+  }
+
+  /** @internal */
+  nativeHandler(group: string): NativeHandler {
+    return this.#native.handler(this.groupIndex(group))
+  }
+
+  /** @internal */
+  decode<R>(buf: Buffer, rowMode: RowMode): QueryResult<R> {
+    return decodeResult<R>(buf, rowMode, this.#config.types)
+  }
+
+  /** A scoped handler on `group`; it takes a connection on first use. */
+  handler(group = 'default'): Handler {
+    return new Handler(group, this)
+  }
+
+  /** Runs `fn` with a handler; commits when it returns, rolls back when it throws. */
+  withHandler<T>(group: string, fn: (db: Handler) => Promise<T> | T): Promise<T> {
+    return runWithHandler(new Handler(group, this), fn)
+  }
+
+  /** One statement on any connection of the group (no explicit checkout). */
+  async query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: PoolQueryOptions): Promise<QueryResult<R>> {
+    const { text, values, rowMode } = splitInput(input, params, options)
+    const group = this.groupIndex(options?.group ?? 'default')
+    const encoded = encodeParams(values)
+    let out: Buffer
+    try {
+      out = await this.#native.query(group, text, encoded)
+    } catch (e) {
+      throw fromNative(e)
+    }
+    return this.decode<R>(out, rowMode)
+  }
+
+  /** Gauges and counters per group and endpoint. */
+  stats(): PoolStats {
+    const groups: Record<string, GroupStats> = {}
+    for (const g of JSON.parse(this.#native.stats()) as GroupStats[]) groups[g.name] = g
+    return { type: this.#config.type, users: this.#native.users, closed: this.closed, groups }
+  }
+
+  /**
+   * Rejects new work, lets checked-out handlers finish for up to `timeout` ms (default 5000),
+   * then cancels what is left. With `threaded`, the native pool closes when the last worker's
+   * pool object closes. Idempotent.
+   */
+  close(options: CloseOptions = {}): Promise<void> {
+    const timeout = options.timeout ?? 5000
+    if (!Number.isFinite(timeout) || timeout < 0) throw new TypeError('close timeout must be a number >= 0')
+    this.#closing ??= this.#native.close(Math.min(timeout, 0xffffffff)).catch((e: unknown) => {
+      throw fromNative(e)
+    })
+    return this.#closing
+  }
+
+  [inspect.custom](): string {
+    const endpoints = this.#config.endpoints.map((e) => `${e.id} (${e.user}@${e.host}:${e.port}/${e.name})`)
+    return `Pool { type: '${this.#config.type}', endpoints: [${endpoints.join(', ')}], groups: [${this.groups.join(', ')}]${this.closed ? ', closed' : ''} }`
+  }
+}
+
+async function runWithHandler<T>(db: Handler, fn: (db: Handler) => Promise<T> | T): Promise<T> {
+  try {
+    const result = await fn(db)
+    await db.commit()
+    return result
+  } catch (e) {
+    await db.rollback().catch(() => {})
+    throw e
+  } finally {
+    await db.release()
+  }
+}
+
+/**
+ * A scoped connection of one group, the equivalent of Python's `with Handler('group') as db:`.
+ * Use it with `await using`, with `withHandler`, or call `release()` in a `finally`.
+ * On release an uncommitted transaction is rolled back.
+ */
+export class Handler implements AsyncDisposable {
+  readonly group: string
+  readonly #pool: Pool
+  readonly #native: NativeHandler
+
+  constructor(group = 'default', pool?: Pool) {
+    this.group = group
+    this.#pool = pool ?? defaultPool()
+    this.#native = this.#pool.nativeHandler(group)
+  }
+
+  /** Takes the connection now rather than at the first statement. */
+  async acquire(): Promise<void> {
+    try {
+      await this.#native.acquire()
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /** Runs one statement; parameters are `$1..$n`, always bound, never interpolated. */
+  async query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>> {
+    const { text, values, rowMode } = splitInput(input, params, options)
+    const encoded = encodeParams(values)
+    let out: Buffer
+    try {
+      out = await this.#native.query(text, encoded)
+    } catch (e) {
+      throw fromNative(e)
+    }
+    return this.#pool.decode<R>(out, rowMode)
+  }
+
+  /**
+   * The seed's prepared-query call: `SELECT * FROM "SQLPrepare"."ExecuteQuery"($1, ...)` (the
+   * prep_queries extension, with `sqlprepare: true` on the group); returns the first column of
+   * the first row.
+   */
+  async queryPrepared(params: readonly unknown[]): Promise<unknown> {
+    if (!Array.isArray(params) || params.length === 0) throw new TypeError('queryPrepared needs a non-empty array of parameters')
+    const placeholders = params.map((_, i) => `$${i + 1}`).join(', ')
+    const result = await this.query<unknown[]>(`SELECT * FROM "SQLPrepare"."ExecuteQuery"(${placeholders})`, params, { rowMode: 'array' })
+    return result.rows[0]?.[0]
+  }
+
+  /** Commits the open transaction; an aborted transaction or failed COMMIT rejects. */
+  async commit(): Promise<void> {
+    try {
+      await this.#native.commit()
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /** Rolls back the open transaction, if any. */
+  async rollback(): Promise<void> {
+    try {
+      await this.#native.rollback()
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  /** Whether a transaction is open on this handler. */
+  get inTransaction(): boolean {
+    return this.#native.inTransaction
+  }
+
+  /** Returns the connection to the pool (rolling back an open transaction). Idempotent. */
+  async release(): Promise<void> {
+    try {
+      await this.#native.release()
+    } catch (e) {
+      throw fromNative(e)
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.release()
+  }
+
+  [inspect.custom](): string {
+    return `Handler { group: '${this.group}' }`
+  }
+}
+
+// ---------- module-level API over a default pool (the Python package's shape) ----------
+
+let current: Pool | undefined
+
+function defaultPool(): Pool {
+  if (current === undefined) throw new PoolClosedError('pgdbpool is not initialised: call init(config) first')
+  return current
+}
+
+/**
+ * Validates `config` (throwing `ConfigError` synchronously) and makes it this thread's default
+ * pool. The returned promise settles when the first connections are open and rejects with
+ * `DBOfflineError` if some group reaches no endpoint; ignoring it is safe.
+ */
+export function init(config: Config): Promise<Pool> {
+  const pool = new Pool(config)
+  const previous = current
+  current = pool
+  if (previous) previous.close().catch(() => {})
+  const ready = pool.ready.then(() => pool)
+  ready.catch(() => {})
+  return ready
+}
+
+/** Runs `fn` with a handler on the default pool; commit on success, rollback + rethrow on error. */
+export function withHandler<T>(group: string, fn: (db: Handler) => Promise<T> | T): Promise<T> {
+  let db: Handler
+  try {
+    db = new Handler(group)
+  } catch (e) {
+    return Promise.reject(e)
+  }
+  return runWithHandler(db, fn)
+}
+
+/** One statement on the default pool. */
+export function query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: PoolQueryOptions): Promise<QueryResult<R>> {
+  try {
+    return defaultPool().query<R>(input, params, options)
+  } catch (e) {
+    return Promise.reject(e)
+  }
+}
+
+/** Stats of the default pool. */
+export function stats(): PoolStats {
+  return defaultPool().stats()
+}
+
+/** Closes the default pool (see `Pool.close`). Closing when nothing is open is a no-op. */
+export async function close(options?: CloseOptions): Promise<void> {
+  const pool = current
+  current = undefined
+  if (pool) await pool.close(options)
+}
+
+/** The Python package's static entry points. */
+export const Connection = {
+  init,
+  close,
+  stats,
+} as const
+
+export type { FieldInfo, QueryResult, RowMode }
+export { PgDbPoolError }
