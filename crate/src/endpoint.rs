@@ -15,6 +15,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{EndpointConfig, GroupConfig, SslMode, TargetSessionAttrs};
+use crate::error::pg_error_text;
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
@@ -109,7 +110,7 @@ impl Endpoint {
     pub async fn connect(&self, group: &GroupConfig) -> Result<Client, ConnectError> {
         let limit = Duration::from_secs_f64(self.config.connect_timeout);
         let attempt = async {
-            let client = self.open().await.map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+            let client = self.open().await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?;
             if group.target_session_attrs != TargetSessionAttrs::Any {
                 check_role(&client, group.target_session_attrs).await?;
             }
@@ -117,7 +118,7 @@ impl Endpoint {
                 client
                     .batch_execute(r#"SELECT "SQLPrepare"."PrepareQueries"()"#)
                     .await
-                    .map_err(|e| ConnectError::Unreachable(format!("sqlprepare failed: {e}")))?;
+                    .map_err(|e| ConnectError::Unreachable(format!("sqlprepare failed: {}", pg_error_text(&e))))?;
             }
             Ok(client)
         };
@@ -152,7 +153,7 @@ async fn check_role(client: &Client, wanted: TargetSessionAttrs) -> Result<(), C
     let row = client
         .query_one("SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'", &[])
         .await
-        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        .map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?;
     let in_recovery: bool = row.get(0);
     let read_only: bool = row.get(1);
     let ok = match wanted {

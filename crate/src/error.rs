@@ -50,16 +50,32 @@ struct WireDb<'a> {
     r#where: Option<&'a str>,
 }
 
+/// Readable text of a tokio-postgres error: its own `Display` says only "db error" for server
+/// errors and hides I/O causes.
+pub fn pg_error_text(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl PoolError {
     /// Classifies a tokio-postgres error from a statement.
     pub fn from_pg(err: &tokio_postgres::Error) -> Self {
         if let Some(db) = err.as_db_error() {
             return PoolError::Db(Box::new(db.clone()));
         }
+        let text = pg_error_text(err);
         if err.is_closed() {
-            return PoolError::Connection(format!("connection lost: {err}"));
+            return PoolError::Connection(format!("connection lost: {text}"));
         }
-        let text = err.to_string();
         if text.starts_with("error communicating with the server") || text.contains("connection closed") {
             PoolError::Connection(text)
         } else {

@@ -152,6 +152,14 @@ impl Group {
         if state.closed {
             return Err(PoolError::Closed);
         }
+        if state.slots.iter().all(|s| s.wrong_role_until.is_some_and(|t| t > now)) {
+            return Err(PoolError::Offline(
+                self.endpoints
+                    .iter()
+                    .map(|e| format!("{}: server role does not match target_session_attrs '{:?}'", e.label(), self.config.target_session_attrs))
+                    .collect(),
+            ));
+        }
         if state.waiters.is_empty() {
             if let Some(e) = self.choose(&state, now, exclude) {
                 if let Some(conn) = state.slots[e].idle.pop() {
