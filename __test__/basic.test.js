@@ -430,3 +430,12 @@ test('target_session_attrs: a read-only group finds no standby, a read-write gro
   await t.throwsAsync(pool.query('SELECT 1', [], { group: 'read' }), { instanceOf: DBOfflineError })
   await pool.close()
 })
+
+test('a one-shot pool query stands alone even on an autocommit:false group', async (t) => {
+  const { pool } = makePool({ tx: { connection_count: 1, autocommit: false } })
+  const id = 6000 + seq
+  const r = await pool.query('INSERT INTO items VALUES ($1, $2)', [id, 'solo'], { group: 'tx' })
+  t.is(r.rowCount, 1)
+  t.is((await server.sql('SELECT count(*)::int AS n FROM items WHERE id = $1', [id])).rows[0].n, 1)
+  await pool.close()
+})

@@ -60,18 +60,18 @@ export interface DatabaseErrorFields {
 
 /** The server (or the client-side protocol) rejected a statement. */
 export class DBQueryError extends PgDbPoolError implements DatabaseErrorFields {
-  sqlState?: string
-  severity?: string
-  detail?: string
-  hint?: string
-  position?: string
-  schema?: string
-  table?: string
-  column?: string
-  dataType?: string
-  constraint?: string
-  routine?: string
-  where?: string
+  declare sqlState?: string
+  declare severity?: string
+  declare detail?: string
+  declare hint?: string
+  declare position?: string
+  declare schema?: string
+  declare table?: string
+  declare column?: string
+  declare dataType?: string
+  declare constraint?: string
+  declare routine?: string
+  declare where?: string
   constructor(message: string, fields: DatabaseErrorFields = {}, options?: { cause?: unknown }) {
     super('DB_QUERY', message, options)
     for (const [key, value] of Object.entries(fields)) {

@@ -79,7 +79,7 @@ impl NativePool {
         let params = params.to_vec();
         env.spawn_future(async move {
             let mut lease = group.acquire().await?;
-            let out = lease.query(&sql, &params).await?;
+            let out = lease.query(&sql, &params, true).await?;
             drop(lease);
             Ok(Buffer::from(out))
         })
@@ -165,7 +165,7 @@ impl NativeHandler {
         env.spawn_future(async move {
             let mut guard = leased(&group, &slot, &released).await?;
             let lease = guard.as_mut().ok_or(PoolError::Closed)?;
-            Ok(Buffer::from(lease.query(&sql, &params).await?))
+            Ok(Buffer::from(lease.query(&sql, &params, false).await?))
         })
     }
 

