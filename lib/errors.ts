@@ -105,16 +105,15 @@ interface NativeErrorWire {
   db?: DatabaseErrorFields
 }
 
-/** Turns an error from the native binding (JSON in its message) into the matching class. */
-export function fromNative(err: unknown): Error {
-  if (!(err instanceof Error)) return new PgDbPoolError('UNKNOWN', String(err), { cause: err })
+/** Builds the error class matching the native core's JSON error description. */
+export function fromWire(json: string): Error {
   let wire: NativeErrorWire
   try {
-    wire = JSON.parse(err.message)
+    wire = JSON.parse(json)
   } catch {
-    return new PgDbPoolError('UNKNOWN', err.message, { cause: err })
+    return new PgDbPoolError('UNKNOWN', json)
   }
-  const cause = { cause: err }
+  const cause = { cause: wire }
   switch (wire.code) {
     case 'CONFIG':
       return new ConfigError('', wire.message)
@@ -131,4 +130,10 @@ export function fromNative(err: unknown): Error {
     default:
       return new PgDbPoolError(wire.code, wire.message, cause)
   }
+}
+
+/** Turns an error thrown by the native binding (JSON in its message) into the matching class. */
+export function fromNative(err: unknown): Error {
+  if (!(err instanceof Error)) return new PgDbPoolError('UNKNOWN', String(err), { cause: err })
+  return err.message.startsWith('{') ? fromWire(err.message) : new PgDbPoolError('UNKNOWN', err.message, { cause: err })
 }

@@ -2,7 +2,7 @@ import { inspect } from 'node:util'
 
 import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './config'
 import { FieldInfo, QueryResult, RowMode, decodeResult, encodeParams } from './codec'
-import { PgDbPoolError, PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
+import { PgDbPoolError, PoolClosedError, UnconfiguredGroupError, fromNative, fromWire } from './errors'
 
 // The generated binding is private: only this module talks to it.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -74,6 +74,77 @@ export interface CloseOptions {
 type NativePool = import('../binding').NativePool
 type NativeHandler = import('../binding').NativeHandler
 
+interface Pending {
+  resolve: (value: any) => void
+  reject: (error: Error) => void
+  /** How to decode the result Buffer; `null` for operations without a result. */
+  rowMode: RowMode | null
+}
+
+/**
+ * Matches batched native completions to their promises. While anything is pending a ref'd
+ * timer keeps the event loop alive (the native wake-up is weak, so an idle pool never holds the
+ * process open).
+ */
+class Dispatcher {
+  #next = 0
+  readonly #pending = new Map<number, Pending>()
+  readonly #keepAlive = setInterval(() => {}, 0x7fffffff)
+  native!: NativePool
+  decode!: <R>(buf: Buffer, rowMode: RowMode) => QueryResult<R>
+
+  constructor() {
+    this.#keepAlive.unref()
+  }
+
+  /** Registers a pending operation and starts it with its id; a synchronous throw rejects. */
+  run<T>(rowMode: RowMode | null, start: (id: number) => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const id = (this.#next = (this.#next + 1) >>> 0)
+      if (this.#pending.size === 0) this.#keepAlive.ref()
+      this.#pending.set(id, { resolve, reject, rowMode })
+      try {
+        start(id)
+      } catch (e) {
+        this.#settled(id)
+        reject(fromNative(e))
+      }
+    })
+  }
+
+  #settled(id: number) {
+    this.#pending.delete(id)
+    if (this.#pending.size === 0) this.#keepAlive.unref()
+  }
+
+  /** Called by the native side when results are queued. */
+  readonly drain = (): void => {
+    const buf = this.native.takeCompletions()
+    let pos = 0
+    while (pos < buf.length) {
+      const id = buf.readUInt32BE(pos)
+      const failed = buf[pos + 4] === 1
+      const len = buf.readUInt32BE(pos + 5)
+      const start = pos + 9
+      pos = start + len
+      const op = this.#pending.get(id)
+      if (op === undefined) continue
+      this.#settled(id)
+      if (failed) {
+        op.reject(fromWire(buf.toString('utf8', start, pos)))
+      } else if (op.rowMode === null) {
+        op.resolve(undefined)
+      } else {
+        try {
+          op.resolve(this.decode(buf.subarray(start, pos), op.rowMode))
+        } catch (e) {
+          op.reject(e as Error)
+        }
+      }
+    }
+  }
+}
+
 function splitInput(input: QueryInput, params: readonly unknown[] | undefined, options: QueryOptions | undefined) {
   if (typeof input === 'string') return { text: input, values: params, rowMode: options?.rowMode ?? 'object' }
   if (input === null || typeof input !== 'object' || typeof input.text !== 'string') {
@@ -89,6 +160,7 @@ function splitInput(input: QueryInput, params: readonly unknown[] | undefined, o
  */
 export class Pool {
   readonly #native: NativePool
+  readonly #dispatcher = new Dispatcher()
   readonly #config: NormalizedConfig
   readonly #groups: Map<string, number>
   #closing: Promise<void> | undefined
@@ -100,10 +172,12 @@ export class Pool {
     this.#config = normalizeConfig(config)
     this.#groups = new Map(this.#config.groups.map((g, i) => [g.name, i]))
     try {
-      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded')
+      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded', this.#dispatcher.drain)
     } catch (e) {
       throw fromNative(e)
     }
+    this.#dispatcher.native = this.#native
+    this.#dispatcher.decode = (buf, rowMode) => decodeResult(buf, rowMode, this.#config.types)
     this.ready = this.#native.warmUp().catch((e: unknown) => {
       throw fromNative(e)
     })
@@ -129,13 +203,8 @@ export class Pool {
   }
 
   /** @internal */
-  nativeHandler(group: string): NativeHandler {
-    return this.#native.handler(this.groupIndex(group))
-  }
-
-  /** @internal */
-  decode<R>(buf: Buffer, rowMode: RowMode): QueryResult<R> {
-    return decodeResult<R>(buf, rowMode, this.#config.types)
+  nativeHandler(group: string): [NativeHandler, Dispatcher] {
+    return [this.#native.handler(this.groupIndex(group)), this.#dispatcher]
   }
 
   /** A scoped handler on `group`; it takes a connection on first use. */
@@ -149,17 +218,15 @@ export class Pool {
   }
 
   /** One statement on any connection of the group (no explicit checkout). */
-  async query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: PoolQueryOptions): Promise<QueryResult<R>> {
-    const { text, values, rowMode } = splitInput(input, params, options)
-    const group = this.groupIndex(options?.group ?? 'default')
-    const encoded = encodeParams(values)
-    let out: Buffer
+  query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: PoolQueryOptions): Promise<QueryResult<R>> {
     try {
-      out = await this.#native.query(group, text, encoded)
+      const { text, values, rowMode } = splitInput(input, params, options)
+      const group = this.groupIndex(options?.group ?? 'default')
+      const encoded = encodeParams(values)
+      return this.#dispatcher.run(rowMode, (id) => this.#native.query(id, group, text, encoded))
     } catch (e) {
-      throw fromNative(e)
+      return Promise.reject(e)
     }
-    return this.decode<R>(out, rowMode)
   }
 
   /** Gauges and counters per group and endpoint. */
@@ -209,35 +276,31 @@ async function runWithHandler<T>(db: Handler, fn: (db: Handler) => Promise<T> | 
  */
 export class Handler implements AsyncDisposable {
   readonly group: string
-  readonly #pool: Pool
   readonly #native: NativeHandler
+  readonly #dispatcher: Dispatcher
 
   constructor(group = 'default', pool?: Pool) {
     this.group = group
-    this.#pool = pool ?? defaultPool()
-    this.#native = this.#pool.nativeHandler(group)
+    ;[this.#native, this.#dispatcher] = (pool ?? defaultPool()).nativeHandler(group)
   }
 
   /** Takes the connection now rather than at the first statement. */
-  async acquire(): Promise<void> {
-    try {
-      await this.#native.acquire()
-    } catch (e) {
-      throw fromNative(e)
-    }
+  acquire(): Promise<void> {
+    // An idle connection is taken synchronously, without a round trip through the core.
+    if (this.#native.tryAcquire()) return Promise.resolve()
+    return this.#dispatcher.run(null, (id) => this.#native.acquire(id))
   }
 
   /** Runs one statement; parameters are `$1..$n`, always bound, never interpolated. */
-  async query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>> {
-    const { text, values, rowMode } = splitInput(input, params, options)
-    const encoded = encodeParams(values)
-    let out: Buffer
+  query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>> {
     try {
-      out = await this.#native.query(text, encoded)
+      const { text, values, rowMode } = splitInput(input, params, options)
+      const encoded = encodeParams(values)
+      this.#native.tryAcquire()
+      return this.#dispatcher.run(rowMode, (id) => this.#native.query(id, text, encoded))
     } catch (e) {
-      throw fromNative(e)
+      return Promise.reject(e)
     }
-    return this.#pool.decode<R>(out, rowMode)
   }
 
   /**
@@ -253,21 +316,13 @@ export class Handler implements AsyncDisposable {
   }
 
   /** Commits the open transaction; an aborted transaction or failed COMMIT rejects. */
-  async commit(): Promise<void> {
-    try {
-      await this.#native.commit()
-    } catch (e) {
-      throw fromNative(e)
-    }
+  commit(): Promise<void> {
+    return this.#dispatcher.run(null, (id) => this.#native.commit(id))
   }
 
   /** Rolls back the open transaction, if any. */
-  async rollback(): Promise<void> {
-    try {
-      await this.#native.rollback()
-    } catch (e) {
-      throw fromNative(e)
-    }
+  rollback(): Promise<void> {
+    return this.#dispatcher.run(null, (id) => this.#native.rollback(id))
   }
 
   /** Whether a transaction is open on this handler. */
@@ -275,13 +330,13 @@ export class Handler implements AsyncDisposable {
     return this.#native.inTransaction
   }
 
-  /** Returns the connection to the pool (rolling back an open transaction). Idempotent. */
-  async release(): Promise<void> {
-    try {
-      await this.#native.release()
-    } catch (e) {
-      throw fromNative(e)
-    }
+  /**
+   * Returns the connection to the pool. Idempotent. An open transaction is rolled back first
+   * (in the background: the connection is not handed to anyone else before that is done).
+   */
+  release(): Promise<void> {
+    this.#native.release()
+    return Promise.resolve()
   }
 
   [Symbol.asyncDispose](): Promise<void> {

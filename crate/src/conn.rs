@@ -8,7 +8,7 @@ use lru::LruCache;
 use tokio_postgres::{Client, Statement};
 
 use crate::error::PoolError;
-use crate::protocol::{command_of, decode_params, ResultWriter};
+use crate::protocol::{command_of, decode_params, Param, ResultWriter};
 
 /// Transaction state as tracked from the statements we ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,15 +73,16 @@ impl PgConn {
         Ok(stmt)
     }
 
-    /// Runs one statement and returns the encoded result.
-    pub async fn query(&mut self, sql: &str, params: &[u8]) -> Result<Vec<u8>, PoolError> {
+    /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in
+    /// the same pipeline first (one round trip for both).
+    pub async fn query(&mut self, sql: &str, params: &[u8], begin: bool) -> Result<Vec<u8>, PoolError> {
         let command = command_of(sql);
-        let result = self.run(sql, params, &command).await;
+        let result = self.run(sql, params, &command, begin).await;
         self.track_tx(&command, result.is_ok());
         result
     }
 
-    async fn run(&mut self, sql: &str, params: &[u8], command: &str) -> Result<Vec<u8>, PoolError> {
+    async fn run(&mut self, sql: &str, params: &[u8], command: &str, begin: bool) -> Result<Vec<u8>, PoolError> {
         let params = decode_params(params).map_err(PoolError::Query)?;
         if command == "COMMIT" && self.tx == TxState::Failed {
             // The server would answer ROLLBACK without an error; a lost commit must be loud.
@@ -94,18 +95,28 @@ impl PgConn {
             Ok(stmt) => stmt,
             // Scripts with several statements cannot be prepared; run them as a simple query.
             Err(e) if params.is_empty() && is_multi_statement_error(&e) => {
+                if begin {
+                    self.begin().await?;
+                }
                 self.client.batch_execute(sql).await.map_err(|e| PoolError::from_pg(&e))?;
                 return Ok(ResultWriter::new(command, &[]).finish(None));
             }
             Err(e) => return Err(PoolError::from_pg(&e)),
         };
-        let mut writer = ResultWriter::new(command, stmt.columns());
-        let stream = self.client.query_raw(&stmt, params.iter()).await.map_err(|e| PoolError::from_pg(&e))?;
-        pin_mut!(stream);
-        while let Some(row) = stream.try_next().await.map_err(|e| PoolError::from_pg(&e))? {
-            writer.push_row(&row).map_err(PoolError::Query)?;
+        if begin {
+            let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), execute(&self.client, &stmt, &params, command));
+            began.map_err(|e| PoolError::from_pg(&e))?;
+            self.tx = TxState::Open;
+            result
+        } else {
+            execute(&self.client, &stmt, &params, command).await
         }
-        Ok(writer.finish(stream.rows_affected()))
+    }
+
+    async fn begin(&mut self) -> Result<(), PoolError> {
+        self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
+        self.tx = TxState::Open;
+        Ok(())
     }
 
     fn track_tx(&mut self, command: &str, ok: bool) {
@@ -115,15 +126,6 @@ impl PgConn {
             (_, false, TxState::Open) => TxState::Failed,
             (_, _, state) => state,
         };
-    }
-
-    /// Opens a transaction if none is open (for `autocommit: false` groups).
-    pub async fn begin_if_idle(&mut self) -> Result<(), PoolError> {
-        if self.tx == TxState::Idle {
-            self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
-            self.tx = TxState::Open;
-        }
-        Ok(())
     }
 
     /// Commits; an aborted transaction or a failing COMMIT is an error.
@@ -161,6 +163,16 @@ impl PgConn {
     pub async fn ping(&self) -> bool {
         self.client.simple_query("").await.is_ok()
     }
+}
+
+async fn execute(client: &Client, stmt: &Statement, params: &[Param<'_>], command: &str) -> Result<Vec<u8>, PoolError> {
+    let mut writer = ResultWriter::new(command, stmt.columns());
+    let stream = client.query_raw(stmt, params.iter()).await.map_err(|e| PoolError::from_pg(&e))?;
+    pin_mut!(stream);
+    while let Some(row) = stream.try_next().await.map_err(|e| PoolError::from_pg(&e))? {
+        writer.push_row(&row).map_err(PoolError::Query)?;
+    }
+    Ok(writer.finish(stream.rows_affected()))
 }
 
 fn is_multi_statement_error(e: &tokio_postgres::Error) -> bool {

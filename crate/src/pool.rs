@@ -122,6 +122,11 @@ impl Group {
     /// Endpoint for a new connection or checkout: healthy ones by the balance strategy; when
     /// every endpoint is banned, all of them (trying beats failing blind).
     fn choose(&self, state: &GroupState, now: Instant, exclude: &[usize]) -> Option<usize> {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        self.choose_at(state, now, exclude, tick)
+    }
+
+    fn choose_at(&self, state: &GroupState, now: Instant, exclude: &[usize], tick: usize) -> Option<usize> {
         let build = |ignore_bans: bool| -> Vec<Candidate> {
             self.endpoints
                 .iter()
@@ -142,7 +147,6 @@ impl Group {
         if candidates.is_empty() {
             candidates = build(true);
         }
-        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         balancer::choose(self.config.balance, &candidates, tick)
     }
 
@@ -197,6 +201,38 @@ impl Group {
         state.waiters.push_back(Waiter { id, tx });
         bump(&self.counters.waits);
         Ok(Plan::Wait(id, rx))
+    }
+
+    /// The synchronous fast path: an idle, fresh, healthy connection if one is at hand right
+    /// now and nobody is queued before us; `None` means take the asynchronous path.
+    pub fn try_acquire_now(self: &Arc<Self>) -> Option<Lease> {
+        let now = Instant::now();
+        let ping_after = Duration::from_millis(self.config.ping_after_idle);
+        let conn = {
+            let mut state = self.state.lock();
+            if state.closed || !state.waiters.is_empty() {
+                return None;
+            }
+            let usable = |c: &PgConn| !c.is_broken() && now.duration_since(c.last_used) < ping_after;
+            // Peek at the rotation; it advances only if this fast path succeeds, so a fall-back
+            // to the asynchronous path does not skew the balance.
+            let preferred = self.choose_at(&state, now, &[], self.tick.load(Ordering::Relaxed));
+            let e = preferred
+                .filter(|&e| state.slots[e].idle.last().is_some_and(usable))
+                .or_else(|| {
+                    // Only fall back to another endpoint when the preferred one cannot grow.
+                    if state.total < self.config.connection_count {
+                        return None;
+                    }
+                    (0..state.slots.len()).find(|&i| state.slots[i].idle.last().is_some_and(usable))
+                })?;
+            let conn = state.slots[e].idle.pop()?;
+            state.slots[e].in_use += 1;
+            self.tick.fetch_add(1, Ordering::Relaxed);
+            conn
+        };
+        bump(&self.counters.acquires);
+        Some(Lease::new(self.clone(), conn))
     }
 
     /// Reserves an endpoint for a capacity unit granted to a waiter.
@@ -636,13 +672,8 @@ impl Lease {
     pub async fn query(&mut self, sql: &str, params: &[u8], standalone: bool) -> Result<Vec<u8>, PoolError> {
         let autocommit = standalone || self.group.config.autocommit;
         let conn = self.conn()?;
-        let result = async {
-            if !autocommit {
-                conn.begin_if_idle().await?;
-            }
-            conn.query(sql, params).await
-        }
-        .await;
+        let begin = !autocommit && conn.tx == TxState::Idle;
+        let result = conn.query(sql, params, begin).await;
         self.note(result)
     }
 
