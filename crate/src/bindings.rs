@@ -17,6 +17,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Result, Status};
 use napi_derive::napi;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::config::PoolConfig;
 use crate::error::PoolError;
@@ -37,9 +38,29 @@ type Wake = ThreadsafeFunction<(), (), (), Status, false, true>;
 struct Completions {
     queue: Mutex<Vec<u8>>,
     wake: Wake,
+    /// Signalled whenever JS takes the queue.
+    taken: Notify,
 }
 
+/// Results above this size hold their connection until JS has taken them (backpressure).
+const LARGE_RESULT: usize = 256 * 1024;
+/// How long a large result may wait for a busy JS thread before its connection is freed anyway.
+const TAKE_WAIT: Duration = Duration::from_secs(60);
+
 impl Completions {
+    /// Completes `id`; for a large result, waits until JS has taken it, so that the caller's
+    /// connection is not reused while results pile up faster than JS decodes them.
+    async fn deliver(&self, id: u32, bytes: Vec<u8>) {
+        if bytes.len() < LARGE_RESULT {
+            return self.complete(id, Ok(bytes));
+        }
+        let taken = self.taken.notified();
+        tokio::pin!(taken);
+        taken.as_mut().enable();
+        self.complete(id, Ok(bytes));
+        let _ = tokio::time::timeout(TAKE_WAIT, taken).await;
+    }
+
     fn complete(&self, id: u32, result: std::result::Result<Vec<u8>, PoolError>) {
         let was_empty = {
             let mut queue = self.queue.lock();
@@ -108,14 +129,16 @@ impl NativePool {
             Pool::new(PoolConfig::from_json(&config_json).map_err(config_error)?).map_err(config_error)?
         };
         pool.users.fetch_add(1, Ordering::SeqCst);
-        let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake });
+        let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new() });
         Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)) })
     }
 
     /// Every result queued since the last call, as one Buffer (see [`Completions`]).
     #[napi]
     pub fn take_completions(&self) -> Buffer {
-        Buffer::from(std::mem::take(&mut *self.completions.queue.lock()))
+        let batch = std::mem::take(&mut *self.completions.queue.lock());
+        self.completions.taken.notify_waiters();
+        Buffer::from(batch)
     }
 
     /// How many JS pool objects (across threads) use this pool.
@@ -148,12 +171,23 @@ impl NativePool {
     pub fn query(&self, id: u32, group: u32, sql: String, params: Buffer) -> Result<()> {
         let group = self.group(group)?;
         let params = params.to_vec();
-        self.completions.spawn(id, async move {
-            let mut lease = match group.try_acquire_now() {
-                Some(lease) => lease,
-                None => group.acquire().await?,
+        let completions = self.completions.clone();
+        napi::bindgen_prelude::spawn(async move {
+            let run = async {
+                let mut lease = match group.try_acquire_now() {
+                    Some(lease) => lease,
+                    None => group.acquire().await?,
+                };
+                let bytes = lease.query(&sql, &params, true).await?;
+                Ok::<_, PoolError>((bytes, lease))
             };
-            lease.query(&sql, &params, true).await
+            match run.await {
+                Ok((bytes, lease)) => {
+                    completions.deliver(id, bytes).await;
+                    drop(lease);
+                }
+                Err(err) => completions.complete(id, Err(err)),
+            }
         });
         Ok(())
     }
