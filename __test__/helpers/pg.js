@@ -53,8 +53,11 @@ class Server {
   get url() {
     return `postgres://postgres:${PASSWORD}@127.0.0.1:${this.port}/postgres`
   }
+  clientConfig() {
+    return { host: '127.0.0.1', port: this.port, user: 'postgres', password: PASSWORD, database: 'postgres' }
+  }
   async admin(fn) {
-    const client = new Client({ host: '127.0.0.1', port: this.port, user: 'postgres', password: PASSWORD, database: 'postgres' })
+    const client = new Client(this.clientConfig())
     client.on('error', () => {})
     await client.connect()
     try {
@@ -100,15 +103,8 @@ class ExternalServer extends Server {
   get url() {
     return this.u.toString()
   }
-  async admin(fn) {
-    const client = new Client({ connectionString: this.url })
-    client.on('error', () => {})
-    await client.connect()
-    try {
-      return await fn(client)
-    } finally {
-      await client.end().catch(() => {})
-    }
+  clientConfig() {
+    return { connectionString: this.url }
   }
   async stop() {
     throw new Error('cannot stop an external server')
