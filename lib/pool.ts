@@ -2,7 +2,7 @@ import { inspect } from 'node:util'
 
 import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './config'
 import { FieldInfo, QueryResult, RowMode, decodeResult, encodeParams } from './codec'
-import { PgDbPoolError, PoolClosedError, UnconfiguredGroupError, fromNative, fromWire } from './errors'
+import { PoolClosedError, UnconfiguredGroupError, fromNative, fromWire } from './errors'
 
 // The generated binding is private: only this module talks to it.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -412,4 +412,3 @@ export const Connection = {
 } as const
 
 export type { FieldInfo, QueryResult, RowMode }
-export { PgDbPoolError }

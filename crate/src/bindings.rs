@@ -31,6 +31,10 @@ fn config_error(message: String) -> napi::Error {
     napi::Error::from_reason(json.to_string())
 }
 
+fn build_pool(config_json: &str) -> Result<Arc<Pool>> {
+    Pool::new(PoolConfig::from_json(config_json).map_err(config_error)?).map_err(config_error)
+}
+
 type Wake = ThreadsafeFunction<(), (), (), Status, false, true>;
 
 /// Finished operations waiting for the JS thread, encoded back to back:
@@ -120,13 +124,13 @@ impl NativePool {
             match registry.get(&config_json).and_then(Weak::upgrade).filter(|p| !p.is_closed()) {
                 Some(pool) => pool,
                 None => {
-                    let pool = Pool::new(PoolConfig::from_json(&config_json).map_err(config_error)?).map_err(config_error)?;
+                    let pool = build_pool(&config_json)?;
                     registry.insert(config_json, Arc::downgrade(&pool));
                     pool
                 }
             }
         } else {
-            Pool::new(PoolConfig::from_json(&config_json).map_err(config_error)?).map_err(config_error)?
+            build_pool(&config_json)?
         };
         pool.users.fetch_add(1, Ordering::SeqCst);
         let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new() });

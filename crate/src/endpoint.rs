@@ -128,6 +128,13 @@ impl Endpoint {
         }
     }
 
+    /// Asks the server to cancel the statement running on a session. Cancel requests go in
+    /// plain TCP (servers that allow non-TLS connections accept them); a failed cancel is
+    /// harmless.
+    pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
+        let _ = token.cancel_query(NoTls).await;
+    }
+
     async fn open(&self) -> Result<Client, tokio_postgres::Error> {
         match &self.tls {
             None => {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
-use tokio_postgres::{CancelToken, NoTls};
+use tokio_postgres::CancelToken;
 
 use crate::balancer::{self, Candidate};
 use crate::config::{GroupConfig, PoolConfig};
@@ -714,15 +714,6 @@ impl Drop for Lease {
         } else {
             group.check_in(conn, true);
         }
-    }
-}
-
-impl Endpoint {
-    /// Asks the server to cancel the statement running on a session.
-    pub async fn cancel(&self, token: CancelToken) {
-        // Cancel requests are sent in plain TCP; TLS endpoints also accept them that way when
-        // the server allows non-SSL connections, and a failed cancel is harmless.
-        let _ = token.cancel_query(NoTls).await;
     }
 }
 

@@ -217,18 +217,13 @@ fn write_payload(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result
         Kind::Json if *ty == Type::JSONB => out.extend_from_slice(raw.get(1..).unwrap_or_default()),
         Kind::Int8 => {
             let v = i64::from_be_bytes(raw.try_into().map_err(|_| "bad int8")?);
-            let mut b = itoa_buf(v);
-            out.append(&mut b);
+            out.extend_from_slice(v.to_string().as_bytes());
         }
         Kind::Array => write_array(out, ty, raw)?,
         Kind::Text => write_text(out, ty, raw)?,
         _ => out.extend_from_slice(raw),
     }
     Ok(())
-}
-
-fn itoa_buf(v: i64) -> Vec<u8> {
-    v.to_string().into_bytes()
 }
 
 fn write_array(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
@@ -435,8 +430,11 @@ fn numeric_text(raw: &[u8], s: &mut String) -> Result<(), String> {
 /// The command word node-postgres reports (`SELECT`, `INSERT`, ...), taken from the SQL text
 /// because tokio-postgres does not expose the server's command tag.
 pub fn command_of(sql: &str) -> String {
-    let words = leading_words(sql);
-    let first = words.first().map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+    let first = strip_leading_comments(sql)
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .find(|w| !w.is_empty())
+        .unwrap_or_default()
+        .to_ascii_uppercase();
     match first.as_str() {
         "WITH" => main_verb_after_with(sql),
         "START" => "BEGIN".into(),
@@ -445,11 +443,6 @@ pub fn command_of(sql: &str) -> String {
         "VALUES" | "TABLE" => "SELECT".into(),
         _ => first,
     }
-}
-
-fn leading_words(sql: &str) -> Vec<&str> {
-    let s = strip_leading_comments(sql);
-    s.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').filter(|w| !w.is_empty()).take(1).collect()
 }
 
 fn strip_leading_comments(mut s: &str) -> &str {
