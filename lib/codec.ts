@@ -37,7 +37,6 @@ const enum Kind {
 }
 
 const PG_EPOCH_MS = 946_684_800_000
-const EMPTY = Buffer.alloc(0)
 
 // ---------- parameters ----------
 
@@ -99,20 +98,71 @@ function toText(value: unknown): string | Buffer | null {
   }
 }
 
-/** `u32 count`, then per parameter `u8 tag (0 null, 1 text, 2 binary) | u32 len | bytes`. */
-export function encodeParams(params: readonly unknown[] | undefined): Buffer {
-  if (params === undefined || params.length === 0) return EMPTY
-  const n = params.length
+/** A growable byte buffer that operations are written into back to back. */
+export class ByteWriter {
+  buf = Buffer.allocUnsafe(16 * 1024)
+  pos = 0
+
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return
+    let size = this.buf.length * 2
+    while (size < this.pos + n) size *= 2
+    const bigger = Buffer.allocUnsafe(size)
+    this.buf.copy(bigger, 0, 0, this.pos)
+    this.buf = bigger
+  }
+
+  u8(v: number): void {
+    this.ensure(1)
+    this.buf[this.pos++] = v
+  }
+
+  u32(v: number): void {
+    this.ensure(4)
+    this.buf.writeUInt32BE(v, this.pos)
+    this.pos += 4
+  }
+
+  /** `u32 len | UTF-8 bytes`. */
+  text(s: string): void {
+    this.ensure(4 + s.length * 3)
+    const len = this.buf.write(s, this.pos + 4)
+    this.buf.writeUInt32BE(len, this.pos)
+    this.pos += 4 + len
+  }
+
+  /** Takes what was written and starts over. */
+  take(): Buffer {
+    const out = this.buf.subarray(0, this.pos)
+    this.buf = Buffer.allocUnsafe(this.buf.length)
+    this.pos = 0
+    return out
+  }
+}
+
+/**
+ * Writes `u32 len | u32 count`, then per parameter `u8 tag (0 null, 1 text, 2 binary) | u32 len |
+ * bytes` (the outer length lets the core slice the parameters off without parsing them).
+ */
+export function writeParams(w: ByteWriter, params: readonly unknown[] | undefined): void {
+  const n = params === undefined ? 0 : params.length
+  if (n === 0) {
+    w.u32(0)
+    return
+  }
   const values: Array<string | Buffer | null> = new Array(n)
   let size = 4
   for (let i = 0; i < n; i++) {
-    const v = toText(params[i])
+    const v = toText(params![i])
     values[i] = v
-    size += 5 + (v === null ? 0 : typeof v === 'string' ? Buffer.byteLength(v) : v.length)
+    size += 5 + (v === null ? 0 : typeof v === 'string' ? v.length * 3 : v.length)
   }
-  const out = Buffer.allocUnsafe(size)
-  out.writeUInt32BE(n, 0)
-  let pos = 4
+  w.ensure(4 + size)
+  const out = w.buf
+  const start = w.pos
+  let pos = start + 4
+  out.writeUInt32BE(n, pos)
+  pos += 4
   for (let i = 0; i < n; i++) {
     const v = values[i]
     if (v === null) {
@@ -131,7 +181,8 @@ export function encodeParams(params: readonly unknown[] | undefined): Buffer {
       pos += 5 + v.length
     }
   }
-  return out
+  out.writeUInt32BE(pos - start - 4, start)
+  w.pos = pos
 }
 
 // ---------- results ----------

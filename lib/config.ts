@@ -49,6 +49,8 @@ export interface GroupConfig {
   ping_after_idle?: number
   /** Prepared statements kept per connection; 0 for PgBouncer transaction mode. */
   statement_cache_size?: number
+  /** One-shot statements allowed in flight on one connection once all are busy; 1 turns pipelining off. */
+  pipeline?: number
 }
 
 export interface TypeOptions {
@@ -89,6 +91,7 @@ export const GROUP_DEFAULTS = {
   max_lifetime: 3_600_000,
   ping_after_idle: 10_000,
   statement_cache_size: 256,
+  pipeline: 8,
 }
 
 export interface NormalizedEndpoint extends Required<Omit<EndpointConfig, 'pass' | 'ssl_ca'>> {
@@ -169,7 +172,7 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
 }
 
 const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
-const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'ping_after_idle', 'statement_cache_size'] as const
+const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'ping_after_idle', 'statement_cache_size', 'pipeline'] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
 /** Parses `postgres://user:pass@host:port/db?sslmode=...&application_name=...`. */
@@ -289,6 +292,7 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
     max_lifetime: integer(raw.max_lifetime, `${path}.max_lifetime`, 0, GROUP_DEFAULTS.max_lifetime),
     ping_after_idle: integer(raw.ping_after_idle, `${path}.ping_after_idle`, 0, GROUP_DEFAULTS.ping_after_idle),
     statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, 0, GROUP_DEFAULTS.statement_cache_size),
+    pipeline: integer(raw.pipeline, `${path}.pipeline`, 1, GROUP_DEFAULTS.pipeline),
   }
 }
 

@@ -115,6 +115,9 @@ pub struct GroupConfig {
     pub ping_after_idle: u64,
     /// Prepared statements cached per connection (0: no named statements).
     pub statement_cache_size: usize,
+    /// How many one-shot statements may be in flight on one connection once every connection
+    /// is busy (1 turns pipelining off).
+    pub pipeline: usize,
 }
 
 /// The whole pool.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, TryStreamExt};
 use lru::LruCache;
+use parking_lot::Mutex;
 use tokio_postgres::{Client, Statement};
 
 use crate::error::PoolError;
@@ -33,7 +34,8 @@ pub struct PgConn {
     pub expires: Option<Instant>,
     /// Transaction state.
     pub tx: TxState,
-    statements: Option<LruCache<String, Statement>>,
+    /// Behind a lock because pipelined one-shot queries share the session (see `query_shared`).
+    statements: Option<Mutex<LruCache<String, Statement>>>,
 }
 
 impl PgConn {
@@ -51,7 +53,7 @@ impl PgConn {
             last_used: now,
             expires,
             tx: TxState::Idle,
-            statements: NonZeroUsize::new(cache_size).map(LruCache::new),
+            statements: NonZeroUsize::new(cache_size).map(|n| Mutex::new(LruCache::new(n))),
         }
     }
 
@@ -60,17 +62,29 @@ impl PgConn {
         self.client.is_closed()
     }
 
-    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(cache) = self.statements.as_mut() {
-            if let Some(stmt) = cache.get(sql) {
-                return Ok(stmt.clone());
-            }
+    async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(stmt) = self.statements.as_ref().and_then(|cache| cache.lock().get(sql).cloned()) {
+            return Ok(stmt);
         }
         let stmt = self.client.prepare(sql).await?;
-        if let Some(cache) = self.statements.as_mut() {
-            cache.put(sql.to_string(), stmt.clone());
+        if let Some(cache) = self.statements.as_ref() {
+            cache.lock().put(sql.to_string(), stmt.clone());
         }
         Ok(stmt)
+    }
+
+    /// Runs a stand-alone statement on a session that other stand-alone statements may be using
+    /// at the same time: tokio-postgres pipelines them on the socket. Only for statements that
+    /// leave no session state behind (see [`pipelinable`]).
+    /// `Ok(None)`: the text holds several statements, which must run on an exclusive session.
+    pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+        let params = decode_params(params).map_err(PoolError::Query)?;
+        let stmt = match self.statement(sql).await {
+            Ok(stmt) => stmt,
+            Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
+            Err(e) => return Err(PoolError::from_pg(&e)),
+        };
+        execute(&self.client, &stmt, &params, command_of(sql).as_str()).await.map(Some)
     }
 
     /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in
@@ -173,6 +187,14 @@ async fn execute(client: &Client, stmt: &Statement, params: &[Param<'_>], comman
         writer.push_row(&row).map_err(PoolError::Query)?;
     }
     Ok(writer.finish(stream.rows_affected()))
+}
+
+/// Whether a stand-alone statement may share its session with others in flight: plain reads
+/// and writes, which cannot open a transaction or change session state. Scripts of several
+/// statements cannot be prepared, so they never get here (they fail to prepare and take the
+/// exclusive path's fallback instead).
+pub fn pipelinable(sql: &str) -> bool {
+    matches!(command_of(sql).as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "MERGE")
 }
 
 fn is_multi_statement_error(e: &tokio_postgres::Error) -> bool {

@@ -691,6 +691,42 @@ impl Lease {
         self.note(result)
     }
 
+    /// Runs a stand-alone statement while other tasks may run theirs on the same lease
+    /// (pipelining, see `PgConn::query_shared`). A lost connection is discarded at drop.
+    pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+        if self.group.revoked.load(Ordering::Relaxed) {
+            return Err(PoolError::Closed);
+        }
+        let conn = self.conn.as_ref().ok_or(PoolError::Closed)?;
+        let result = conn.query_shared(sql, params).await;
+        if result.is_err() {
+            bump(&self.group.counters.query_errors);
+        }
+        result
+    }
+
+    /// Whether more statements may be pipelined on this lease: its session is alive and not
+    /// due for replacement, and no other checkout of the group is waiting for a connection.
+    pub fn accepts_shared(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.is_broken() && c.expires.is_none_or(|t| t > Instant::now()))
+            && self.group.state.lock().waiters.is_empty()
+    }
+
+    /// Whether this lease may go straight to another checkout of the same JS thread instead of
+    /// back to the pool: it is clean (no transaction, alive, not expired), the pool is not
+    /// revoked, and no checkout other than the caller's own `own_waiting` ones is queued in the
+    /// core (so other threads and one-shot queries are not starved). Counts as an acquire.
+    pub fn hand_over(&self, own_waiting: usize) -> bool {
+        let ok = !self.broken
+            && !self.group.revoked.load(Ordering::Relaxed)
+            && self.conn.as_ref().is_some_and(|c| c.tx == TxState::Idle && !c.is_broken() && c.expires.is_none_or(|t| t > Instant::now()))
+            && self.group.state.lock().waiters.len() <= own_waiting;
+        if ok {
+            bump(&self.group.counters.acquires);
+        }
+        ok
+    }
+
     /// Whether a transaction is open on this lease.
     pub fn in_transaction(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| c.tx != TxState::Idle)
