@@ -62,10 +62,13 @@ export class Checkout {
     return this.#requested
   }
 
-  /** A handler number holding a connection: at once when one is idle, else a promise. */
-  acquire(signal?: AbortSignal): number | Promise<number> {
-    if (signal?.aborted) return Promise.reject(new AbortError(signal.reason))
-    if (this.#closed) return Promise.reject(new PoolClosedError())
+  /**
+   * A handler number holding a connection when one is idle right now; otherwise -1, and later
+   * exactly one of `resolve` (with the handler number) or `reject` is called.
+   */
+  acquire(resolve: (handler: number) => void, reject: (error: Error) => void, signal?: AbortSignal): number {
+    if (signal?.aborted) throw new AbortError(signal.reason)
+    if (this.#closed) throw new PoolClosedError()
     const core = this.#core
     if (this.#live === 0) {
       const handler = core.handler()
@@ -73,21 +76,20 @@ export class Checkout {
       core.freeHandler(handler)
     }
     if (this.#live >= this.#limits.maxWaiting) {
-      return Promise.reject(new PoolTimeoutError(`group '${this.#limits.name}': ${this.#live} checkouts already waiting (max_waiting)`))
+      throw new PoolTimeoutError(`group '${this.#limits.name}': ${this.#live} checkouts already waiting (max_waiting)`)
     }
-    return new Promise<number>((resolve, reject) => {
-      const waiter: Waiter = { resolve, reject, deadline: Date.now() + this.#limits.acquireTimeout, done: false }
-      if (signal) {
-        waiter.signal = signal
-        waiter.onAbort = () => this.#finish(waiter, new AbortError(signal.reason))
-        signal.addEventListener('abort', waiter.onAbort, { once: true })
-      }
-      this.#queue.push(waiter)
-      this.#live++
-      this.waits++
-      if (this.#timer === undefined) this.#arm()
-      if (this.#requested < this.#live) this.#request()
-    })
+    const waiter: Waiter = { resolve, reject, deadline: Date.now() + this.#limits.acquireTimeout, done: false }
+    if (signal) {
+      waiter.signal = signal
+      waiter.onAbort = () => this.#finish(waiter, new AbortError(signal.reason))
+      signal.addEventListener('abort', waiter.onAbort, { once: true })
+    }
+    this.#queue.push(waiter)
+    this.#live++
+    this.waits++
+    if (this.#timer === undefined) this.#arm()
+    if (this.#requested < this.#live) this.#request()
+    return -1
   }
 
   /**

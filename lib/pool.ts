@@ -105,6 +105,7 @@ export class Pool {
   readonly #config: NormalizedConfig
   readonly #groups: Map<string, number>
   readonly #checkouts: Checkout[]
+  readonly #contexts: GroupContext[]
   #closing: Promise<void> | undefined
   /** Settles once the first connections are open; rejects with `DBOfflineError`. */
   readonly ready: Promise<void>
@@ -123,6 +124,7 @@ export class Pool {
     this.#checkouts = this.#config.groups.map(
       (g, index) => new Checkout(this.#core, { name: g.name, index, acquireTimeout: g.acquire_timeout, maxWaiting: g.max_waiting }),
     )
+    this.#contexts = this.#checkouts.map((checkout) => ({ core: this.#core, checkout }))
     this.ready = this.#native.warmUp().catch((e: unknown) => {
       throw fromNative(e)
     })
@@ -148,7 +150,7 @@ export class Pool {
 
   /** @internal */
   context(group: string): GroupContext {
-    return { core: this.#core, checkout: this.#checkouts[this.#groupIndex(group)] }
+    return this.#contexts[this.#groupIndex(group)]
   }
 
   /** A scoped handler on `group`; it takes a connection on first use. */
@@ -252,30 +254,36 @@ export class Handler implements AsyncDisposable {
     if (this.#handler >= 0) return RESOLVED
     if (this.#acquiring) return this.#acquiring
     if (this.#released) return Promise.reject(new PoolClosedError('this handler was already released'))
-    let got: number | Promise<number>
+    let settle!: () => void
+    let fail!: (e: Error) => void
+    const granted = (handler: number) => {
+      this.#acquiring = undefined
+      if (this.#released) {
+        this.#ctx.checkout.release(handler)
+        fail(new PoolClosedError('this handler was released while it waited for a connection'))
+        return
+      }
+      this.#handler = handler
+      settle()
+    }
+    const failed = (e: Error) => {
+      this.#acquiring = undefined
+      fail(e)
+    }
+    let handler: number
     try {
-      got = this.#ctx.checkout.acquire(options?.signal)
+      handler = this.#ctx.checkout.acquire(granted, failed, options?.signal)
     } catch (e) {
       return Promise.reject(e)
     }
-    if (typeof got === 'number') {
-      this.#handler = got
+    if (handler >= 0) {
+      this.#handler = handler
       return RESOLVED
     }
-    this.#acquiring = got.then(
-      (handler) => {
-        this.#acquiring = undefined
-        if (this.#released) {
-          this.#ctx.checkout.release(handler)
-          throw new PoolClosedError('this handler was released while it waited for a connection')
-        }
-        this.#handler = handler
-      },
-      (e: unknown) => {
-        this.#acquiring = undefined
-        throw e
-      },
-    )
+    this.#acquiring = new Promise<void>((resolve, reject) => {
+      settle = resolve
+      fail = reject
+    })
     return this.#acquiring
   }
 

@@ -396,21 +396,22 @@ impl NativePool {
     /// in the core.
     #[napi]
     pub fn release(&self, handler: u32, hand_over: bool, own_waiting: u32) -> bool {
-        let Some(slot) = self.handlers.lock().remove(&handler) else { return false };
-        let lease = {
-            let mut state = slot.state.lock();
-            state.released = true;
-            if state.running {
-                // Its task lets go of the connection once the queued statements are done.
-                return false;
-            }
-            state.lease.take()
-        };
-        let Some(lease) = lease else { return false };
-        if hand_over && lease.hand_over(own_waiting as usize) {
-            self.handlers.lock().insert(handler, HandlerSlot::new(slot.group.clone(), Some(lease)));
+        let mut handlers = self.handlers.lock();
+        let Some(slot) = handlers.get(&handler).cloned() else { return false };
+        let mut state = slot.state.lock();
+        if !state.running && hand_over && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
+            // Same slot, same number: the next checkout takes it as it is.
             return true;
         }
+        handlers.remove(&handler);
+        drop(handlers);
+        state.released = true;
+        if state.running {
+            // Its task lets go of the connection once the queued statements are done.
+            return false;
+        }
+        let lease = state.lease.take();
+        drop(state);
         drop(lease);
         false
     }
