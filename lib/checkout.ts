@@ -48,6 +48,9 @@ export class Checkout {
   /** Checkouts that had to wait here, and those that gave up at their deadline. */
   waits = 0
   timeouts = 0
+  /** Acquire requests sent to the core, and those of them that timed out there. */
+  requests = 0
+  requestTimeouts = 0
 
   constructor(core: Core, limits: CheckoutLimits) {
     this.#core = core
@@ -120,6 +123,7 @@ export class Checkout {
     const core = this.#core
     const handler = core.handler()
     this.#requested++
+    this.requests++
     core.submit<void>(Op.Acquire, handler, this.#limits.index, null).then(
       () => {
         this.#requested--
@@ -136,6 +140,7 @@ export class Checkout {
         core.freeHandler(handler)
         // Waiters keep their own deadlines; a request that timed out in the core is renewed.
         if (error instanceof PoolTimeoutError) {
+          this.requestTimeouts++
           if (this.#requested < this.#live && !this.#closed) this.#request()
           return
         }

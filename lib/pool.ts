@@ -180,7 +180,9 @@ export class Pool {
       // Handler checkouts of this thread wait in JS; the core sees only their acquire requests.
       const checkout = this.#checkouts[this.#groups.get(g.name)!]
       g.waiting = Math.max(0, g.waiting - checkout.requested) + checkout.waiting
-      g.timeouts += checkout.timeouts
+      // Counted once each: a waiting checkout, not also the acquire request made on its behalf.
+      g.waits = Math.max(0, g.waits - checkout.requests) + checkout.waits
+      g.timeouts = g.timeouts - checkout.requestTimeouts + checkout.timeouts
       groups[g.name] = g
     }
     return { type: this.#config.type, users: this.#native.users, closed: this.closed, groups }
