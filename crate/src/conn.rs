@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use futures_util::{pin_mut, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
 use crate::error::PoolError;
@@ -79,6 +80,13 @@ impl PgConn {
     /// `Ok(None)`: the text holds several statements, which must run on an exclusive session.
     pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
         let params = decode_params(params).map_err(PoolError::Query)?;
+        if self.statements.is_none() {
+            return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
+                Err(Unnamed::MultiStatement) => Ok(None),
+                Err(Unnamed::Failed(e)) => Err(e),
+                Ok(bytes) => Ok(Some(bytes)),
+            };
+        }
         let stmt = match self.statement(sql).await {
             Ok(stmt) => stmt,
             Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
@@ -104,6 +112,27 @@ impl PgConn {
             return Err(PoolError::Query(
                 "COMMIT failed: the transaction was aborted by an earlier error and has been rolled back".into(),
             ));
+        }
+        if self.statements.is_none() {
+            // No named statements at all (PgBouncer in transaction mode): one unnamed
+            // Parse/Bind/Execute per statement, pipelined behind the BEGIN when there is one.
+            let run = execute_unnamed(&self.client, sql, &params, command);
+            let result = if begin {
+                let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), run);
+                began.map_err(|e| PoolError::from_pg(&e))?;
+                self.tx = TxState::Open;
+                result
+            } else {
+                run.await
+            };
+            return match result {
+                Ok(bytes) => Ok(bytes),
+                Err(Unnamed::Failed(e)) => Err(e),
+                Err(Unnamed::MultiStatement) => {
+                    self.client.batch_execute(sql).await.map_err(|e| PoolError::from_pg(&e))?;
+                    Ok(ResultWriter::new(command, &[]).finish(None))
+                }
+            };
         }
         let stmt = match self.statement(sql).await {
             Ok(stmt) => stmt,
@@ -187,6 +216,35 @@ async fn execute(client: &Client, stmt: &Statement, params: &[Param<'_>], comman
         writer.push_row(&row).map_err(PoolError::Query)?;
     }
     Ok(writer.finish(stream.rows_affected()))
+}
+
+enum Unnamed {
+    /// The text holds several statements.
+    MultiStatement,
+    Failed(PoolError),
+}
+
+/// Runs a statement as the unnamed statement, in one round trip. Parameters are typed
+/// `unknown` (the server infers them, as for a prepared statement), bytea ones `bytea` since
+/// they are sent in binary. The column list comes with the first row, so an empty result has
+/// no `fields`.
+async fn execute_unnamed(client: &Client, sql: &str, params: &[Param<'_>], command: &str) -> Result<Vec<u8>, Unnamed> {
+    let failed = |e: tokio_postgres::Error| {
+        if params.is_empty() && is_multi_statement_error(&e) {
+            Unnamed::MultiStatement
+        } else {
+            Unnamed::Failed(PoolError::from_pg(&e))
+        }
+    };
+    let typed = params.iter().map(|p| (p, if p.binary { Type::BYTEA } else { Type::UNKNOWN }));
+    let stream = client.query_typed_raw(sql, typed).await.map_err(failed)?;
+    pin_mut!(stream);
+    let mut writer: Option<ResultWriter> = None;
+    while let Some(row) = stream.try_next().await.map_err(|e| Unnamed::Failed(PoolError::from_pg(&e)))? {
+        let writer = writer.get_or_insert_with(|| ResultWriter::new(command, row.columns()));
+        writer.push_row(&row).map_err(|e| Unnamed::Failed(PoolError::Query(e)))?;
+    }
+    Ok(writer.unwrap_or_else(|| ResultWriter::new(command, &[])).finish(stream.rows_affected()))
 }
 
 /// Whether a stand-alone statement may share its session with others in flight: plain reads

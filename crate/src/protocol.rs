@@ -93,7 +93,8 @@ impl<'a> FromSql<'a> for RawCell<'a> {
 /// bytes for Buffers.
 #[derive(Debug)]
 pub struct Param<'a> {
-    binary: bool,
+    /// Sent in binary (bytea) rather than text.
+    pub binary: bool,
     value: Option<&'a [u8]>,
 }
 
