@@ -79,6 +79,7 @@ export class Checkout {
       core.freeHandler(handler)
     }
     if (this.#live >= this.#limits.maxWaiting) {
+      this.timeouts++
       throw new PoolTimeoutError(`group '${this.#limits.name}': ${this.#live} checkouts already waiting (max_waiting)`)
     }
     const waiter: Waiter = { resolve, reject, deadline: Date.now() + this.#limits.acquireTimeout, done: false }

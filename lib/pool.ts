@@ -5,6 +5,7 @@ import { FieldInfo, QueryResult, RowMode, decodeResult } from './codec'
 import { PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
 import { AbortError, Checkout } from './checkout'
 import { Core, NativePool, Op } from './native'
+import { Cursor, CursorOptions } from './cursor'
 
 // The generated binding is private: only this module and lib/native.ts talk to it.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -82,6 +83,7 @@ export interface CloseOptions {
 interface GroupContext {
   core: Core
   checkout: Checkout
+  autocommit: boolean
 }
 
 const RESOLVED = Promise.resolve()
@@ -124,7 +126,7 @@ export class Pool {
     this.#checkouts = this.#config.groups.map(
       (g, index) => new Checkout(this.#core, { name: g.name, index, acquireTimeout: g.acquire_timeout, maxWaiting: g.max_waiting }),
     )
-    this.#contexts = this.#checkouts.map((checkout) => ({ core: this.#core, checkout }))
+    this.#contexts = this.#checkouts.map((checkout, i) => ({ core: this.#core, checkout, autocommit: this.#config.groups[i].autocommit }))
     this.ready = this.#native.warmUp().catch((e: unknown) => {
       throw fromNative(e)
     })
@@ -306,6 +308,15 @@ export class Handler implements AsyncDisposable {
   }
 
   /**
+   * A server-side cursor over a result too big to hold: `for await (const row of db.cursor(sql,
+   * params, { batchSize }))` fetches `batchSize` rows per round trip (see `Cursor`).
+   */
+  cursor<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: CursorOptions): Cursor<R> {
+    const { text, values, rowMode } = splitInput(input, params, options)
+    return new Cursor<R>(this, text, values, { ...options, rowMode }, this.#ctx.autocommit)
+  }
+
+  /**
    * The seed's prepared-query call: `SELECT * FROM "SQLPrepare"."ExecuteQuery"($1, ...)` (the
    * prep_queries extension, with `sqlprepare: true` on the group); returns the first column of
    * the first row.
@@ -427,5 +438,6 @@ export const Connection = {
   stats,
 } as const
 
-export { AbortError }
+export { AbortError, Cursor }
+export type { CursorOptions }
 export type { FieldInfo, QueryResult, RowMode }
