@@ -15,12 +15,15 @@ mod protocol;
 
 pub use bindings::NativePool;
 
-/// One tokio worker thread: a connection's task and the queries waiting on it then run on the
-/// same thread, so tokio-postgres's internal channel hops cost no cross-thread wake-ups. The
-/// JS thread and the PostgreSQL backends use the other cores.
+/// Half the cores for tokio workers (at least 1, at most 4): on 2 cores a single worker, so a
+/// connection's task and the queries waiting on it run on one thread and tokio-postgres's
+/// internal channel hops cost no cross-thread wake-ups, while the JS thread and the PostgreSQL
+/// backends use the other core.
 #[napi_derive::module_init]
 fn init_runtime() {
-    if let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("pgdbpool").enable_all().build() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = (cores / 2).clamp(1, 4);
+    if let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name("pgdbpool").enable_all().build() {
         napi::bindgen_prelude::create_custom_tokio_runtime(rt);
     }
 }
