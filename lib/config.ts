@@ -62,6 +62,8 @@ export interface GroupConfig {
   statement_cache_size?: number
   /** One-shot statements allowed in flight on one connection once all are busy; 1 turns pipelining off. */
   pipeline?: number
+  /** Milliseconds a handler may hold a connection before it is reported as a leak (0: off). */
+  leak_threshold?: number
 }
 
 export interface TypeOptions {
@@ -104,6 +106,7 @@ export const GROUP_DEFAULTS = {
   ping_after_idle: 10_000,
   statement_cache_size: 256,
   pipeline: 8,
+  leak_threshold: 0,
 }
 
 export interface NormalizedEndpoint extends Required<Omit<EndpointConfig, 'pass' | 'ssl_ca' | 'ssl_cert' | 'ssl_key'>> {
@@ -190,7 +193,7 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
 }
 
 const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
-const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'ping_after_idle', 'statement_cache_size', 'pipeline'] as const
+const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold'] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
 /** Parses `postgres://user:pass@host:port/db?sslmode=...&application_name=...`. */
@@ -367,6 +370,7 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
     ping_after_idle: integer(raw.ping_after_idle, `${path}.ping_after_idle`, 0, GROUP_DEFAULTS.ping_after_idle),
     statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, 0, GROUP_DEFAULTS.statement_cache_size),
     pipeline: integer(raw.pipeline, `${path}.pipeline`, 1, GROUP_DEFAULTS.pipeline),
+    leak_threshold: integer(raw.leak_threshold, `${path}.leak_threshold`, 0, GROUP_DEFAULTS.leak_threshold),
   }
 }
 
@@ -411,5 +415,7 @@ export function normalizeConfig(config: unknown): NormalizedConfig {
 
 /** The JSON the native core reads: endpoints and groups only, in a fixed key order. */
 export function nativeConfigJson(config: NormalizedConfig): string {
-  return JSON.stringify({ endpoints: config.endpoints, groups: config.groups, health_interval: config.health_interval })
+  // Leak detection happens in JS; the core does not know the key.
+  const groups = config.groups.map(({ leak_threshold: _, ...group }) => group)
+  return JSON.stringify({ endpoints: config.endpoints, groups, health_interval: config.health_interval })
 }

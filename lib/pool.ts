@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events'
 import { inspect } from 'node:util'
 
 import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './config'
@@ -84,6 +85,16 @@ interface GroupContext {
   core: Core
   checkout: Checkout
   autocommit: boolean
+  pool: Pool
+  leakThreshold: number
+}
+
+/** Payload of the `leak` event: a handler held longer than its group's `leak_threshold`. */
+export interface LeakEvent {
+  group: string
+  heldMs: number
+  /** Where the handler took its connection. */
+  stack: string
 }
 
 const RESOLVED = Promise.resolve()
@@ -101,7 +112,7 @@ function splitInput(input: QueryInput, params: readonly unknown[] | undefined, o
  * `init()` / `Handler` / `query()` functions, which share one default `Pool`; create `Pool`s
  * directly to hold several independent pools in one process.
  */
-export class Pool {
+export class Pool extends EventEmitter {
   readonly #native: NativePool
   readonly #core = new Core()
   readonly #config: NormalizedConfig
@@ -114,6 +125,7 @@ export class Pool {
 
   /** Validates `config` (throwing `ConfigError`) and starts connecting in the background. */
   constructor(config: Config) {
+    super()
     this.#config = normalizeConfig(config)
     this.#groups = new Map(this.#config.groups.map((g, i) => [g.name, i]))
     try {
@@ -126,7 +138,13 @@ export class Pool {
     this.#checkouts = this.#config.groups.map(
       (g, index) => new Checkout(this.#core, { name: g.name, index, acquireTimeout: g.acquire_timeout, maxWaiting: g.max_waiting }),
     )
-    this.#contexts = this.#checkouts.map((checkout, i) => ({ core: this.#core, checkout, autocommit: this.#config.groups[i].autocommit }))
+    this.#contexts = this.#checkouts.map((checkout, i) => ({
+      core: this.#core,
+      checkout,
+      autocommit: this.#config.groups[i].autocommit,
+      pool: this,
+      leakThreshold: this.#config.groups[i].leak_threshold,
+    }))
     this.ready = this.#native.warmUp().catch((e: unknown) => {
       throw fromNative(e)
     })
@@ -148,6 +166,21 @@ export class Pool {
     const index = this.#groups.get(group)
     if (index === undefined) throw new UnconfiguredGroupError(group, this.groups)
     return index
+  }
+
+  /**
+   * Emits `event` to its listeners, if any. A listener that throws cannot break the pool's own
+   * bookkeeping: its error becomes a process warning. `error` is never emitted without a
+   * listener (EventEmitter would throw).
+   * @internal
+   */
+  notify(event: string, payload: unknown): void {
+    if (this.listenerCount(event) === 0) return
+    try {
+      this.emit(event, payload)
+    } catch (e) {
+      process.emitWarning(`a pgdbpool '${event}' listener threw: ${(e as Error)?.stack ?? e}`, 'PgDbPoolListenerWarning')
+    }
   }
 
   /** @internal */
@@ -244,6 +277,7 @@ export class Handler implements AsyncDisposable {
   #handler = -1
   #acquiring: Promise<void> | undefined
   #released = false
+  #leakTimer: NodeJS.Timeout | undefined
 
   constructor(group = 'default', pool?: Pool) {
     this.group = group
@@ -267,7 +301,7 @@ export class Handler implements AsyncDisposable {
         fail(new PoolClosedError('this handler was released while it waited for a connection'))
         return
       }
-      this.#handler = handler
+      this.#acquired(handler)
       settle()
     }
     const failed = (e: Error) => {
@@ -281,7 +315,7 @@ export class Handler implements AsyncDisposable {
       return Promise.reject(e)
     }
     if (handler >= 0) {
-      this.#handler = handler
+      this.#acquired(handler)
       return RESOLVED
     }
     this.#acquiring = new Promise<void>((resolve, reject) => {
@@ -289,6 +323,22 @@ export class Handler implements AsyncDisposable {
       fail = reject
     })
     return this.#acquiring
+  }
+
+  #acquired(handler: number) {
+    this.#handler = handler
+    const { pool, leakThreshold } = this.#ctx
+    if (leakThreshold > 0) {
+      const taken = Date.now()
+      const stack = (new Error('handler taken here').stack ?? '').replace(/^Error: /, '')
+      this.#leakTimer = setTimeout(() => {
+        const leak: LeakEvent = { group: this.group, heldMs: Date.now() - taken, stack }
+        if (pool.listenerCount('leak') > 0) pool.notify('leak', leak)
+        else process.emitWarning(`a handler of group '${leak.group}' has held its connection for ${leak.heldMs} ms (leak_threshold); ${stack}`, 'PgDbPoolLeakWarning')
+      }, leakThreshold)
+      this.#leakTimer.unref()
+    }
+    if (pool.listenerCount('acquire') > 0) pool.notify('acquire', { group: this.group })
   }
 
   /** Runs one statement; parameters are `$1..$n`, always bound, never interpolated. */
@@ -361,7 +411,9 @@ export class Handler implements AsyncDisposable {
     const handler = this.#handler
     if (handler >= 0) {
       this.#handler = -1
+      if (this.#leakTimer !== undefined) clearTimeout(this.#leakTimer)
       this.#ctx.checkout.release(handler)
+      if (this.#ctx.pool.listenerCount('release') > 0) this.#ctx.pool.notify('release', { group: this.group })
     }
     return RESOLVED
   }
