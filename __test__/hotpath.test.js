@@ -213,3 +213,48 @@ test('a cursor left early or failing midway closes cleanly; the handler stays us
   })
   await pool.close()
 })
+
+test('an aborted handler query rejects at once and is cancelled on the server; the handler stays usable', async (t) => {
+  const { pool } = makePool({ default: { connection_count: 1 } })
+  const db = pool.handler()
+  await db.acquire()
+  const controller = new AbortController()
+  const started = Date.now()
+  const slow = db.query('SELECT pg_sleep(30)', [], { signal: controller.signal })
+  await waitFor(() => server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").then((r) => r.rows[0].n === 1), { what: 'sleep running' })
+  controller.abort()
+  await t.throwsAsync(slow, { instanceOf: AbortError })
+  // The server stopped the statement: the next one runs right after, not 30 s later.
+  t.deepEqual((await db.query('SELECT 1 AS v')).rows, [{ v: 1 }])
+  t.true(Date.now() - started < 20000)
+  await db.release()
+  // A one-shot query with an aborted signal never runs.
+  await t.throwsAsync(pool.query('SELECT 1', [], { signal: AbortSignal.abort() }), { instanceOf: AbortError })
+  await pool.close()
+})
+
+test('events: acquire and release are emitted; a handler held past leak_threshold is reported with the stack where it was taken', async (t) => {
+  const { pool } = makePool({ default: { connection_count: 1, leak_threshold: 50 } })
+  const seen = []
+  pool.on('acquire', (e) => seen.push(['acquire', e.group]))
+  pool.on('release', (e) => seen.push(['release', e.group]))
+  const leaks = []
+  pool.on('leak', (e) => leaks.push(e))
+  const db = pool.handler()
+  await db.acquire()
+  await waitFor(() => leaks.length === 1, { what: 'leak report' })
+  t.is(leaks[0].group, 'default')
+  t.true(leaks[0].heldMs >= 50)
+  t.regex(leaks[0].stack, /hotpath\.test\.js/)
+  await db.release()
+  t.deepEqual(seen, [['acquire', 'default'], ['release', 'default']])
+  // A listener that throws does not break the pool.
+  pool.on('acquire', () => {
+    throw new Error('listener bug')
+  })
+  const again = pool.handler()
+  await again.query('SELECT 1')
+  await again.release()
+  t.is(pool.stats().groups.default.inUse, 0)
+  await pool.close()
+})

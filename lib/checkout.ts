@@ -7,7 +7,7 @@
 // released by other threads and by one-shot queries).
 
 import { Core, Op } from './native'
-import { PgDbPoolError, PoolClosedError, PoolTimeoutError } from './errors'
+import { AbortError, PoolClosedError, PoolTimeoutError } from './errors'
 
 interface Waiter {
   resolve: (handler: number) => void
@@ -24,14 +24,6 @@ export interface CheckoutLimits {
   index: number
   acquireTimeout: number
   maxWaiting: number
-}
-
-/** Raised when an `AbortSignal` given to an acquire or query fires first. */
-export class AbortError extends PgDbPoolError {
-  constructor(reason?: unknown) {
-    super('ABORTED', reason instanceof Error ? `aborted: ${reason.message}` : 'the operation was aborted', { cause: reason })
-    this.name = 'AbortError'
-  }
 }
 
 export class Checkout {

@@ -2,7 +2,7 @@
 // results come back in batches, and promises are matched to them by id.
 
 import { ByteWriter, QueryResult, RowMode, writeParams } from './codec'
-import { PgDbPoolError, fromWire } from './errors'
+import { AbortError, PgDbPoolError, fromWire } from './errors'
 
 export type NativePool = import('../binding').NativePool
 
@@ -20,6 +20,8 @@ interface Pending {
   reject: (error: Error) => void
   /** How to decode the result Buffer; `null` for operations without a result. */
   rowMode: RowMode | null
+  /** Detaches the abort listener, if the operation has a signal. */
+  detach?: () => void
 }
 
 /** Largest submission buffer kept between ticks; a bigger one is dropped after use. */
@@ -60,8 +62,12 @@ export class Core {
    * Queues one operation (`u8 op | u32 id | u32 a | u32 b`, plus SQL and parameters for the
    * query operations); it goes to the core with the rest of this tick's operations.
    */
-  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | null, sql?: string, params?: readonly unknown[]): Promise<T> {
+  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | null, sql?: string, params?: readonly unknown[], signal?: AbortSignal, onAbort?: () => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(new AbortError(signal.reason))
+        return
+      }
       const id = (this.#next = (this.#next + 1) >>> 0)
       const w = this.#writer
       const mark = w.pos
@@ -80,7 +86,17 @@ export class Core {
         return
       }
       if (this.#pending.size === 0) this.#keepAlive.ref()
-      this.#pending.set(id, { resolve, reject, rowMode })
+      const pending: Pending = { resolve, reject, rowMode }
+      if (signal) {
+        const aborted = () => {
+          // The promise settles now; the core's late answer finds no one waiting and is dropped.
+          this.#fail(id, new AbortError(signal.reason))
+          onAbort?.()
+        }
+        signal.addEventListener('abort', aborted, { once: true })
+        pending.detach = () => signal.removeEventListener('abort', aborted)
+      }
+      this.#pending.set(id, pending)
       this.#batch.push(id)
       if (!this.#scheduled) {
         this.#scheduled = true
@@ -116,6 +132,7 @@ export class Core {
   }
 
   #settled(id: number) {
+    this.#pending.get(id)?.detach?.()
     this.#pending.delete(id)
     if (this.#pending.size === 0) this.#keepAlive.unref()
   }

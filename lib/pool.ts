@@ -4,7 +4,7 @@ import { inspect } from 'node:util'
 import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './config'
 import { FieldInfo, QueryResult, RowMode, decodeResult } from './codec'
 import { PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
-import { AbortError, Checkout } from './checkout'
+import { Checkout } from './checkout'
 import { Core, NativePool, Op } from './native'
 import { Cursor, CursorOptions } from './cursor'
 
@@ -28,6 +28,12 @@ export interface AcquireOptions {
 }
 
 export interface PoolQueryOptions extends QueryOptions {
+  /**
+   * Rejects the query with `AbortError` when this signal aborts. A one-shot query may share its
+   * connection with others (pipelining), so it is not cancelled on the server; use a handler
+   * for that.
+   */
+  signal?: AbortSignal
   /** Group to run on; `'default'` unless given. */
   group?: string
 }
@@ -202,7 +208,7 @@ export class Pool extends EventEmitter {
   query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: PoolQueryOptions): Promise<QueryResult<R>> {
     try {
       const { text, values, rowMode } = splitInput(input, params, options)
-      return this.#core.submit(Op.Query, this.#groupIndex(options?.group ?? 'default'), 0, rowMode, text, values)
+      return this.#core.submit(Op.Query, this.#groupIndex(options?.group ?? 'default'), 0, rowMode, text, values, options?.signal)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -292,6 +298,8 @@ export class Handler implements AsyncDisposable {
     if (this.#handler >= 0) return RESOLVED
     if (this.#acquiring) return this.#acquiring
     if (this.#released) return Promise.reject(new PoolClosedError('this handler was already released'))
+    // Taken here, where the caller is on the stack (a wait ends in a callback from the core).
+    const stack = this.#ctx.leakThreshold > 0 ? (new Error('handler taken here').stack ?? '').replace(/^Error: /, '') : ''
     let settle!: () => void
     let fail!: (e: Error) => void
     const granted = (handler: number) => {
@@ -301,7 +309,7 @@ export class Handler implements AsyncDisposable {
         fail(new PoolClosedError('this handler was released while it waited for a connection'))
         return
       }
-      this.#acquired(handler)
+      this.#acquired(handler, stack)
       settle()
     }
     const failed = (e: Error) => {
@@ -315,7 +323,7 @@ export class Handler implements AsyncDisposable {
       return Promise.reject(e)
     }
     if (handler >= 0) {
-      this.#acquired(handler)
+      this.#acquired(handler, stack)
       return RESOLVED
     }
     this.#acquiring = new Promise<void>((resolve, reject) => {
@@ -325,12 +333,11 @@ export class Handler implements AsyncDisposable {
     return this.#acquiring
   }
 
-  #acquired(handler: number) {
+  #acquired(handler: number, stack: string) {
     this.#handler = handler
     const { pool, leakThreshold } = this.#ctx
     if (leakThreshold > 0) {
       const taken = Date.now()
-      const stack = (new Error('handler taken here').stack ?? '').replace(/^Error: /, '')
       this.#leakTimer = setTimeout(() => {
         const leak: LeakEvent = { group: this.group, heldMs: Date.now() - taken, stack }
         if (pool.listenerCount('leak') > 0) pool.notify('leak', leak)
@@ -352,9 +359,20 @@ export class Handler implements AsyncDisposable {
     if (this.#handler < 0) {
       const got = this.acquire(options)
       // An idle connection was taken synchronously: no extra tick.
-      if (this.#handler < 0) return got.then(() => this.#ctx.core.submit(Op.HandlerQuery, this.#handler, 0, rowMode, text, values))
+      if (this.#handler < 0) return got.then(() => this.#run<R>(text, values, rowMode, options?.signal))
     }
-    return this.#ctx.core.submit(Op.HandlerQuery, this.#handler, 0, rowMode, text, values)
+    return this.#run<R>(text, values, rowMode, options?.signal)
+  }
+
+  #run<R>(text: string, values: readonly unknown[] | undefined, rowMode: RowMode, signal: AbortSignal | undefined): Promise<QueryResult<R>> {
+    const handler = this.#handler
+    const core = this.#ctx.core
+    if (signal === undefined) return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values)
+    // Aborting cancels the statement on the server too: the connection is this handler's alone.
+    return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values, signal, () => {
+      core.flush()
+      core.native.cancel(handler)
+    })
   }
 
   /**
@@ -490,6 +508,6 @@ export const Connection = {
   stats,
 } as const
 
-export { AbortError, Cursor }
+export { Cursor }
 export type { CursorOptions }
 export type { FieldInfo, QueryResult, RowMode }

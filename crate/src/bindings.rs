@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::oneshot::OneShot;
-use crate::pool::{Group, Lease, Pool};
+use crate::pool::{Canceller, Group, Lease, Pool};
 
 /// `threaded` pools by normalized config, shared by every worker thread of the process.
 static SHARED: LazyLock<Mutex<HashMap<String, Weak<Pool>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -117,6 +117,8 @@ enum HandlerOp {
 
 struct HandlerState {
     lease: Option<Lease>,
+    /// Kept outside the lease, which its task holds while a statement runs.
+    canceller: Option<Canceller>,
     queue: VecDeque<HandlerOp>,
     /// A task is working through `queue` (and holds the lease while a statement runs).
     running: bool,
@@ -132,7 +134,8 @@ struct HandlerSlot {
 
 impl HandlerSlot {
     fn new(group: Arc<Group>, lease: Option<Lease>) -> Arc<Self> {
-        Arc::new(Self { group, state: Mutex::new(HandlerState { lease, queue: VecDeque::new(), running: false, released: false }) })
+        let canceller = lease.as_ref().and_then(Lease::canceller);
+        Arc::new(Self { group, state: Mutex::new(HandlerState { lease, canceller, queue: VecDeque::new(), running: false, released: false }) })
     }
 
     /// Queues `op`; returns true when the caller must start the task that runs the queue.
@@ -174,7 +177,13 @@ impl HandlerSlot {
             };
             // Put the lease back before JS hears of the result, so that a synchronous call made
             // from the result's continuation sees it.
-            self.state.lock().lease = lease;
+            {
+                let mut state = self.state.lock();
+                if state.canceller.is_none() {
+                    state.canceller = lease.as_ref().and_then(Lease::canceller);
+                }
+                state.lease = lease;
+            }
             completions.complete(id, result);
         }
     }
@@ -414,6 +423,17 @@ impl NativePool {
         drop(state);
         drop(lease);
         false
+    }
+
+    /// Asks the server to cancel the statement running on `handler`'s connection (for an aborted
+    /// query); the statement then fails with SQLSTATE 57014.
+    #[napi]
+    pub fn cancel(&self, handler: u32) {
+        let Some(slot) = self.handlers.lock().get(&handler).cloned() else { return };
+        let canceller = slot.state.lock().canceller.clone();
+        if let Some(canceller) = canceller {
+            napi::bindgen_prelude::spawn(canceller.cancel());
+        }
     }
 
     /// Whether a transaction is open on `handler` (true while a statement is running on it).

@@ -617,6 +617,20 @@ impl Group {
     }
 }
 
+/// Cancels whatever statement runs on one session (PostgreSQL's cancel request).
+#[derive(Clone)]
+pub struct Canceller {
+    endpoint: Arc<Endpoint>,
+    token: CancelToken,
+}
+
+impl Canceller {
+    /// Sends the cancel request; gives up after 2 s.
+    pub async fn cancel(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.cancel(self.token)).await;
+    }
+}
+
 /// A checked-out connection. Dropping it returns the connection (rolling back an open
 /// transaction first) — release always happens, whatever the caller did.
 pub struct Lease {
@@ -725,6 +739,12 @@ impl Lease {
             bump(&self.group.counters.acquires);
         }
         ok
+    }
+
+    /// A handle that cancels the statement running on this session from elsewhere.
+    pub fn canceller(&self) -> Option<Canceller> {
+        let conn = self.conn.as_ref()?;
+        Some(Canceller { endpoint: self.group.endpoints[conn.endpoint].clone(), token: conn.client.cancel_token() })
     }
 
     /// Whether a transaction is open on this lease.
