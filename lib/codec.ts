@@ -34,6 +34,8 @@ const enum Kind {
   Interval = 14,
   Point = 15,
   Array = 16,
+  Circle = 17,
+  Number = 18,
 }
 
 const PG_EPOCH_MS = 946_684_800_000
@@ -172,7 +174,6 @@ class Decoder {
       case Kind.Oid:
         return buf.readUInt32BE(pos)
       case Kind.Float4:
-        return buf.readFloatBE(pos)
       case Kind.Float8:
         return buf.readDoubleBE(pos)
       case Kind.Text:
@@ -229,6 +230,10 @@ class Decoder {
       }
       case Kind.Point:
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8) }
+      case Kind.Circle:
+        return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8), radius: buf.readDoubleBE(pos + 16) }
+      case Kind.Number:
+        return parseFloat(buf.toString('latin1', pos, pos + len))
       case Kind.Array:
         return this.array(pos)
       default:

@@ -10,6 +10,7 @@ mod conn;
 mod endpoint;
 mod error;
 mod pool;
+mod pgtext;
 mod protocol;
 
 pub use bindings::{NativeHandler, NativePool};
