@@ -4,6 +4,7 @@
  */
 export { init, close, query, stats, withHandler, Connection, Handler, Pool } from './lib/pool'
 export type { CloseOptions, EndpointStats, GroupStats, PoolQueryOptions, PoolStats, QueryInput, QueryOptions } from './lib/pool'
+export { PostgresInterval } from './lib/codec'
 export type { FieldInfo, QueryResult, RowMode } from './lib/codec'
 export type { Balance, Config, EndpointConfig, GroupConfig, SslMode, TargetSessionAttrs, TypeOptions } from './lib/config'
 export {
