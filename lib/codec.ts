@@ -388,5 +388,5 @@ export function decodeResult<R = Record<string, unknown>>(buf: Buffer, rowMode: 
     }
     rows[r] = row
   }
-  return { rows: rows as R[], rowCount: affected < 0 ? (ncols > 0 ? rowCount : null) : affected, command, fields }
+  return { rows: rows as R[], rowCount: affected < 0 ? null : affected, command, fields }
 }

@@ -178,11 +178,13 @@ pub struct ResultWriter {
     buf: Vec<u8>,
     kinds: Vec<(Kind, Type)>,
     rows: u32,
+    counted: bool,
 }
 
 impl ResultWriter {
     /// Starts a result with its header.
     pub fn new(command: &str, columns: &[tokio_postgres::Column]) -> Self {
+        let counted = has_row_count(command);
         let mut buf = Vec::with_capacity(256);
         buf.push(1u8);
         buf.extend_from_slice(&0u32.to_be_bytes());
@@ -200,7 +202,7 @@ impl ResultWriter {
             buf.push(kind as u8);
             kinds.push((kind, pgtext::base_type(column.type_()).clone()));
         }
-        Self { buf, kinds, rows: 0 }
+        Self { buf, kinds, rows: 0, counted }
     }
 
     /// Appends one row.
@@ -217,10 +219,11 @@ impl ResultWriter {
         Ok(())
     }
 
-    /// Seals the header and returns the bytes.
+    /// Seals the header and returns the bytes. `rows_affected` is tokio-postgres's reading of
+    /// the command tag, 0 for tags without a count: those become null, as in node-postgres.
     pub fn finish(mut self, rows_affected: Option<u64>) -> Vec<u8> {
         self.buf[1..5].copy_from_slice(&self.rows.to_be_bytes());
-        let affected = rows_affected.map_or(-1f64, |n| n as f64);
+        let affected = rows_affected.filter(|_| self.counted).map_or(-1f64, |n| n as f64);
         self.buf[5..13].copy_from_slice(&affected.to_be_bytes());
         self.buf
     }
@@ -318,6 +321,7 @@ pub fn command_of(sql: &str) -> String {
         "END" => "COMMIT".into(),
         "ABORT" => "ROLLBACK".into(),
         "VALUES" | "TABLE" => "SELECT".into(),
+        "CREATE" if is_create_as(sql) => "SELECT".into(),
         _ => first,
     }
 }
@@ -335,41 +339,72 @@ fn strip_leading_comments(mut s: &str) -> &str {
     }
 }
 
-/// For `WITH ... <verb>`, the first keyword at parenthesis depth 0 after the CTE list.
-fn main_verb_after_with(sql: &str) -> String {
-    let mut depth = 0i32;
+/// The words of `sql` at parenthesis depth 0, outside quotes, upper-cased.
+fn top_level_words(sql: &str) -> impl Iterator<Item = String> + '_ {
     let bytes = sql.as_bytes();
+    let mut depth = 0i32;
     let mut i = 0;
     let mut in_quote: Option<u8> = None;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if let Some(q) = in_quote {
-            if c == q {
-                in_quote = None;
-            }
-            i += 1;
-            continue;
-        }
-        match c {
-            b'\'' | b'"' => in_quote = Some(c),
-            b'(' => depth += 1,
-            b')' => depth -= 1,
-            _ if depth == 0 && c.is_ascii_alphabetic() => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            if let Some(q) = in_quote {
+                if c == q {
+                    in_quote = None;
                 }
-                let word = sql[start..i].to_ascii_uppercase();
-                if matches!(word.as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "TABLE") {
-                    return if word == "VALUES" || word == "TABLE" { "SELECT".into() } else { word };
-                }
+                i += 1;
                 continue;
             }
+            match c {
+                b'\'' | b'"' => in_quote = Some(c),
+                b'(' => depth += 1,
+                b')' => depth -= 1,
+                _ if depth == 0 && c.is_ascii_alphabetic() => {
+                    let start = i;
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                        i += 1;
+                    }
+                    return Some(sql[start..i].to_ascii_uppercase());
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    })
+}
+
+/// For `WITH ... <verb>`, the first keyword at parenthesis depth 0 after the CTE list.
+fn main_verb_after_with(sql: &str) -> String {
+    for word in top_level_words(sql) {
+        match word.as_str() {
+            "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" => return word,
+            "VALUES" | "TABLE" => return "SELECT".into(),
             _ => {}
         }
-        i += 1;
     }
     "SELECT".into()
+}
+
+/// `CREATE [TEMP] TABLE ... AS` and `CREATE MATERIALIZED VIEW ... AS`, whose command tag is
+/// `SELECT n`.
+fn is_create_as(sql: &str) -> bool {
+    let mut words = top_level_words(strip_leading_comments(sql)).skip(1).peekable();
+    while words.peek().is_some_and(|w| matches!(w.as_str(), "GLOBAL" | "LOCAL" | "TEMP" | "TEMPORARY" | "UNLOGGED")) {
+        words.next();
+    }
+    match words.next().as_deref() {
+        Some("TABLE") => {}
+        Some("MATERIALIZED") if words.next().as_deref() == Some("VIEW") => {}
+        _ => return false,
+    }
+    words.any(|w| w == "AS")
+}
+
+/// Whether node-postgres reports a row count for this command: only tags that carry one
+/// (`INSERT 0 n`, `UPDATE n`, `SELECT n`, ...); `CREATE TABLE`, `SHOW`, `EXPLAIN` give null.
+pub fn has_row_count(command: &str) -> bool {
+    matches!(command, "INSERT" | "UPDATE" | "DELETE" | "SELECT" | "MERGE" | "MOVE" | "FETCH" | "COPY")
 }
 
 #[cfg(test)]
@@ -382,5 +417,9 @@ mod tests {
         assert_eq!(command_of("-- c\nINSERT INTO t VALUES (1)"), "INSERT");
         assert_eq!(command_of("WITH a AS (SELECT 1) UPDATE t SET x = 1"), "UPDATE");
         assert_eq!(command_of("start transaction"), "BEGIN");
+        assert_eq!(command_of("CREATE TEMP TABLE t AS SELECT 1"), "SELECT");
+        assert_eq!(command_of("create materialized view v as values (1)"), "SELECT");
+        assert_eq!(command_of("CREATE TABLE t (a int GENERATED ALWAYS AS (1) STORED, b text DEFAULT ' AS ')"), "CREATE");
+        assert_eq!(command_of("CREATE VIEW v AS SELECT 1"), "CREATE");
     }
 }
