@@ -11,6 +11,7 @@ mod endpoint;
 mod error;
 mod oneshot;
 mod pool;
+mod pgtext;
 mod protocol;
 
 pub use bindings::NativePool;
