@@ -17,7 +17,7 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use napi::bindgen_prelude::{Buffer, Function, PromiseRaw};
+use napi::bindgen_prelude::{Buffer, BufferSlice, Function, PromiseRaw};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Result, Status};
 use napi_derive::napi;
@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use crate::config::PoolConfig;
 use crate::error::PoolError;
-use crate::oneshot::OneShot;
+use crate::oneshot::{OneShot, LARGE_RESULT};
 use crate::pool::{Canceller, Group, Lease, Pool};
 
 /// `threaded` pools by normalized config, shared by every worker thread of the process.
@@ -52,8 +52,8 @@ struct Completions {
     taken: Notify,
 }
 
-/// Results above this size hold their connection until JS has taken them (backpressure).
-const LARGE_RESULT: usize = 256 * 1024;
+/// Queue capacity kept between batches.
+const KEEP_QUEUE: usize = 1 << 20;
 /// How long a large result may wait for a busy JS thread before its connection is freed anyway.
 const TAKE_WAIT: Duration = Duration::from_secs(60);
 
@@ -280,12 +280,22 @@ impl NativePool {
         Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)), oneshots, handlers: Mutex::new(HashMap::new()) })
     }
 
-    /// Every result queued since the last call, as one Buffer (see [`Completions`]).
+    /// Every result queued since the last call, as one Buffer (see [`Completions`]). Copied into
+    /// memory the JS engine owns: a Buffer over Rust memory is freed only by a finalizer the
+    /// engine runs when it sees fit, and RSS grew by gigabytes under a stream of large results.
     #[napi]
-    pub fn take_completions(&self) -> Buffer {
-        let batch = std::mem::take(&mut *self.completions.queue.lock());
+    pub fn take_completions<'env>(&self, env: &'env Env) -> Result<BufferSlice<'env>> {
+        let copy = {
+            let mut queue = self.completions.queue.lock();
+            let copy = BufferSlice::copy_from(env, &*queue);
+            queue.clear();
+            if queue.capacity() > KEEP_QUEUE {
+                queue.shrink_to(KEEP_QUEUE);
+            }
+            copy
+        };
         self.completions.taken.notify_waiters();
-        Buffer::from(batch)
+        copy
     }
 
     /// How many JS pool objects (across threads) use this pool.

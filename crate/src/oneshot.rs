@@ -8,8 +8,10 @@
 //! connection goes back to the pool as soon as nothing is in flight on it, and takes no new
 //! work while any other checkout of the group is waiting, so handlers are never starved.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::conn::pipelinable;
@@ -22,11 +24,17 @@ struct Held {
     inflight: usize,
 }
 
+/// A result this big is not worth pipelining: it costs the server as much as the round trip,
+/// and results piling up behind each other only cost memory.
+pub const LARGE_RESULT: usize = 256 * 1024;
+
 /// The one-shot query path of one group.
 pub struct OneShot {
     group: Arc<Group>,
     depth: usize,
     held: Mutex<Vec<Held>>,
+    /// Statements whose last result was large: they run on a connection of their own.
+    large: Mutex<LruCache<String, ()>>,
 }
 
 /// Keeps the connection a one-shot result came from until the result has been delivered.
@@ -48,12 +56,13 @@ impl Drop for Ticket {
 impl OneShot {
     /// The one-shot path of `group`; `depth` is how many statements may share a connection.
     pub fn new(group: Arc<Group>, depth: usize) -> Arc<Self> {
-        Arc::new(Self { group, depth: depth.max(1), held: Mutex::new(Vec::new()) })
+        let remembered = NonZeroUsize::new(256).expect("non-zero");
+        Arc::new(Self { group, depth: depth.max(1), held: Mutex::new(Vec::new()), large: Mutex::new(LruCache::new(remembered)) })
     }
 
     /// Runs one stand-alone statement; the ticket holds its connection until dropped.
     pub async fn run(self: &Arc<Self>, sql: &str, params: &[u8]) -> Result<(Vec<u8>, Ticket), PoolError> {
-        if pipelinable(sql) {
+        if pipelinable(sql) && !self.large.lock().contains(sql) {
             let lease = match self.pick() {
                 Some(lease) => lease,
                 // Every connection is busy and none can take more: wait in the group's FIFO.
@@ -61,6 +70,9 @@ impl OneShot {
             };
             let ticket = Ticket::Shared(self.clone(), lease.clone());
             if let Some(bytes) = lease.query_shared(sql, params).await? {
+                if bytes.len() >= LARGE_RESULT {
+                    self.large.lock().put(sql.to_string(), ());
+                }
                 return Ok((bytes, ticket));
             }
             // Several statements in one text: they need a session of their own.
@@ -70,6 +82,9 @@ impl OneShot {
             None => self.group.acquire().await?,
         };
         let bytes = lease.query(sql, params, true).await?;
+        if bytes.len() < LARGE_RESULT {
+            self.large.lock().pop(sql);
+        }
         Ok((bytes, Ticket::Exclusive { _lease: lease }))
     }
 
