@@ -9,6 +9,7 @@ mod config;
 mod conn;
 mod endpoint;
 mod error;
+mod events;
 mod pool;
 mod protocol;
 
