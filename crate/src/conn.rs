@@ -27,8 +27,12 @@ pub struct PgConn {
     pub client: Client,
     /// Index of its endpoint within the group.
     pub endpoint: usize,
-    /// When it was last returned to the pool.
+    /// When it was last returned to the pool by a user (for `idle_timeout`).
     pub last_used: Instant,
+    /// When the server last answered on it (for `ping_after_idle`).
+    pub last_alive: Instant,
+    /// How many times it was checked out (for `max_uses`).
+    pub uses: u64,
     /// When it must be replaced (`max_lifetime`, jittered).
     pub expires: Option<Instant>,
     /// Transaction state.
@@ -49,6 +53,8 @@ impl PgConn {
             client,
             endpoint,
             last_used: now,
+            last_alive: now,
+            uses: 0,
             expires,
             tx: TxState::Idle,
             statements: NonZeroUsize::new(cache_size).map(LruCache::new),
@@ -75,7 +81,14 @@ impl PgConn {
 
     /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in
     /// the same pipeline first (one round trip for both).
+    ///
+    /// A failure from before the statement could run is [`PoolError::Unsent`]; a lost
+    /// connection after that is a [`PoolError::Connection`] that says it may have run.
     pub async fn query(&mut self, sql: &str, params: &[u8], begin: bool) -> Result<Vec<u8>, PoolError> {
+        if self.client.is_closed() {
+            // tokio-postgres would fail this at once without writing anything.
+            return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
+        }
         let command = command_of(sql);
         let result = self.run(sql, params, &command, begin).await;
         self.track_tx(&command, result.is_ok());
@@ -98,14 +111,15 @@ impl PgConn {
                 if begin {
                     self.begin().await?;
                 }
-                self.client.batch_execute(sql).await.map_err(|e| PoolError::from_pg(&e))?;
+                self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
                 return Ok(ResultWriter::new(command, &[]).finish(None));
             }
-            Err(e) => return Err(PoolError::from_pg(&e)),
+            // Parse and Describe never run anything.
+            Err(e) => return Err(PoolError::before_run(&e)),
         };
         if begin {
             let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), execute(&self.client, &stmt, &params, command));
-            began.map_err(|e| PoolError::from_pg(&e))?;
+            began.map_err(|e| PoolError::while_running(&e))?;
             self.tx = TxState::Open;
             result
         } else {
@@ -144,7 +158,7 @@ impl PgConn {
                 let result = self.client.batch_execute("COMMIT").await;
                 // Whatever happened, the server has ended the transaction (or the socket is gone).
                 self.tx = TxState::Idle;
-                result.map_err(|e| PoolError::from_pg(&e))
+                result.map_err(|e| PoolError::while_running(&e))
             }
         }
     }
@@ -159,17 +173,21 @@ impl PgConn {
         result.map_err(|e| PoolError::from_pg(&e))
     }
 
-    /// A cheap round trip proving the session still answers.
-    pub async fn ping(&self) -> bool {
-        self.client.simple_query("").await.is_ok()
-    }
 }
 
 async fn execute(client: &Client, stmt: &Statement, params: &[Param<'_>], command: &str) -> Result<Vec<u8>, PoolError> {
     let mut writer = ResultWriter::new(command, stmt.columns());
-    let stream = client.query_raw(stmt, params.iter()).await.map_err(|e| PoolError::from_pg(&e))?;
+    let stream = client.query_raw(stmt, params.iter()).await.map_err(|e| {
+        // An error answer before BindComplete means the server did not execute the statement;
+        // a lost connection here may have lost a BindComplete, so it may have run.
+        if e.as_db_error().is_some() {
+            PoolError::before_run(&e)
+        } else {
+            PoolError::while_running(&e)
+        }
+    })?;
     pin_mut!(stream);
-    while let Some(row) = stream.try_next().await.map_err(|e| PoolError::from_pg(&e))? {
+    while let Some(row) = stream.try_next().await.map_err(|e| PoolError::while_running(&e))? {
         writer.push_row(&row).map_err(PoolError::Query)?;
     }
     Ok(writer.finish(stream.rows_affected()))

@@ -12,5 +12,6 @@ mod error;
 mod events;
 mod pool;
 mod protocol;
+mod role;
 
 pub use bindings::{NativeHandler, NativePool};
