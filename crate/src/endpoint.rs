@@ -59,6 +59,9 @@ pub struct Endpoint {
     /// Its id, shared with events.
     pub id: Arc<str>,
     pg: tokio_postgres::Config,
+    /// The same, with an `application_name` that tells health-probe sessions apart: they are
+    /// short-lived and outside every group's `connection_count`.
+    probe_pg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     /// Shared health state.
     pub health: Mutex<Health>,
@@ -72,7 +75,9 @@ pub struct Endpoint {
 }
 
 const BAN_BASE: Duration = Duration::from_millis(200);
-const BAN_MAX: Duration = Duration::from_secs(5);
+// Short enough that a node that comes back gets traffic again within a few seconds; a probe
+// of a node that is down costs one refused connect.
+const BAN_MAX: Duration = Duration::from_secs(2);
 
 impl Endpoint {
     /// Prepares connection settings; fails only on an unusable TLS configuration.
@@ -105,10 +110,13 @@ impl Endpoint {
                 Some(MakeRustlsConnect::new(tls_config(mode, config.ssl_ca.as_deref())?))
             }
         };
+        let mut probe_pg = pg.clone();
+        probe_pg.application_name(&format!("{} (probe)", config.application_name));
         Ok(Self {
             id: Arc::from(config.id.as_str()),
             config,
             pg,
+            probe_pg,
             tls,
             health: Mutex::new(Health::default()),
             role: RoleCell::default(),
@@ -193,8 +201,12 @@ impl Endpoint {
 
     /// Opens a session set up for a group that wants `wanted`, within the connect timeout.
     pub async fn connect(self: &Arc<Self>, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Client, ConnectError> {
+        self.connect_with(&self.pg, wanted, sqlprepare).await
+    }
+
+    async fn connect_with(self: &Arc<Self>, pg: &tokio_postgres::Config, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Client, ConnectError> {
         let attempt = async {
-            let (client, reported) = self.open().await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?;
+            let (client, reported) = self.open(pg).await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?;
             let role = match reported {
                 Some(role) => Some(role),
                 None if wanted != TargetSessionAttrs::Any || self.role_needed => {
@@ -229,8 +241,9 @@ impl Endpoint {
     /// Opens and closes a session to see whether the server answers (learning its role on the
     /// way); bans or re-admits the endpoint accordingly.
     pub async fn probe(self: &Arc<Self>) -> bool {
-        match self.connect(TargetSessionAttrs::Any, false).await {
-            Ok(_client) => {
+        match self.connect_with(&self.probe_pg, TargetSessionAttrs::Any, false).await {
+            Ok(client) => {
+                drop(client);
                 self.record_success();
                 true
             }
@@ -271,14 +284,14 @@ impl Endpoint {
         let _ = token.cancel_query(NoTls).await;
     }
 
-    async fn open(self: &Arc<Self>) -> Result<(Client, Option<Role>), tokio_postgres::Error> {
+    async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<(Client, Option<Role>), tokio_postgres::Error> {
         match &self.tls {
             None => {
-                let (client, connection) = self.pg.connect(NoTls).await?;
+                let (client, connection) = pg.connect(NoTls).await?;
                 Ok((client, self.drive(connection)))
             }
             Some(tls) => {
-                let (client, connection) = self.pg.connect(tls.clone()).await?;
+                let (client, connection) = pg.connect(tls.clone()).await?;
                 Ok((client, self.drive(connection)))
             }
         }

@@ -576,8 +576,15 @@ impl Group {
     /// Checks a connection out, waiting in FIFO order; the whole checkout (waiting, opening,
     /// pinging) ends within `acquire_timeout`.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        self.acquire_avoiding(Vec::new()).await
+    }
+
+    /// [`Group::acquire`], opening new connections elsewhere than on `avoid` while another
+    /// endpoint can serve the group.
+    async fn acquire_avoiding(self: &Arc<Self>, avoid: Vec<usize>) -> Result<Lease, PoolError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout);
-        let mut failed: Vec<usize> = Vec::new();
+        let elsewhere = (0..self.endpoints.len()).any(|i| !avoid.contains(&i) && self.eligible(i));
+        let mut failed: Vec<usize> = if elsewhere { avoid } else { Vec::new() };
         let mut causes: Vec<String> = Vec::new();
         loop {
             if tokio::time::Instant::now() >= deadline {
@@ -807,13 +814,17 @@ impl Group {
             return None;
         }
         let weight_sum: u32 = usable.iter().map(|&i| self.endpoints[i].config.weight.max(1)).sum();
-        let share = |i: usize| {
-            (self.config.connection_count as f64 * f64::from(self.endpoints[i].config.weight.max(1)) / f64::from(weight_sum)).floor() as usize
-        };
-        let to = usable.iter().copied().find(|&i| state.slots[i].size() < share(i))?;
-        let from = (0..self.endpoints.len())
-            .filter(|&i| i != to && !state.slots[i].idle.is_empty())
-            .find(|&i| !usable.contains(&i) || state.slots[i].size() > share(i))?;
+        let share = |i: usize| self.config.connection_count as f64 * f64::from(self.endpoints[i].config.weight.max(1)) / f64::from(weight_sum);
+        let load = |i: usize| state.slots[i].size() as f64 / f64::from(self.endpoints[i].config.weight.max(1));
+        let has_idle = |i: &usize| !state.slots[*i].idle.is_empty();
+        // Idle capacity on an endpoint the group should not use moves first, to the least loaded
+        // usable one; between usable endpoints only a move that cannot bounce back is made.
+        if let Some(from) = (0..self.endpoints.len()).filter(|i| !usable.contains(i)).find(has_idle) {
+            let to = usable.iter().copied().filter(|&i| (state.slots[i].size() as f64) < share(i).ceil()).min_by(|&a, &b| load(a).total_cmp(&load(b)))?;
+            return Some((from, to));
+        }
+        let to = usable.iter().copied().find(|&i| (state.slots[i].size() as f64) < share(i).floor())?;
+        let from = usable.iter().copied().filter(has_idle).find(|&i| i != to && state.slots[i].size() as f64 > share(i).ceil())?;
         Some((from, to))
     }
 
@@ -1060,7 +1071,9 @@ impl Lease {
                 Err(PoolError::Unsent(_)) if standalone && retries < self.group.endpoints.len() + 2 => {
                     retries += 1;
                     bump(&self.group.counters.retries);
-                    let fresh = self.group.acquire().await?;
+                    // Another endpoint if there is one: this one just lost a session.
+                    let avoid = self.conn.as_ref().map(|c| vec![c.endpoint]).unwrap_or_default();
+                    let fresh = self.group.acquire_avoiding(avoid).await?;
                     // The old lease (marked broken) gives its connection back as it drops.
                     drop(std::mem::replace(self, fresh));
                 }
