@@ -13,5 +13,7 @@ mod events;
 mod pool;
 mod protocol;
 mod role;
+#[cfg(test)]
+mod server_tests;
 
 pub use bindings::{NativeHandler, NativePool};
