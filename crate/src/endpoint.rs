@@ -111,7 +111,7 @@ impl Endpoint {
             }
         };
         let mut probe_pg = pg.clone();
-        probe_pg.application_name(&format!("{} (probe)", config.application_name));
+        probe_pg.application_name(format!("{} (probe)", config.application_name));
         Ok(Self {
             id: Arc::from(config.id.as_str()),
             config,

@@ -147,7 +147,7 @@ mod tests {
     fn roles_fit_like_libpq() {
         let primary = Role { standby: false, read_only: false };
         let ro_primary = Role { standby: false, read_only: true };
-        let standby = Role::from_params(Some("on"), Some("off")).unwrap();
+        let standby = Role::from_params(Some("on"), Some("off")).expect("reported");
         assert!(standby.read_only);
         assert!(primary.fits(TargetSessionAttrs::ReadWrite) && !ro_primary.fits(TargetSessionAttrs::ReadWrite));
         assert!(ro_primary.fits(TargetSessionAttrs::Primary) && ro_primary.fits(TargetSessionAttrs::ReadOnly));
