@@ -13,9 +13,11 @@ const { startServer } = require('../__test__/helpers/pg')
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const urlArg = args.includes('--url') ? args[args.indexOf('--url') + 1] : process.env.PGDBPOOL_BENCH_URL
-const LIBS = ['pgdbpool', 'pg', 'postgres.js']
-const WORKLOADS = ['checkout', 'select1', 'lookup', 'rows100', 'rows10k', 'tx']
-const CONCURRENCY = quick ? [1, 64] : [1, 64, 1000]
+const listArg = (name, all) => (args.includes(name) ? args[args.indexOf(name) + 1].split(',') : all)
+// `--only select1,lookup`, `--libs pgdbpool,pg` and `--conc 64` narrow a run while profiling.
+const LIBS = listArg('--libs', ['pgdbpool', 'pg', 'postgres.js'])
+const WORKLOADS = listArg('--only', ['checkout', 'select1', 'lookup', 'rows100', 'rows10k', 'tx'])
+const CONCURRENCY = listArg('--conc', quick ? [1, 64] : [1, 64, 1000]).map(Number)
 const DURATION = quick ? 1200 : 3000
 
 function endpointFromUrl(url) {
@@ -149,6 +151,10 @@ function svg(rows) {
     poolSize: POOL_SIZE,
     durationMs: DURATION,
     quick,
+  }
+  if (['--only', '--libs', '--conc'].some((a) => args.includes(a))) {
+    process.stderr.write('narrowed run: results files left as they are\n')
+    return
   }
   fs.writeFileSync(path.join(__dirname, 'results.json'), JSON.stringify({ meta, results }, null, 2))
   fs.writeFileSync(path.join(__dirname, 'results.svg'), svg(results))

@@ -34,10 +34,11 @@ const enum Kind {
   Interval = 14,
   Point = 15,
   Array = 16,
+  Circle = 17,
+  Number = 18,
 }
 
 const PG_EPOCH_MS = 946_684_800_000
-const EMPTY = Buffer.alloc(0)
 
 // ---------- parameters ----------
 
@@ -99,20 +100,71 @@ function toText(value: unknown): string | Buffer | null {
   }
 }
 
-/** `u32 count`, then per parameter `u8 tag (0 null, 1 text, 2 binary) | u32 len | bytes`. */
-export function encodeParams(params: readonly unknown[] | undefined): Buffer {
-  if (params === undefined || params.length === 0) return EMPTY
-  const n = params.length
+/** A growable byte buffer that operations are written into back to back. */
+export class ByteWriter {
+  buf = Buffer.allocUnsafe(16 * 1024)
+  pos = 0
+
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return
+    let size = this.buf.length * 2
+    while (size < this.pos + n) size *= 2
+    const bigger = Buffer.allocUnsafe(size)
+    this.buf.copy(bigger, 0, 0, this.pos)
+    this.buf = bigger
+  }
+
+  u8(v: number): void {
+    this.ensure(1)
+    this.buf[this.pos++] = v
+  }
+
+  u32(v: number): void {
+    this.ensure(4)
+    this.buf.writeUInt32BE(v, this.pos)
+    this.pos += 4
+  }
+
+  /** `u32 len | UTF-8 bytes`. */
+  text(s: string): void {
+    this.ensure(4 + s.length * 3)
+    const len = this.buf.write(s, this.pos + 4)
+    this.buf.writeUInt32BE(len, this.pos)
+    this.pos += 4 + len
+  }
+
+  /** Takes what was written and starts over. */
+  take(): Buffer {
+    const out = this.buf.subarray(0, this.pos)
+    this.buf = Buffer.allocUnsafe(this.buf.length)
+    this.pos = 0
+    return out
+  }
+}
+
+/**
+ * Writes `u32 len | u32 count`, then per parameter `u8 tag (0 null, 1 text, 2 binary) | u32 len |
+ * bytes` (the outer length lets the core slice the parameters off without parsing them).
+ */
+export function writeParams(w: ByteWriter, params: readonly unknown[] | undefined): void {
+  const n = params === undefined ? 0 : params.length
+  if (n === 0) {
+    w.u32(0)
+    return
+  }
   const values: Array<string | Buffer | null> = new Array(n)
   let size = 4
   for (let i = 0; i < n; i++) {
-    const v = toText(params[i])
+    const v = toText(params![i])
     values[i] = v
-    size += 5 + (v === null ? 0 : typeof v === 'string' ? Buffer.byteLength(v) : v.length)
+    size += 5 + (v === null ? 0 : typeof v === 'string' ? v.length * 3 : v.length)
   }
-  const out = Buffer.allocUnsafe(size)
-  out.writeUInt32BE(n, 0)
-  let pos = 4
+  w.ensure(4 + size)
+  const out = w.buf
+  const start = w.pos
+  let pos = start + 4
+  out.writeUInt32BE(n, pos)
+  pos += 4
   for (let i = 0; i < n; i++) {
     const v = values[i]
     if (v === null) {
@@ -131,13 +183,65 @@ export function encodeParams(params: readonly unknown[] | undefined): Buffer {
       pos += 5 + v.length
     }
   }
-  return out
+  out.writeUInt32BE(pos - start - 4, start)
+  w.pos = pos
 }
 
 // ---------- results ----------
 
-function micros(buf: Buffer, pos: number): number {
-  return buf.readInt32BE(pos) * 4294967296 + buf.readUInt32BE(pos + 4)
+/**
+ * node-postgres's interval value (the postgres-interval package): the non-zero parts as own
+ * properties, with the same methods, so it also works as a query parameter.
+ */
+export class PostgresInterval {
+  declare years?: number
+  declare months?: number
+  declare days?: number
+  declare hours?: number
+  declare minutes?: number
+  declare seconds?: number
+  declare milliseconds?: number
+
+  /** PostgreSQL input text, e.g. `1 years 2 days 3.5 seconds`. */
+  toPostgres(): string {
+    const parts = (['seconds', 'minutes', 'hours', 'days', 'months', 'years'] as const).filter((p) => Object.prototype.hasOwnProperty.call(this, p))
+    if (this.milliseconds && !parts.includes('seconds')) parts.push('seconds')
+    if (parts.length === 0) return '0'
+    return parts
+      .map((p) => {
+        let value: number | string = this[p] || 0
+        if (p === 'seconds' && this.milliseconds) value = (value + this.milliseconds / 1000).toFixed(6).replace(/\.?0+$/, '')
+        return `${value} ${p}`
+      })
+      .join(' ')
+  }
+
+  /** ISO 8601 duration, e.g. `P1Y0M2DT0H0M3.5S`. */
+  toISO(): string {
+    const part = (p: 'years' | 'months' | 'days' | 'hours' | 'minutes' | 'seconds', unit: string): string => {
+      let value: number | string = this[p] || 0
+      if (p === 'seconds' && this.milliseconds) value = (value + this.milliseconds / 1000).toFixed(6).replace(/0+$/, '')
+      return `${value}${unit}`
+    }
+    return `P${part('years', 'Y')}${part('months', 'M')}${part('days', 'D')}T${part('hours', 'H')}${part('minutes', 'M')}${part('seconds', 'S')}`
+  }
+
+  toISOString(): string {
+    return this.toISO()
+  }
+}
+
+/**
+ * Splits i64 microseconds (two big-endian words at `pos`) into whole seconds (floored) and the
+ * remaining microseconds (0..999999), exactly: a double cannot hold every i64.
+ */
+function splitMicros(buf: Buffer, pos: number, out: { us: number }): number {
+  const hi = buf.readInt32BE(pos)
+  // hi * 2^32 + lo = 1e6 * (hi * 4294) + (hi * 967296 + lo), the second term below 2^53
+  const rest = hi * 967296 + buf.readUInt32BE(pos + 4)
+  const q = Math.floor(rest / 1_000_000)
+  out.us = rest - q * 1_000_000
+  return hi * 4294 + q
 }
 
 function isInfinity(buf: Buffer, pos: number): number {
@@ -148,13 +252,63 @@ function isInfinity(buf: Buffer, pos: number): number {
   return 0
 }
 
-function isoParts(ms: number, withMicros: number): string {
+/**
+ * PostgreSQL's ISO text of a UTC instant: `YYYY-MM-DD[ HH:MM:SS[.ffffff]<suffix>]`, years ≤ 0
+ * as BC. `micros` are the microseconds within the second.
+ */
+function isoText(ms: number, micros: number, withTime: boolean, suffix: string): string {
   const d = new Date(ms)
-  const frac = withMicros ? `.${pad(withMicros, 6).replace(/0+$/, '')}` : ''
-  return `${pad(d.getUTCFullYear(), 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}${frac}`
+  const year = d.getUTCFullYear()
+  let out = `${pad(year <= 0 ? 1 - year : year, 4)}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`
+  if (withTime) {
+    out += ` ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`
+    if (micros) out += `.${pad(micros, 6).replace(/0+$/, '')}`
+    out += suffix
+  }
+  return year <= 0 ? `${out} BC` : out
+}
+
+/** A local-time Date from wall-clock fields, as node-postgres (postgres-date) builds it. */
+function localDate(u: Date): Date {
+  const year = u.getUTCFullYear()
+  const date = new Date(year, u.getUTCMonth(), u.getUTCDate(), u.getUTCHours(), u.getUTCMinutes(), u.getUTCSeconds(), u.getUTCMilliseconds())
+  if (year >= 0 && year < 100) date.setFullYear(year)
+  return date
+}
+
+/** An interval as node-postgres returns it (infinite ones, PostgreSQL 17+, come out empty as there). */
+function interval(buf: Buffer, pos: number): PostgresInterval {
+  const out = new PostgresInterval()
+  const days = buf.readInt32BE(pos + 8)
+  const months = buf.readInt32BE(pos + 12)
+  if ((months === 0x7fffffff && days === 0x7fffffff) || (months === -0x80000000 && days === -0x80000000)) return out
+  const years = Math.trunc(months / 12)
+  if (years) out.years = years
+  if (months % 12) out.months = months % 12
+  if (days) out.days = days
+  const sub = { us: 0 }
+  let secs = splitMicros(buf, pos, sub)
+  let us = sub.us
+  if (secs < 0 && us > 0) {
+    // Truncate toward zero like PostgreSQL: -1.5 s is -1 s and -500000 µs.
+    secs += 1
+    us -= 1_000_000
+  }
+  const hours = Math.trunc(secs / 3600)
+  secs -= hours * 3600
+  const minutes = Math.trunc(secs / 60)
+  const seconds = secs - minutes * 60
+  if (hours) out.hours = hours
+  if (minutes) out.minutes = minutes
+  if (seconds) out.seconds = seconds
+  if (us) out.milliseconds = us / 1000
+  return out
 }
 
 class Decoder {
+  /** Scratch output of splitMicros. */
+  readonly sub = { us: 0 }
+
   constructor(
     private readonly buf: Buffer,
     private readonly types: Required<TypeOptions>,
@@ -172,7 +326,6 @@ class Decoder {
       case Kind.Oid:
         return buf.readUInt32BE(pos)
       case Kind.Float4:
-        return buf.readFloatBE(pos)
       case Kind.Float8:
         return buf.readDoubleBE(pos)
       case Kind.Text:
@@ -189,46 +342,25 @@ class Decoder {
       case Kind.Timestamp: {
         const inf = isInfinity(buf, pos)
         if (inf !== 0) return this.types.dates === 'string' ? (inf > 0 ? 'infinity' : '-infinity') : inf * Infinity
-        const us = micros(buf, pos)
-        const ms = Math.floor(us / 1000) + PG_EPOCH_MS
-        if (this.types.dates === 'string') {
-          const text = isoParts(ms, ((us % 1_000_000) + 1_000_000) % 1_000_000)
-          return kind === Kind.Timestamptz ? `${text}+00` : text
-        }
-        if (kind === Kind.Timestamptz) return new Date(ms)
-        const u = new Date(ms)
-        return new Date(u.getUTCFullYear(), u.getUTCMonth(), u.getUTCDate(), u.getUTCHours(), u.getUTCMinutes(), u.getUTCSeconds(), u.getUTCMilliseconds())
+        const ms = splitMicros(buf, pos, this.sub) * 1000 + Math.floor(this.sub.us / 1000) + PG_EPOCH_MS
+        if (this.types.dates === 'string') return isoText(ms, this.sub.us, true, kind === Kind.Timestamptz ? '+00' : '')
+        return kind === Kind.Timestamptz ? new Date(ms) : localDate(new Date(ms))
       }
       case Kind.Date: {
         const days = buf.readInt32BE(pos)
         if (days === 0x7fffffff) return this.types.dates === 'string' ? 'infinity' : Infinity
         if (days === -0x80000000) return this.types.dates === 'string' ? '-infinity' : -Infinity
-        const u = new Date(days * 86_400_000 + PG_EPOCH_MS)
-        if (this.types.dates === 'string') return isoParts(u.getTime(), 0).slice(0, 10)
-        return new Date(u.getUTCFullYear(), u.getUTCMonth(), u.getUTCDate())
+        const ms = days * 86_400_000 + PG_EPOCH_MS
+        return this.types.dates === 'string' ? isoText(ms, 0, false, '') : localDate(new Date(ms))
       }
-      case Kind.Interval: {
-        let us = micros(buf, pos)
-        const days = buf.readInt32BE(pos + 8)
-        const months = buf.readInt32BE(pos + 12)
-        const out: Record<string, number> = {}
-        if (months / 12 >= 1 || months / 12 <= -1) out.years = Math.trunc(months / 12)
-        if (months % 12) out.months = months % 12
-        if (days) out.days = days
-        const hours = Math.trunc(us / 3_600_000_000)
-        us -= hours * 3_600_000_000
-        const minutes = Math.trunc(us / 60_000_000)
-        us -= minutes * 60_000_000
-        const seconds = Math.trunc(us / 1_000_000)
-        us -= seconds * 1_000_000
-        if (hours) out.hours = hours
-        if (minutes) out.minutes = minutes
-        if (seconds) out.seconds = seconds
-        if (us) out.milliseconds = us / 1000
-        return out
-      }
+      case Kind.Interval:
+        return interval(buf, pos)
       case Kind.Point:
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8) }
+      case Kind.Circle:
+        return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8), radius: buf.readDoubleBE(pos + 16) }
+      case Kind.Number:
+        return parseFloat(buf.toString('latin1', pos, pos + len))
       case Kind.Array:
         return this.array(pos)
       default:
@@ -307,5 +439,5 @@ export function decodeResult<R = Record<string, unknown>>(buf: Buffer, rowMode: 
     }
     rows[r] = row
   }
-  return { rows: rows as R[], rowCount: affected < 0 ? (ncols > 0 ? rowCount : null) : affected, command, fields }
+  return { rows: rows as R[], rowCount: affected < 0 ? null : affected, command, fields }
 }

@@ -1,8 +1,10 @@
+import { X509Certificate, createPrivateKey } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 
 import { ConfigError } from './errors'
 
 export type SslMode = 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
+export type ChannelBinding = 'disable' | 'prefer' | 'require'
 export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby' | 'prefer-standby'
 export type Balance = 'round-robin' | 'least-busy' | 'random'
 
@@ -17,8 +19,17 @@ export interface EndpointConfig {
   user: string
   pass?: string
   ssl?: SslMode
-  /** CA bundle for `verify-ca` / `verify-full`: a PEM file path or PEM text. */
+  /**
+   * CA bundle for `verify-ca` / `verify-full` (and `require`, which then checks the chain as
+   * libpq does): a PEM file path or PEM text. Without it, the public webpki roots are used.
+   */
   ssl_ca?: string
+  /** Client certificate (chain) to present: a PEM file path or PEM text; needs `ssl_key`. */
+  ssl_cert?: string
+  /** The client certificate's private key (unencrypted): a PEM file path or PEM text. */
+  ssl_key?: string
+  /** SCRAM channel binding to the TLS session (libpq's `channel_binding`). */
+  channel_binding?: ChannelBinding
   /** Seconds. */
   connect_timeout?: number
   /** Milliseconds, applied per connection as `statement_timeout` (0 disables). */
@@ -51,6 +62,10 @@ export interface GroupConfig {
   ping_after_idle?: number
   /** Prepared statements kept per connection; 0 for PgBouncer transaction mode. */
   statement_cache_size?: number
+  /** One-shot statements allowed in flight on one connection once all are busy; 1 turns pipelining off. */
+  pipeline?: number
+  /** Milliseconds a handler may hold a connection before it is reported as a leak (0: off). */
+  leak_threshold?: number
 }
 
 export interface TypeOptions {
@@ -72,6 +87,7 @@ export interface Config {
 export const ENDPOINT_DEFAULTS = {
   port: 5432,
   ssl: 'disable' as SslMode,
+  channel_binding: 'prefer' as ChannelBinding,
   connect_timeout: 10,
   query_timeout: 5000,
   session_tmp_buffer: 128,
@@ -92,11 +108,18 @@ export const GROUP_DEFAULTS = {
   max_uses: 0,
   ping_after_idle: 10_000,
   statement_cache_size: 256,
+  pipeline: 8,
+  leak_threshold: 0,
 }
 
-export interface NormalizedEndpoint extends Required<Omit<EndpointConfig, 'pass' | 'ssl_ca'>> {
+export interface NormalizedEndpoint extends Required<Omit<EndpointConfig, 'pass' | 'ssl_ca' | 'ssl_cert' | 'ssl_key'>> {
   pass: string | null
+  /** PEM text. */
   ssl_ca: string | null
+  /** PEM text. */
+  ssl_cert: string | null
+  /** PEM text. */
+  ssl_key: string | null
 }
 
 export interface NormalizedGroup extends Required<Omit<GroupConfig, 'endpoints'>> {
@@ -113,6 +136,7 @@ export interface NormalizedConfig {
 }
 
 const SSL_MODES: SslMode[] = ['disable', 'prefer', 'require', 'verify-ca', 'verify-full']
+const CHANNEL_BINDINGS: ChannelBinding[] = ['disable', 'prefer', 'require']
 const TSA: TargetSessionAttrs[] = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby']
 const BALANCES: Balance[] = ['round-robin', 'least-busy', 'random']
 
@@ -171,8 +195,8 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
   return v as T
 }
 
-const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
-const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size'] as const
+const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
+const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold'] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
 /** Parses `postgres://user:pass@host:port/db?sslmode=...&application_name=...`. */
@@ -202,6 +226,15 @@ function endpointFromUrl(url: string, path: string): Record<string, unknown> {
       case 'sslrootcert':
         out.ssl_ca = value
         break
+      case 'sslcert':
+        out.ssl_cert = value
+        break
+      case 'sslkey':
+        out.ssl_key = value
+        break
+      case 'channel_binding':
+        out.channel_binding = value
+        break
       case 'connect_timeout':
         out.connect_timeout = Number(value)
         break
@@ -209,19 +242,53 @@ function endpointFromUrl(url: string, path: string): Record<string, unknown> {
         out.application_name = value
         break
       default:
-        throw new ConfigError(`${path}?${key}`, 'unsupported URL parameter (supported: sslmode, sslrootcert, connect_timeout, application_name)')
+        throw new ConfigError(`${path}?${key}`, 'unsupported URL parameter (supported: sslmode, sslrootcert, sslcert, sslkey, channel_binding, connect_timeout, application_name)')
     }
   }
   return out
 }
 
-function readCa(value: string, path: string): string {
+/** PEM text given inline, or read from the file `value` names. */
+function readPem(value: string, path: string, what: string, secret: boolean): string {
   if (value.includes('-----BEGIN')) return value
   try {
     return readFileSync(value, 'utf8')
   } catch (e) {
-    throw new ConfigError(path, `cannot read CA file '${value}': ${(e as Error).message}`)
+    const err = e as NodeJS.ErrnoException
+    // A key given inline without its BEGIN line must not be echoed: name the error code only.
+    const reason = secret ? (err.code ?? 'unreadable') : err.message
+    throw new ConfigError(path, secret ? `cannot read ${what} file (${reason})` : `cannot read ${what} file '${value}': ${reason}`)
   }
+}
+
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g
+
+/** Checks that `pem` holds at least one certificate and that each one parses. */
+function checkCerts(pem: string, path: string): string {
+  const blocks = pem.match(PEM_CERT) ?? []
+  if (blocks.length === 0) throw new ConfigError(path, 'holds no PEM certificate (-----BEGIN CERTIFICATE-----)')
+  blocks.forEach((block, i) => {
+    try {
+      new X509Certificate(block)
+    } catch (e) {
+      throw new ConfigError(path, `certificate ${i + 1} is not valid: ${(e as Error).message}`)
+    }
+  })
+  return pem
+}
+
+/** Checks that `pem` holds an unencrypted private key, without ever echoing it. */
+function checkKey(pem: string, path: string): string {
+  if (/-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: 4,ENCRYPTED/.test(pem)) {
+    throw new ConfigError(path, 'is an encrypted private key; give it unencrypted (e.g. openssl pkey -in key.pem -out plain.pem)')
+  }
+  if (!/-----BEGIN (RSA |EC )?PRIVATE KEY-----/.test(pem)) throw new ConfigError(path, 'holds no PEM private key (-----BEGIN PRIVATE KEY-----)')
+  try {
+    createPrivateKey(pem)
+  } catch (e) {
+    throw new ConfigError(path, `is not a valid private key (${(e as NodeJS.ErrnoException).code ?? 'unreadable'})`)
+  }
+  return pem
 }
 
 function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
@@ -235,7 +302,17 @@ function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
   if (obj.pass !== undefined && typeof obj.pass !== 'string') throw new ConfigError(`${path}.pass`, 'must be a string')
   let sslCa: string | null = null
   if (obj.ssl_ca !== undefined) {
-    sslCa = readCa(string(obj.ssl_ca, `${path}.ssl_ca`), `${path}.ssl_ca`)
+    sslCa = checkCerts(readPem(string(obj.ssl_ca, `${path}.ssl_ca`), `${path}.ssl_ca`, 'CA', false), `${path}.ssl_ca`)
+  }
+  if ((obj.ssl_cert === undefined) !== (obj.ssl_key === undefined)) {
+    const missing = obj.ssl_cert === undefined ? 'ssl_cert' : 'ssl_key'
+    throw new ConfigError(`${path}.${missing}`, 'is required when ssl_cert / ssl_key is set (a client certificate needs both)')
+  }
+  let sslCert: string | null = null
+  let sslKey: string | null = null
+  if (obj.ssl_cert !== undefined) {
+    sslCert = checkCerts(readPem(string(obj.ssl_cert, `${path}.ssl_cert`), `${path}.ssl_cert`, 'certificate', false), `${path}.ssl_cert`)
+    sslKey = checkKey(readPem(string(obj.ssl_key, `${path}.ssl_key`), `${path}.ssl_key`, 'key', true), `${path}.ssl_key`)
   }
   return {
     id: obj.id === undefined ? `${host}:${port}` : string(obj.id, `${path}.id`),
@@ -246,6 +323,9 @@ function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
     pass: (obj.pass as string | undefined) ?? null,
     ssl,
     ssl_ca: sslCa,
+    ssl_cert: sslCert,
+    ssl_key: sslKey,
+    channel_binding: oneOf(obj.channel_binding, `${path}.channel_binding`, CHANNEL_BINDINGS, ENDPOINT_DEFAULTS.channel_binding),
     connect_timeout: positive(obj.connect_timeout, `${path}.connect_timeout`, ENDPOINT_DEFAULTS.connect_timeout),
     query_timeout: integer(obj.query_timeout, `${path}.query_timeout`, 0, ENDPOINT_DEFAULTS.query_timeout),
     session_tmp_buffer: integer(obj.session_tmp_buffer, `${path}.session_tmp_buffer`, 1, ENDPOINT_DEFAULTS.session_tmp_buffer),
@@ -293,6 +373,8 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
     max_uses: integer(raw.max_uses, `${path}.max_uses`, 0, GROUP_DEFAULTS.max_uses),
     ping_after_idle: integer(raw.ping_after_idle, `${path}.ping_after_idle`, 0, GROUP_DEFAULTS.ping_after_idle),
     statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, 0, GROUP_DEFAULTS.statement_cache_size),
+    pipeline: integer(raw.pipeline, `${path}.pipeline`, 1, GROUP_DEFAULTS.pipeline),
+    leak_threshold: integer(raw.leak_threshold, `${path}.leak_threshold`, 0, GROUP_DEFAULTS.leak_threshold),
   }
 }
 
@@ -337,5 +419,7 @@ export function normalizeConfig(config: unknown): NormalizedConfig {
 
 /** The JSON the native core reads: endpoints and groups only, in a fixed key order. */
 export function nativeConfigJson(config: NormalizedConfig): string {
-  return JSON.stringify({ endpoints: config.endpoints, groups: config.groups, health_interval: config.health_interval })
+  // Leak detection happens in JS; the core does not know the key.
+  const groups = config.groups.map(({ leak_threshold: _, ...group }) => group)
+  return JSON.stringify({ endpoints: config.endpoints, groups, health_interval: config.health_interval })
 }

@@ -98,6 +98,14 @@ export class PoolClosedError extends PgDbPoolError {
   }
 }
 
+/** Raised when an `AbortSignal` given to an acquire or query fires first. */
+export class AbortError extends PgDbPoolError {
+  constructor(reason?: unknown) {
+    super('ABORTED', reason instanceof Error ? `aborted: ${reason.message}` : 'the operation was aborted', { cause: reason })
+    this.name = 'AbortError'
+  }
+}
+
 interface NativeErrorWire {
   code: string
   message: string

@@ -1,10 +1,14 @@
+import { EventEmitter } from 'node:events'
 import { inspect } from 'node:util'
 
 import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './config'
-import { FieldInfo, QueryResult, RowMode, decodeResult, encodeParams } from './codec'
-import { PoolClosedError, UnconfiguredGroupError, fromNative, fromWire } from './errors'
+import { FieldInfo, QueryResult, RowMode, decodeResult } from './codec'
+import { PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
+import { Checkout } from './checkout'
+import { Core, NativePool, Op } from './native'
+import { Cursor, CursorOptions } from './cursor'
 
-// The generated binding is private: only this module talks to it.
+// The generated binding is private: only this module and lib/native.ts talk to it.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const native: typeof import('../binding') = require('../binding.js')
 
@@ -18,7 +22,18 @@ export interface QueryOptions {
   rowMode?: RowMode
 }
 
+export interface AcquireOptions {
+  /** Gives up waiting for a connection when this signal aborts (rejects with `AbortError`). */
+  signal?: AbortSignal
+}
+
 export interface PoolQueryOptions extends QueryOptions {
+  /**
+   * Rejects the query with `AbortError` when this signal aborts. A one-shot query may share its
+   * connection with others (pipelining), so it is not cancelled on the server; use a handler
+   * for that.
+   */
+  signal?: AbortSignal
   /** Group to run on; `'default'` unless given. */
   group?: string
 }
@@ -71,79 +86,24 @@ export interface CloseOptions {
   timeout?: number
 }
 
-type NativePool = import('../binding').NativePool
-type NativeHandler = import('../binding').NativeHandler
-
-interface Pending {
-  resolve: (value: any) => void
-  reject: (error: Error) => void
-  /** How to decode the result Buffer; `null` for operations without a result. */
-  rowMode: RowMode | null
+/** What a `Handler` needs of its pool: the core and the checkout queue of its group. */
+interface GroupContext {
+  core: Core
+  checkout: Checkout
+  autocommit: boolean
+  pool: Pool
+  leakThreshold: number
 }
 
-/**
- * Matches batched native completions to their promises. While anything is pending a ref'd
- * timer keeps the event loop alive (the native wake-up is weak, so an idle pool never holds the
- * process open).
- */
-class Dispatcher {
-  #next = 0
-  readonly #pending = new Map<number, Pending>()
-  readonly #keepAlive = setInterval(() => {}, 0x7fffffff)
-  native!: NativePool
-  decode!: <R>(buf: Buffer, rowMode: RowMode) => QueryResult<R>
-
-  constructor() {
-    this.#keepAlive.unref()
-  }
-
-  /** Registers a pending operation and starts it with its id; a synchronous throw rejects. */
-  run<T>(rowMode: RowMode | null, start: (id: number) => void): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const id = (this.#next = (this.#next + 1) >>> 0)
-      if (this.#pending.size === 0) this.#keepAlive.ref()
-      this.#pending.set(id, { resolve, reject, rowMode })
-      try {
-        start(id)
-      } catch (e) {
-        this.#settled(id)
-        reject(fromNative(e))
-      }
-    })
-  }
-
-  #settled(id: number) {
-    this.#pending.delete(id)
-    if (this.#pending.size === 0) this.#keepAlive.unref()
-  }
-
-  /** Called by the native side when results are queued. */
-  readonly drain = (): void => {
-    const buf = this.native.takeCompletions()
-    let pos = 0
-    while (pos < buf.length) {
-      const id = buf.readUInt32BE(pos)
-      const failed = buf[pos + 4] === 1
-      const len = buf.readUInt32BE(pos + 5)
-      const start = pos + 9
-      pos = start + len
-      const op = this.#pending.get(id)
-      if (op === undefined) continue
-      this.#settled(id)
-      if (failed) {
-        op.reject(fromWire(buf.toString('utf8', start, pos)))
-      } else if (op.rowMode === null) {
-        op.resolve(undefined)
-      } else {
-        try {
-          op.resolve(this.decode(buf.subarray(start, pos), op.rowMode))
-        } catch (e) {
-          op.reject(e as Error)
-        }
-      }
-    }
-  }
+/** Payload of the `leak` event: a handler held longer than its group's `leak_threshold`. */
+export interface LeakEvent {
+  group: string
+  heldMs: number
+  /** Where the handler took its connection. */
+  stack: string
 }
+
+const RESOLVED = Promise.resolve()
 
 function splitInput(input: QueryInput, params: readonly unknown[] | undefined, options: QueryOptions | undefined) {
   if (typeof input === 'string') return { text: input, values: params, rowMode: options?.rowMode ?? 'object' }
@@ -158,26 +118,39 @@ function splitInput(input: QueryInput, params: readonly unknown[] | undefined, o
  * `init()` / `Handler` / `query()` functions, which share one default `Pool`; create `Pool`s
  * directly to hold several independent pools in one process.
  */
-export class Pool {
+export class Pool extends EventEmitter {
   readonly #native: NativePool
-  readonly #dispatcher = new Dispatcher()
+  readonly #core = new Core()
   readonly #config: NormalizedConfig
   readonly #groups: Map<string, number>
+  readonly #checkouts: Checkout[]
+  readonly #contexts: GroupContext[]
   #closing: Promise<void> | undefined
   /** Settles once the first connections are open; rejects with `DBOfflineError`. */
   readonly ready: Promise<void>
 
   /** Validates `config` (throwing `ConfigError`) and starts connecting in the background. */
   constructor(config: Config) {
+    super()
     this.#config = normalizeConfig(config)
     this.#groups = new Map(this.#config.groups.map((g, i) => [g.name, i]))
     try {
-      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded', this.#dispatcher.drain)
+      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded', this.#core.drain)
     } catch (e) {
       throw fromNative(e)
     }
-    this.#dispatcher.native = this.#native
-    this.#dispatcher.decode = (buf, rowMode) => decodeResult(buf, rowMode, this.#config.types)
+    this.#core.native = this.#native
+    this.#core.decode = (buf, rowMode) => decodeResult(buf, rowMode, this.#config.types)
+    this.#checkouts = this.#config.groups.map(
+      (g, index) => new Checkout(this.#core, { name: g.name, index, acquireTimeout: g.acquire_timeout, maxWaiting: g.max_waiting }),
+    )
+    this.#contexts = this.#checkouts.map((checkout, i) => ({
+      core: this.#core,
+      checkout,
+      autocommit: this.#config.groups[i].autocommit,
+      pool: this,
+      leakThreshold: this.#config.groups[i].leak_threshold,
+    }))
     this.ready = this.#native.warmUp().catch((e: unknown) => {
       throw fromNative(e)
     })
@@ -194,17 +167,31 @@ export class Pool {
     return this.#closing !== undefined
   }
 
-  /** @internal */
-  groupIndex(group: string): number {
+  #groupIndex(group: string): number {
     if (this.#closing) throw new PoolClosedError()
     const index = this.#groups.get(group)
     if (index === undefined) throw new UnconfiguredGroupError(group, this.groups)
     return index
   }
 
+  /**
+   * Emits `event` to its listeners, if any. A listener that throws cannot break the pool's own
+   * bookkeeping: its error becomes a process warning. `error` is never emitted without a
+   * listener (EventEmitter would throw).
+   * @internal
+   */
+  notify(event: string, payload: unknown): void {
+    if (this.listenerCount(event) === 0) return
+    try {
+      this.emit(event, payload)
+    } catch (e) {
+      process.emitWarning(`a pgdbpool '${event}' listener threw: ${(e as Error)?.stack ?? e}`, 'PgDbPoolListenerWarning')
+    }
+  }
+
   /** @internal */
-  nativeHandler(group: string): [NativeHandler, Dispatcher] {
-    return [this.#native.handler(this.groupIndex(group)), this.#dispatcher]
+  context(group: string): GroupContext {
+    return this.#contexts[this.#groupIndex(group)]
   }
 
   /** A scoped handler on `group`; it takes a connection on first use. */
@@ -221,9 +208,7 @@ export class Pool {
   query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: PoolQueryOptions): Promise<QueryResult<R>> {
     try {
       const { text, values, rowMode } = splitInput(input, params, options)
-      const group = this.groupIndex(options?.group ?? 'default')
-      const encoded = encodeParams(values)
-      return this.#dispatcher.run(rowMode, (id) => this.#native.query(id, group, text, encoded))
+      return this.#core.submit(Op.Query, this.#groupIndex(options?.group ?? 'default'), 0, rowMode, text, values, options?.signal)
     } catch (e) {
       return Promise.reject(e)
     }
@@ -232,21 +217,38 @@ export class Pool {
   /** Gauges and counters per group and endpoint. */
   stats(): PoolStats {
     const groups: Record<string, GroupStats> = {}
-    for (const g of JSON.parse(this.#native.stats()) as GroupStats[]) groups[g.name] = g
+    for (const g of JSON.parse(this.#native.stats()) as GroupStats[]) {
+      // Handler checkouts of this thread wait in JS; the core sees only their acquire requests.
+      const checkout = this.#checkouts[this.#groups.get(g.name)!]
+      g.waiting = Math.max(0, g.waiting - checkout.requested) + checkout.waiting
+      // Counted once each: a waiting checkout, not also the acquire request made on its behalf.
+      g.waits = Math.max(0, g.waits - checkout.requests) + checkout.waits
+      g.timeouts = g.timeouts - checkout.requestTimeouts + checkout.timeouts
+      groups[g.name] = g
+    }
     return { type: this.#config.type, users: this.#native.users, closed: this.closed, groups }
   }
 
   /**
-   * Rejects new work, lets checked-out handlers finish for up to `timeout` ms (default 5000),
-   * then cancels what is left. With `threaded`, the native pool closes when the last worker's
-   * pool object closes. Idempotent.
+   * Rejects new work, lets checked-out handlers finish (and hand their connections to checkouts
+   * already waiting) for up to `timeout` ms (default 5000), then cancels what is left. With
+   * `threaded`, the native pool closes when the last worker's pool object closes. Idempotent.
    */
   close(options: CloseOptions = {}): Promise<void> {
     const timeout = options.timeout ?? 5000
     if (!Number.isFinite(timeout) || timeout < 0) throw new TypeError('close timeout must be a number >= 0')
-    this.#closing ??= this.#native.close(Math.min(timeout, 0xffffffff)).catch((e: unknown) => {
-      throw fromNative(e)
-    })
+    if (this.#closing === undefined) {
+      for (const c of this.#checkouts) c.close()
+      this.#closing = this.#native.close(Math.min(timeout, 0xffffffff)).then(
+        () => {
+          for (const c of this.#checkouts) c.failAll(new PoolClosedError())
+        },
+        (e: unknown) => {
+          for (const c of this.#checkouts) c.failAll(new PoolClosedError())
+          throw fromNative(e)
+        },
+      )
+    }
     return this.#closing
   }
 
@@ -276,31 +278,110 @@ async function runWithHandler<T>(db: Handler, fn: (db: Handler) => Promise<T> | 
  */
 export class Handler implements AsyncDisposable {
   readonly group: string
-  readonly #native: NativeHandler
-  readonly #dispatcher: Dispatcher
+  readonly #ctx: GroupContext
+  /** The core's number for this handler's connection; -1 while it holds none. */
+  #handler = -1
+  #acquiring: Promise<void> | undefined
+  #released = false
+  #leakTimer: NodeJS.Timeout | undefined
 
   constructor(group = 'default', pool?: Pool) {
     this.group = group
-    ;[this.#native, this.#dispatcher] = (pool ?? defaultPool()).nativeHandler(group)
+    this.#ctx = (pool ?? defaultPool()).context(group)
   }
 
-  /** Takes the connection now rather than at the first statement. */
-  acquire(): Promise<void> {
-    // An idle connection is taken synchronously, without a round trip through the core.
-    if (this.#native.tryAcquire()) return Promise.resolve()
-    return this.#dispatcher.run(null, (id) => this.#native.acquire(id))
-  }
-
-  /** Runs one statement; parameters are `$1..$n`, always bound, never interpolated. */
-  query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: QueryOptions): Promise<QueryResult<R>> {
+  /**
+   * Takes the connection now rather than at the first statement. An idle connection is taken
+   * synchronously; otherwise this waits in the group's FIFO up to `acquire_timeout`.
+   */
+  acquire(options?: AcquireOptions): Promise<void> {
+    if (this.#handler >= 0) return RESOLVED
+    if (this.#acquiring) return this.#acquiring
+    if (this.#released) return Promise.reject(new PoolClosedError('this handler was already released'))
+    // Taken here, where the caller is on the stack (a wait ends in a callback from the core).
+    const stack = this.#ctx.leakThreshold > 0 ? (new Error('handler taken here').stack ?? '').replace(/^Error: /, '') : ''
+    let settle!: () => void
+    let fail!: (e: Error) => void
+    const granted = (handler: number) => {
+      this.#acquiring = undefined
+      if (this.#released) {
+        this.#ctx.checkout.release(handler)
+        fail(new PoolClosedError('this handler was released while it waited for a connection'))
+        return
+      }
+      this.#acquired(handler, stack)
+      settle()
+    }
+    const failed = (e: Error) => {
+      this.#acquiring = undefined
+      fail(e)
+    }
+    let handler: number
     try {
-      const { text, values, rowMode } = splitInput(input, params, options)
-      const encoded = encodeParams(values)
-      this.#native.tryAcquire()
-      return this.#dispatcher.run(rowMode, (id) => this.#native.query(id, text, encoded))
+      handler = this.#ctx.checkout.acquire(granted, failed, options?.signal)
     } catch (e) {
       return Promise.reject(e)
     }
+    if (handler >= 0) {
+      this.#acquired(handler, stack)
+      return RESOLVED
+    }
+    this.#acquiring = new Promise<void>((resolve, reject) => {
+      settle = resolve
+      fail = reject
+    })
+    return this.#acquiring
+  }
+
+  #acquired(handler: number, stack: string) {
+    this.#handler = handler
+    const { pool, leakThreshold } = this.#ctx
+    if (leakThreshold > 0) {
+      const taken = Date.now()
+      this.#leakTimer = setTimeout(() => {
+        const leak: LeakEvent = { group: this.group, heldMs: Date.now() - taken, stack }
+        if (pool.listenerCount('leak') > 0) pool.notify('leak', leak)
+        else process.emitWarning(`a handler of group '${leak.group}' has held its connection for ${leak.heldMs} ms (leak_threshold); ${stack}`, 'PgDbPoolLeakWarning')
+      }, leakThreshold)
+      this.#leakTimer.unref()
+    }
+    if (pool.listenerCount('acquire') > 0) pool.notify('acquire', { group: this.group })
+  }
+
+  /** Runs one statement; parameters are `$1..$n`, always bound, never interpolated. */
+  query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: QueryOptions & AcquireOptions): Promise<QueryResult<R>> {
+    let text: string, values: readonly unknown[] | undefined, rowMode: RowMode
+    try {
+      ;({ text, values, rowMode } = splitInput(input, params, options))
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    if (this.#handler < 0) {
+      const got = this.acquire(options)
+      // An idle connection was taken synchronously: no extra tick.
+      if (this.#handler < 0) return got.then(() => this.#run<R>(text, values, rowMode, options?.signal))
+    }
+    return this.#run<R>(text, values, rowMode, options?.signal)
+  }
+
+  #run<R>(text: string, values: readonly unknown[] | undefined, rowMode: RowMode, signal: AbortSignal | undefined): Promise<QueryResult<R>> {
+    const handler = this.#handler
+    const core = this.#ctx.core
+    if (signal === undefined) return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values)
+    // Aborting cancels the statement on the server too: the connection is this handler's alone.
+    return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values, signal, () => {
+      core.flush()
+      core.native.cancel(handler)
+    })
+  }
+
+  /**
+   * A server-side cursor over a result too big to hold: `for await (const row of db.cursor(sql,
+   * params, { batchSize }))` fetches `batchSize` rows per round trip (see `Cursor`).
+   */
+  cursor<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: CursorOptions): Cursor<R> {
+    const { text, values, rowMode } = splitInput(input, params, options)
+    return new Cursor<R>(this, text, values, { ...options, rowMode }, this.#ctx.autocommit)
   }
 
   /**
@@ -317,17 +398,26 @@ export class Handler implements AsyncDisposable {
 
   /** Commits the open transaction; an aborted transaction or failed COMMIT rejects. */
   commit(): Promise<void> {
-    return this.#dispatcher.run(null, (id) => this.#native.commit(id))
+    return this.#end(Op.Commit)
   }
 
   /** Rolls back the open transaction, if any. */
   rollback(): Promise<void> {
-    return this.#dispatcher.run(null, (id) => this.#native.rollback(id))
+    return this.#end(Op.Rollback)
+  }
+
+  #end(op: Op.Commit | Op.Rollback): Promise<void> {
+    if (this.#handler >= 0) return this.#ctx.core.submit(op, this.#handler, 0, null)
+    if (this.#acquiring) return this.#acquiring.then(() => this.#end(op))
+    // No connection, so no transaction.
+    return RESOLVED
   }
 
   /** Whether a transaction is open on this handler. */
   get inTransaction(): boolean {
-    return this.#native.inTransaction
+    if (this.#handler < 0) return false
+    this.#ctx.core.flush()
+    return this.#ctx.core.native.inTransaction(this.#handler)
   }
 
   /**
@@ -335,8 +425,15 @@ export class Handler implements AsyncDisposable {
    * (in the background: the connection is not handed to anyone else before that is done).
    */
   release(): Promise<void> {
-    this.#native.release()
-    return Promise.resolve()
+    this.#released = true
+    const handler = this.#handler
+    if (handler >= 0) {
+      this.#handler = -1
+      if (this.#leakTimer !== undefined) clearTimeout(this.#leakTimer)
+      this.#ctx.checkout.release(handler)
+      if (this.#ctx.pool.listenerCount('release') > 0) this.#ctx.pool.notify('release', { group: this.group })
+    }
+    return RESOLVED
   }
 
   [Symbol.asyncDispose](): Promise<void> {
@@ -411,4 +508,6 @@ export const Connection = {
   stats,
 } as const
 
+export { Cursor }
+export type { CursorOptions }
 export type { FieldInfo, QueryResult, RowMode }

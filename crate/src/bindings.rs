@@ -1,17 +1,22 @@
 //! The napi surface. Private: `index.ts` and `lib/` wrap it in the public API.
 //!
-//! Operations are submitted with an id and return at once; their results are queued and
-//! handed to JavaScript in batches: the first completion of a batch wakes the JS thread through
-//! one long-lived threadsafe function, and JS then takes every queued result as one Buffer
-//! (SPEC §7.1). napi-rs's own promise bridge would create a threadsafe function, a uv handle
-//! and a cleanup hook per call.
+//! Both directions are batched (SPEC §7.1). JS queues the operations of one tick and hands them
+//! over as one Buffer (`submit`), which wakes the runtime once; results are queued here and the
+//! first completion of a batch wakes the JS thread through one long-lived threadsafe function,
+//! after which JS takes every queued result as one Buffer. napi-rs's own promise bridge would
+//! create a threadsafe function, a uv handle and a cleanup hook per call.
+//!
+//! Handlers are plain integers chosen by JS, so a checkout allocates no JS or napi object. A
+//! handler's operations run strictly in submission order on one task at a time, and the
+//! synchronous calls (`try_acquire`, `release`, `in_transaction`) see every operation submitted
+//! before them: JS flushes its queue first.
 
-use std::collections::HashMap;
-use std::future::Future;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use napi::bindgen_prelude::{Buffer, Function, PromiseRaw};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Result, Status};
@@ -21,7 +26,8 @@ use tokio::sync::Notify;
 
 use crate::config::PoolConfig;
 use crate::error::PoolError;
-use crate::pool::{Group, Lease, Pool};
+use crate::oneshot::OneShot;
+use crate::pool::{Canceller, Group, Lease, Pool};
 
 /// `threaded` pools by normalized config, shared by every worker thread of the process.
 static SHARED: LazyLock<Mutex<HashMap<String, Weak<Pool>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -90,17 +96,151 @@ impl Completions {
             let _ = self.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
+}
 
-    fn spawn<F>(self: &Arc<Self>, id: u32, work: F)
-    where
-        F: Future<Output = std::result::Result<Vec<u8>, PoolError>> + Send + 'static,
-    {
-        let completions = self.clone();
-        napi::bindgen_prelude::spawn(async move {
-            let result = work.await;
-            completions.complete(id, result);
-        });
+/// Operation codes of the submission format, shared with `lib/native.ts`.
+mod op {
+    pub const QUERY: u8 = 1;
+    pub const HANDLER_QUERY: u8 = 2;
+    pub const ACQUIRE: u8 = 3;
+    pub const COMMIT: u8 = 4;
+    pub const ROLLBACK: u8 = 5;
+}
+
+/// One operation of a handler, run in submission order.
+enum HandlerOp {
+    Acquire(u32),
+    Query(u32, Bytes, Bytes),
+    Commit(u32),
+    Rollback(u32),
+}
+
+struct HandlerState {
+    lease: Option<Lease>,
+    /// Kept outside the lease, which its task holds while a statement runs.
+    canceller: Option<Canceller>,
+    queue: VecDeque<HandlerOp>,
+    /// A task is working through `queue` (and holds the lease while a statement runs).
+    running: bool,
+    /// JS let go of the handler: the task drops the lease when the queue is done.
+    released: bool,
+}
+
+/// The core side of one JS `Handler` while it holds (or is getting) a connection.
+struct HandlerSlot {
+    group: Arc<Group>,
+    state: Mutex<HandlerState>,
+}
+
+impl HandlerSlot {
+    fn new(group: Arc<Group>, lease: Option<Lease>) -> Arc<Self> {
+        let canceller = lease.as_ref().and_then(Lease::canceller);
+        Arc::new(Self { group, state: Mutex::new(HandlerState { lease, canceller, queue: VecDeque::new(), running: false, released: false }) })
     }
+
+    /// Queues `op`; returns true when the caller must start the task that runs the queue.
+    fn push(&self, op: HandlerOp) -> bool {
+        let mut state = self.state.lock();
+        state.queue.push_back(op);
+        !std::mem::replace(&mut state.running, true)
+    }
+
+    async fn run_queue(self: Arc<Self>, completions: Arc<Completions>) {
+        loop {
+            let (op, mut lease) = {
+                let mut state = self.state.lock();
+                match state.queue.pop_front() {
+                    Some(op) => (op, state.lease.take()),
+                    None => {
+                        state.running = false;
+                        let done = if state.released { state.lease.take() } else { None };
+                        drop(state);
+                        drop(done);
+                        return;
+                    }
+                }
+            };
+            let (id, result) = match op {
+                HandlerOp::Acquire(id) => {
+                    let result = match lease {
+                        Some(_) => Ok(Vec::new()),
+                        None => self.group.acquire().await.map(|l| {
+                            lease = Some(l);
+                            Vec::new()
+                        }),
+                    };
+                    (id, result)
+                }
+                HandlerOp::Query(id, sql, params) => (id, run_statement(lease.as_mut(), &sql, &params).await),
+                HandlerOp::Commit(id) => (id, end_transaction(lease.as_mut(), true).await),
+                HandlerOp::Rollback(id) => (id, end_transaction(lease.as_mut(), false).await),
+            };
+            // Put the lease back before JS hears of the result, so that a synchronous call made
+            // from the result's continuation sees it.
+            {
+                let mut state = self.state.lock();
+                if state.canceller.is_none() {
+                    state.canceller = lease.as_ref().and_then(Lease::canceller);
+                }
+                state.lease = lease;
+            }
+            completions.complete(id, result);
+        }
+    }
+}
+
+fn no_connection() -> PoolError {
+    PoolError::Query("this handler holds no connection (its checkout failed or it was released)".into())
+}
+
+async fn run_statement(lease: Option<&mut Lease>, sql: &[u8], params: &[u8]) -> std::result::Result<Vec<u8>, PoolError> {
+    let sql = std::str::from_utf8(sql).map_err(|_| PoolError::Query("query text is not valid UTF-8".into()))?;
+    lease.ok_or_else(no_connection)?.query(sql, params, false).await
+}
+
+async fn end_transaction(lease: Option<&mut Lease>, commit: bool) -> std::result::Result<Vec<u8>, PoolError> {
+    let Some(lease) = lease else { return Ok(Vec::new()) };
+    if commit {
+        lease.commit().await?;
+    } else {
+        lease.rollback().await?;
+    }
+    Ok(Vec::new())
+}
+
+/// Reads the submission format: `u8 op | u32 id | u32 a | u32 b`, and for the two query
+/// operations `u32 len | SQL text | u32 len | parameters` after it.
+struct Reader {
+    batch: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn u8(&mut self) -> Option<u8> {
+        let v = *self.batch.get(self.pos)?;
+        self.pos += 1;
+        Some(v)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        let bytes = self.batch.get(self.pos..self.pos + 4)?;
+        self.pos += 4;
+        Some(u32::from_be_bytes(bytes.try_into().ok()?))
+    }
+
+    fn chunk(&mut self) -> Option<Bytes> {
+        let len = self.u32()? as usize;
+        let end = self.pos.checked_add(len).filter(|&end| end <= self.batch.len())?;
+        let chunk = self.batch.slice(self.pos..end);
+        self.pos = end;
+        Some(chunk)
+    }
+}
+
+/// Work found in one submission, started together on the runtime.
+enum Job {
+    Query { id: u32, shot: Arc<OneShot>, sql: Bytes, params: Bytes },
+    RunHandler(Arc<HandlerSlot>),
 }
 
 /// A pool as seen from one JS thread.
@@ -109,6 +249,8 @@ pub struct NativePool {
     pool: Arc<Pool>,
     completions: Arc<Completions>,
     detached: Arc<AtomicBool>,
+    oneshots: Vec<Arc<OneShot>>,
+    handlers: Mutex<HashMap<u32, Arc<HandlerSlot>>>,
 }
 
 #[napi]
@@ -134,7 +276,8 @@ impl NativePool {
         };
         pool.users.fetch_add(1, Ordering::SeqCst);
         let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new() });
-        Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)) })
+        let oneshots = pool.groups.iter().map(|g| OneShot::new(g.clone(), g.config.pipeline)).collect();
+        Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)), oneshots, handlers: Mutex::new(HashMap::new()) })
     }
 
     /// Every result queued since the last call, as one Buffer (see [`Completions`]).
@@ -158,42 +301,150 @@ impl NativePool {
         env.spawn_future(async move { pool.warm_up().await.map_err(Into::into) })
     }
 
-    /// A handler on group `group` (index); it takes a connection on first use.
+    /// Starts every operation in `batch` (see [`Reader`]); each completes its id. A malformed
+    /// batch is a bug in `lib/native.ts` and throws.
     #[napi]
-    pub fn handler(&self, group: u32) -> Result<NativeHandler> {
-        let group = self.group(group)?;
-        Ok(NativeHandler {
-            group,
-            completions: self.completions.clone(),
-            lease: Arc::new(tokio::sync::Mutex::new(None)),
-            released: Arc::new(AtomicBool::new(false)),
-        })
-    }
-
-    /// One statement on any connection of the group, released right after; completes `id`.
-    #[napi]
-    pub fn query(&self, id: u32, group: u32, sql: String, params: Buffer) -> Result<()> {
-        let group = self.group(group)?;
-        let params = params.to_vec();
-        let completions = self.completions.clone();
-        napi::bindgen_prelude::spawn(async move {
-            let run = async {
-                let mut lease = match group.try_acquire_now() {
-                    Some(lease) => lease,
-                    None => group.acquire().await?,
-                };
-                let bytes = lease.query(&sql, &params, true).await?;
-                Ok::<_, PoolError>((bytes, lease))
-            };
-            match run.await {
-                Ok((bytes, lease)) => {
-                    completions.deliver(id, bytes).await;
-                    drop(lease);
+    pub fn submit(&self, batch: Buffer) -> Result<()> {
+        let mut reader = Reader { batch: Bytes::from(batch.to_vec()), pos: 0 };
+        let mut jobs = Vec::new();
+        let malformed = || napi::Error::from_reason("{\"code\":\"INTERNAL\",\"message\":\"malformed submission\"}");
+        while reader.pos < reader.batch.len() {
+            let (code, id, a, b) = (reader.u8(), reader.u32(), reader.u32(), reader.u32());
+            let (Some(code), Some(id), Some(a), Some(b)) = (code, id, a, b) else { return Err(malformed()) };
+            match code {
+                op::QUERY => {
+                    let (Some(sql), Some(params)) = (reader.chunk(), reader.chunk()) else { return Err(malformed()) };
+                    match self.oneshots.get(a as usize) {
+                        Some(shot) if !self.pool.is_closed() => jobs.push(Job::Query { id, shot: shot.clone(), sql, params }),
+                        _ => self.completions.complete(id, Err(PoolError::Closed)),
+                    }
                 }
-                Err(err) => completions.complete(id, Err(err)),
+                op::ACQUIRE => match self.group(b) {
+                    Ok(group) => {
+                        let slot = HandlerSlot::new(group, None);
+                        self.handlers.lock().insert(a, slot.clone());
+                        slot.push(HandlerOp::Acquire(id));
+                        jobs.push(Job::RunHandler(slot));
+                    }
+                    Err(e) => self.completions.complete(id, Err(e)),
+                },
+                op::HANDLER_QUERY | op::COMMIT | op::ROLLBACK => {
+                    let handler_op = match code {
+                        op::HANDLER_QUERY => {
+                            let (Some(sql), Some(params)) = (reader.chunk(), reader.chunk()) else { return Err(malformed()) };
+                            HandlerOp::Query(id, sql, params)
+                        }
+                        op::COMMIT => HandlerOp::Commit(id),
+                        _ => HandlerOp::Rollback(id),
+                    };
+                    let slot = self.handlers.lock().get(&a).cloned();
+                    match slot {
+                        Some(slot) => {
+                            if slot.push(handler_op) {
+                                jobs.push(Job::RunHandler(slot));
+                            }
+                        }
+                        None if code == op::HANDLER_QUERY => self.completions.complete(id, Err(no_connection())),
+                        // Nothing to end on a handler that never took a connection.
+                        None => self.completions.complete(id, Ok(Vec::new())),
+                    }
+                }
+                _ => return Err(malformed()),
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let completions = self.completions.clone();
+        // One wake-up of the runtime for the whole batch; the jobs then start as local tasks.
+        napi::bindgen_prelude::spawn(async move {
+            for job in jobs {
+                match job {
+                    Job::Query { id, shot, sql, params } => {
+                        let completions = completions.clone();
+                        tokio::spawn(async move {
+                            let Ok(text) = std::str::from_utf8(&sql) else {
+                                return completions.complete(id, Err(PoolError::Query("query text is not valid UTF-8".into())));
+                            };
+                            match shot.run(text, &params).await {
+                                Ok((bytes, ticket)) => {
+                                    completions.deliver(id, bytes).await;
+                                    drop(ticket);
+                                }
+                                Err(err) => completions.complete(id, Err(err)),
+                            }
+                        });
+                    }
+                    Job::RunHandler(slot) => {
+                        tokio::spawn(slot.run_queue(completions.clone()));
+                    }
+                }
             }
         });
         Ok(())
+    }
+
+    /// Gives handler `handler` an idle connection of group `group` if one is at hand right now.
+    /// `false` means submit an acquire instead.
+    #[napi]
+    pub fn try_acquire(&self, group: u32, handler: u32) -> Result<bool> {
+        let group = self.group(group)?;
+        Ok(match group.try_acquire_now() {
+            Some(lease) => {
+                self.handlers.lock().insert(handler, HandlerSlot::new(group, Some(lease)));
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Lets go of `handler`. Synchronous: an open transaction is rolled back in the background,
+    /// and the connection is not handed to anyone before that is done. With `hand_over`, a clean
+    /// connection stays under the same handler number for the caller's next waiting checkout
+    /// (returns true), provided no checkout other than the caller's `own_waiting` ones is queued
+    /// in the core.
+    #[napi]
+    pub fn release(&self, handler: u32, hand_over: bool, own_waiting: u32) -> bool {
+        let mut handlers = self.handlers.lock();
+        let Some(slot) = handlers.get(&handler).cloned() else { return false };
+        let mut state = slot.state.lock();
+        if !state.running && hand_over && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
+            // Same slot, same number: the next checkout takes it as it is.
+            return true;
+        }
+        handlers.remove(&handler);
+        drop(handlers);
+        state.released = true;
+        if state.running {
+            // Its task lets go of the connection once the queued statements are done.
+            return false;
+        }
+        let lease = state.lease.take();
+        drop(state);
+        drop(lease);
+        false
+    }
+
+    /// Asks the server to cancel the statement running on `handler`'s connection (for an aborted
+    /// query); the statement then fails with SQLSTATE 57014.
+    #[napi]
+    pub fn cancel(&self, handler: u32) {
+        let Some(slot) = self.handlers.lock().get(&handler).cloned() else { return };
+        let canceller = slot.state.lock().canceller.clone();
+        if let Some(canceller) = canceller {
+            napi::bindgen_prelude::spawn(canceller.cancel());
+        }
+    }
+
+    /// Whether a transaction is open on `handler` (true while a statement is running on it).
+    #[napi]
+    pub fn in_transaction(&self, handler: u32) -> bool {
+        let Some(slot) = self.handlers.lock().get(&handler).cloned() else { return false };
+        let state = slot.state.lock();
+        match &state.lease {
+            Some(lease) => lease.in_transaction(),
+            None => state.running,
+        }
     }
 
     /// JSON snapshot of gauges and counters.
@@ -215,15 +466,11 @@ impl NativePool {
         })
     }
 
-    fn group(&self, index: u32) -> Result<Arc<Group>> {
+    fn group(&self, index: u32) -> std::result::Result<Arc<Group>, PoolError> {
         if self.pool.is_closed() {
-            return Err(PoolError::Closed.into());
+            return Err(PoolError::Closed);
         }
-        self.pool
-            .groups
-            .get(index as usize)
-            .cloned()
-            .ok_or_else(|| napi::Error::from_reason(format!("{{\"code\":\"UNCONFIGURED_GROUP\",\"message\":\"no group #{index}\"}}")))
+        self.pool.groups.get(index as usize).cloned().ok_or_else(|| PoolError::Query(format!("no group #{index}")))
     }
 }
 
@@ -231,119 +478,6 @@ impl Drop for NativePool {
     fn drop(&mut self) {
         if !self.detached.swap(true, Ordering::SeqCst) {
             self.pool.users.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-type Slot = Arc<tokio::sync::Mutex<Option<Lease>>>;
-
-/// A scoped checkout. Statements on it run one after another on one connection.
-#[napi]
-pub struct NativeHandler {
-    group: Arc<Group>,
-    completions: Arc<Completions>,
-    lease: Slot,
-    released: Arc<AtomicBool>,
-}
-
-async fn leased(group: &Arc<Group>, slot: &Slot, released: &AtomicBool) -> std::result::Result<tokio::sync::OwnedMutexGuard<Option<Lease>>, PoolError> {
-    let mut guard = slot.clone().lock_owned().await;
-    if released.load(Ordering::SeqCst) {
-        return Err(PoolError::Query("this handler was already released".into()));
-    }
-    if guard.is_none() {
-        *guard = Some(group.acquire().await?);
-    }
-    Ok(guard)
-}
-
-#[napi]
-impl NativeHandler {
-    /// Takes an idle connection synchronously if one is at hand; `false` means use `acquire`.
-    #[napi]
-    pub fn try_acquire(&self) -> bool {
-        if self.released.load(Ordering::SeqCst) {
-            return false;
-        }
-        let Ok(mut guard) = self.lease.try_lock() else { return false };
-        if guard.is_some() {
-            return true;
-        }
-        match self.group.try_acquire_now() {
-            Some(lease) => {
-                *guard = Some(lease);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Takes the connection now instead of at the first statement; completes `id`.
-    #[napi]
-    pub fn acquire(&self, id: u32) {
-        let (group, slot, released) = (self.group.clone(), self.lease.clone(), self.released.clone());
-        self.completions.spawn(id, async move {
-            leased(&group, &slot, &released).await?;
-            Ok(Vec::new())
-        });
-    }
-
-    /// Runs one statement; completes `id` with the result.
-    #[napi]
-    pub fn query(&self, id: u32, sql: String, params: Buffer) {
-        let (group, slot, released) = (self.group.clone(), self.lease.clone(), self.released.clone());
-        let params = params.to_vec();
-        self.completions.spawn(id, async move {
-            let mut guard = leased(&group, &slot, &released).await?;
-            let lease = guard.as_mut().ok_or(PoolError::Closed)?;
-            lease.query(&sql, &params, false).await
-        });
-    }
-
-    /// Commits the open transaction (a no-op without one); completes `id`.
-    #[napi]
-    pub fn commit(&self, id: u32) {
-        let slot = self.lease.clone();
-        self.completions.spawn(id, async move {
-            if let Some(lease) = slot.lock().await.as_mut() {
-                lease.commit().await?;
-            }
-            Ok(Vec::new())
-        });
-    }
-
-    /// Rolls back the open transaction (a no-op without one); completes `id`.
-    #[napi]
-    pub fn rollback(&self, id: u32) {
-        let slot = self.lease.clone();
-        self.completions.spawn(id, async move {
-            if let Some(lease) = slot.lock().await.as_mut() {
-                lease.rollback().await?;
-            }
-            Ok(Vec::new())
-        });
-    }
-
-    /// Whether a transaction is open right now.
-    #[napi(getter)]
-    pub fn in_transaction(&self) -> bool {
-        self.lease.try_lock().map(|g| g.as_ref().is_some_and(Lease::in_transaction)).unwrap_or(true)
-    }
-
-    /// Gives the connection back. Idempotent and synchronous: an open transaction is rolled
-    /// back in the background, and the slot stays taken until that is done.
-    #[napi]
-    pub fn release(&self) {
-        self.released.store(true, Ordering::SeqCst);
-        match self.lease.try_lock() {
-            Ok(mut guard) => drop(guard.take()),
-            Err(_) => {
-                // A statement is still running: release when it is done.
-                let slot = self.lease.clone();
-                napi::bindgen_prelude::spawn(async move {
-                    drop(slot.lock().await.take());
-                });
-            }
         }
     }
 }

@@ -13,12 +13,38 @@ pub enum SslMode {
     Disable,
     /// TLS when the server offers it, without certificate checks.
     Prefer,
-    /// TLS required, without certificate checks.
+    /// TLS required; without `ssl_ca` no certificate check, with it the chain is checked as
+    /// in `verify-ca` (libpq does the same when a root certificate is given).
     Require,
     /// TLS required, the chain checked against the CA; the host name is not checked.
     VerifyCa,
     /// TLS required, chain and host name checked.
     VerifyFull,
+}
+
+impl SslMode {
+    /// The mode's name as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// SCRAM channel binding (`tls-server-end-point`), with libpq's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind when TLS and SCRAM allow it.
+    Prefer,
+    /// Fail unless the session is bound (TLS with SCRAM authentication).
+    Require,
 }
 
 /// Which kind of server a group may use.
@@ -65,8 +91,8 @@ pub enum Balance {
     Random,
 }
 
-/// One PostgreSQL server.
-#[derive(Debug, Clone, Deserialize)]
+/// One PostgreSQL server. Its `Debug` leaves out the password and the client key.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Name groups use to refer to this endpoint.
@@ -83,8 +109,15 @@ pub struct EndpointConfig {
     pub pass: Option<String>,
     /// TLS mode.
     pub ssl: SslMode,
-    /// PEM text of the CA bundle for `verify-ca` / `verify-full` (system roots when absent).
+    /// PEM text of the CA bundle for `verify-ca` / `verify-full` (the public webpki roots
+    /// when absent); with `require`, makes it check the chain like `verify-ca`.
     pub ssl_ca: Option<String>,
+    /// SCRAM channel binding.
+    pub channel_binding: ChannelBinding,
+    /// PEM text of a client certificate (chain) presented to the server.
+    pub ssl_cert: Option<String>,
+    /// PEM text of the client certificate's private key.
+    pub ssl_key: Option<String>,
     /// Seconds allowed for TCP connect, TLS and startup together.
     pub connect_timeout: f64,
     /// Milliseconds, sent as the session's `statement_timeout` (0 disables).
@@ -95,6 +128,29 @@ pub struct EndpointConfig {
     pub application_name: String,
     /// Relative share of new connections.
     pub weight: u32,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("id", &self.id)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field("ssl", &self.ssl)
+            .field("ssl_ca", &self.ssl_ca.is_some())
+            .field("ssl_cert", &self.ssl_cert.is_some())
+            .field("ssl_key", &self.ssl_key.as_ref().map(|_| "<redacted>"))
+            .field("channel_binding", &self.channel_binding)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("query_timeout", &self.query_timeout)
+            .field("session_tmp_buffer", &self.session_tmp_buffer)
+            .field("application_name", &self.application_name)
+            .field("weight", &self.weight)
+            .finish()
+    }
 }
 
 /// One group of connections with its own size and behaviour.
@@ -131,6 +187,9 @@ pub struct GroupConfig {
     pub ping_after_idle: u64,
     /// Prepared statements cached per connection (0: no named statements).
     pub statement_cache_size: usize,
+    /// How many one-shot statements may be in flight on one connection once every connection
+    /// is busy (1 turns pipelining off).
+    pub pipeline: usize,
 }
 
 /// The whole pool.

@@ -1,10 +1,13 @@
 //! One pooled session: the client, its statement cache and its transaction state.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, TryStreamExt};
 use lru::LruCache;
+use parking_lot::Mutex;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
 use crate::error::PoolError;
@@ -31,13 +34,15 @@ pub struct PgConn {
     pub last_used: Instant,
     /// When the server last answered on it (for `ping_after_idle`).
     pub last_alive: Instant,
-    /// How many times it was checked out (for `max_uses`).
-    pub uses: u64,
+    /// How many times it was checked out (for `max_uses`); atomic because a lease handed
+    /// straight to the next checkout counts a use through a shared reference.
+    pub uses: AtomicU64,
     /// When it must be replaced (`max_lifetime`, jittered).
     pub expires: Option<Instant>,
     /// Transaction state.
     pub tx: TxState,
-    statements: Option<LruCache<String, Statement>>,
+    /// Behind a lock because pipelined one-shot queries share the session (see `query_shared`).
+    statements: Option<Mutex<LruCache<String, Statement>>>,
 }
 
 impl PgConn {
@@ -54,10 +59,10 @@ impl PgConn {
             endpoint,
             last_used: now,
             last_alive: now,
-            uses: 0,
+            uses: AtomicU64::new(0),
             expires,
             tx: TxState::Idle,
-            statements: NonZeroUsize::new(cache_size).map(LruCache::new),
+            statements: NonZeroUsize::new(cache_size).map(|n| Mutex::new(LruCache::new(n))),
         }
     }
 
@@ -66,17 +71,39 @@ impl PgConn {
         self.client.is_closed()
     }
 
-    async fn statement(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(cache) = self.statements.as_mut() {
-            if let Some(stmt) = cache.get(sql) {
-                return Ok(stmt.clone());
-            }
+    async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(stmt) = self.statements.as_ref().and_then(|cache| cache.lock().get(sql).cloned()) {
+            return Ok(stmt);
         }
         let stmt = self.client.prepare(sql).await?;
-        if let Some(cache) = self.statements.as_mut() {
-            cache.put(sql.to_string(), stmt.clone());
+        if let Some(cache) = self.statements.as_ref() {
+            cache.lock().put(sql.to_string(), stmt.clone());
         }
         Ok(stmt)
+    }
+
+    /// Runs a stand-alone statement on a session that other stand-alone statements may be using
+    /// at the same time: tokio-postgres pipelines them on the socket. Only for statements that
+    /// leave no session state behind (see [`pipelinable`]).
+    /// `Ok(None)`: the text holds several statements, which must run on an exclusive session.
+    pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+        if self.client.is_closed() {
+            return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
+        }
+        let params = decode_params(params).map_err(PoolError::Query)?;
+        if self.statements.is_none() {
+            return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
+                Err(Unnamed::MultiStatement) => Ok(None),
+                Err(Unnamed::Failed(e)) => Err(e),
+                Ok(bytes) => Ok(Some(bytes)),
+            };
+        }
+        let stmt = match self.statement(sql).await {
+            Ok(stmt) => stmt,
+            Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
+            Err(e) => return Err(PoolError::before_run(&e)),
+        };
+        execute(&self.client, &stmt, &params, command_of(sql).as_str()).await.map(Some)
     }
 
     /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in
@@ -103,6 +130,27 @@ impl PgConn {
             return Err(PoolError::Query(
                 "COMMIT failed: the transaction was aborted by an earlier error and has been rolled back".into(),
             ));
+        }
+        if self.statements.is_none() {
+            // No named statements at all (PgBouncer in transaction mode): one unnamed
+            // Parse/Bind/Execute per statement, pipelined behind the BEGIN when there is one.
+            let run = execute_unnamed(&self.client, sql, &params, command);
+            let result = if begin {
+                let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), run);
+                began.map_err(|e| PoolError::while_running(&e))?;
+                self.tx = TxState::Open;
+                result
+            } else {
+                run.await
+            };
+            return match result {
+                Ok(bytes) => Ok(bytes),
+                Err(Unnamed::Failed(e)) => Err(e),
+                Err(Unnamed::MultiStatement) => {
+                    self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
+                    Ok(ResultWriter::new(command, &[]).finish(None))
+                }
+            };
         }
         let stmt = match self.statement(sql).await {
             Ok(stmt) => stmt,
@@ -191,6 +239,45 @@ async fn execute(client: &Client, stmt: &Statement, params: &[Param<'_>], comman
         writer.push_row(&row).map_err(PoolError::Query)?;
     }
     Ok(writer.finish(stream.rows_affected()))
+}
+
+enum Unnamed {
+    /// The text holds several statements.
+    MultiStatement,
+    Failed(PoolError),
+}
+
+/// Runs a statement as the unnamed statement, in one round trip. Parameters are typed
+/// `unknown` (the server infers them, as for a prepared statement), bytea ones `bytea` since
+/// they are sent in binary. The column list comes with the first row, so an empty result has
+/// no `fields`.
+async fn execute_unnamed(client: &Client, sql: &str, params: &[Param<'_>], command: &str) -> Result<Vec<u8>, Unnamed> {
+    let failed = |e: tokio_postgres::Error| {
+        if params.is_empty() && is_multi_statement_error(&e) {
+            Unnamed::MultiStatement
+        } else {
+            // An error answer before the rows (Parse or Bind failed) means nothing ran; a lost
+            // connection here may have lost the server's answers, so it may have run.
+            Unnamed::Failed(if e.as_db_error().is_some() { PoolError::before_run(&e) } else { PoolError::while_running(&e) })
+        }
+    };
+    let typed = params.iter().map(|p| (p, if p.binary { Type::BYTEA } else { Type::UNKNOWN }));
+    let stream = client.query_typed_raw(sql, typed).await.map_err(failed)?;
+    pin_mut!(stream);
+    let mut writer: Option<ResultWriter> = None;
+    while let Some(row) = stream.try_next().await.map_err(|e| Unnamed::Failed(PoolError::while_running(&e)))? {
+        let writer = writer.get_or_insert_with(|| ResultWriter::new(command, row.columns()));
+        writer.push_row(&row).map_err(|e| Unnamed::Failed(PoolError::Query(e)))?;
+    }
+    Ok(writer.unwrap_or_else(|| ResultWriter::new(command, &[])).finish(stream.rows_affected()))
+}
+
+/// Whether a stand-alone statement may share its session with others in flight: plain reads
+/// and writes, which cannot open a transaction or change session state. Scripts of several
+/// statements cannot be prepared, so they never get here (they fail to prepare and take the
+/// exclusive path's fallback instead).
+pub fn pipelinable(sql: &str) -> bool {
+    matches!(command_of(sql).as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "MERGE")
 }
 
 fn is_multi_statement_error(e: &tokio_postgres::Error) -> bool {

@@ -12,11 +12,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
 use tokio_postgres::{Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{EndpointConfig, SslMode, TargetSessionAttrs};
+use crate::config::{ChannelBinding, EndpointConfig, SslMode, TargetSessionAttrs};
 use crate::error::pg_error_text;
 use crate::events::{EventKind, Events};
 use crate::role::{self, Role, RoleCell};
@@ -32,7 +32,7 @@ pub enum ConnectError {
 
 /// Outcome of a health check on an open session.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Check {
+pub enum Answer {
     /// The server answered.
     Alive,
     /// The session failed; the endpoint may still be fine.
@@ -103,11 +103,16 @@ impl Endpoint {
         if let Some(pass) = &config.pass {
             pg.password(pass);
         }
+        pg.channel_binding(match config.channel_binding {
+            ChannelBinding::Disable => PgChannelBinding::Disable,
+            ChannelBinding::Prefer => PgChannelBinding::Prefer,
+            ChannelBinding::Require => PgChannelBinding::Require,
+        });
         let tls = match config.ssl {
             SslMode::Disable => None,
             mode => {
                 pg.ssl_mode(if mode == SslMode::Prefer { PgSslMode::Prefer } else { PgSslMode::Require });
-                Some(MakeRustlsConnect::new(tls_config(mode, config.ssl_ca.as_deref())?))
+                Some(MakeRustlsConnect::new(tls_config(&config)?))
             }
         };
         let mut probe_pg = pg.clone();
@@ -206,7 +211,7 @@ impl Endpoint {
 
     async fn connect_with(self: &Arc<Self>, pg: &tokio_postgres::Config, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Client, ConnectError> {
         let attempt = async {
-            let (client, reported) = self.open(pg).await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?;
+            let (client, reported) = self.open(pg).await.map_err(|e| ConnectError::Unreachable(connect_error_text(&e, &self.config)))?;
             let role = match reported {
                 Some(role) => Some(role),
                 None if wanted != TargetSessionAttrs::Any || self.role_needed => {
@@ -257,7 +262,7 @@ impl Endpoint {
     /// Health check through an open session within `limit`: the role query when some group
     /// cares about roles (which also records the role), else an empty query. Silence bans
     /// the endpoint only when `limit` is the full connect timeout.
-    pub async fn check_session(&self, client: &Client, limit: Duration) -> Check {
+    pub async fn check_session(&self, client: &Client, limit: Duration) -> Answer {
         let work = async {
             if self.role_needed {
                 role::query_role(client).await.map(|r| self.set_role(r))
@@ -266,13 +271,13 @@ impl Endpoint {
             }
         };
         match tokio::time::timeout(limit, work).await {
-            Ok(Ok(())) => Check::Alive,
-            Ok(Err(_)) => Check::Dead,
+            Ok(Ok(())) => Answer::Alive,
+            Ok(Err(_)) => Answer::Dead,
             Err(_) => {
                 if limit >= self.connect_timeout() {
                     self.record_failure(&format!("health check timeout: no answer within {}s", self.config.connect_timeout));
                 }
-                Check::Silent
+                Answer::Silent
             }
         }
     }
@@ -315,28 +320,67 @@ impl Endpoint {
     }
 }
 
-fn tls_config(mode: SslMode, ca_pem: Option<&str>) -> Result<ClientConfig, String> {
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Encryption only (`prefer`, `require` without `ssl_ca`).
+    None,
+    /// The chain up to a trusted CA, host name not checked (`verify-ca`, `require` with `ssl_ca`).
+    Chain,
+    /// Chain and host name (`verify-full`).
+    Full,
+}
+
+fn check_for(mode: SslMode, has_ca: bool) -> Check {
+    match mode {
+        SslMode::Disable | SslMode::Prefer => Check::None,
+        // libpq: "if a root CA file exists, sslmode=require behaves like verify-ca".
+        SslMode::Require if has_ca => Check::Chain,
+        SslMode::Require => Check::None,
+        SslMode::VerifyCa => Check::Chain,
+        SslMode::VerifyFull => Check::Full,
+    }
+}
+
+fn tls_config(config: &EndpointConfig) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let config = match mode {
-        SslMode::Prefer | SslMode::Require | SslMode::Disable => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-            .with_no_client_auth(),
-        SslMode::VerifyCa => {
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider)
+        .map_err(|e| e.to_string())?
+        .dangerous();
+    let ca_pem = config.ssl_ca.as_deref();
+    let builder = match check_for(config.ssl, ca_pem.is_some()) {
+        Check::None => builder.with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))),
+        check => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider)
                 .build()
                 .map_err(|e| e.to_string())?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
-                .with_no_client_auth()
+            if check == Check::Full {
+                builder.with_custom_certificate_verifier(webpki)
+            } else {
+                builder.with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+            }
         }
-        SslMode::VerifyFull => builder.with_root_certificates(roots(ca_pem)?).with_no_client_auth(),
     };
-    Ok(config)
+    match (config.ssl_cert.as_deref(), config.ssl_key.as_deref()) {
+        (Some(cert_pem), Some(key_pem)) => {
+            let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("ssl_cert: {e}"))?;
+            if certs.is_empty() {
+                return Err("ssl_cert: no certificate found in PEM".into());
+            }
+            // Never echo the key's text: only say what is wrong with it.
+            let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+                .map_err(|_| "ssl_key: unreadable PEM".to_string())?
+                .ok_or_else(|| "ssl_key: no private key found in PEM".to_string())?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("ssl_cert / ssl_key: {e}"))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err("ssl_cert and ssl_key must be given together".into()),
+    }
 }
 
 fn roots(ca_pem: Option<&str>) -> Result<RootCertStore, String> {
@@ -356,7 +400,46 @@ fn roots(ca_pem: Option<&str>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// `prefer` / `require`: encrypted, but any certificate is accepted (libpq's meaning).
+/// Text of a failed connection attempt; a rejected server certificate gets a hint at its
+/// likely cause, since rustls names some of them only by variant (`UnknownIssuer`).
+fn connect_error_text(err: &tokio_postgres::Error, config: &EndpointConfig) -> String {
+    let text = pg_error_text(err);
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        // An io::Error's `source()` skips the error it wraps, so look inside it.
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        for candidate in [Some(cause), inner].into_iter().flatten() {
+            if let Some(rustls::Error::InvalidCertificate(cert_err)) = candidate.downcast_ref::<rustls::Error>() {
+                let hint = certificate_hint(cert_err, config);
+                return format!("server certificate rejected (ssl={}): {text}{hint}", config.ssl.as_str());
+            }
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn certificate_hint(err: &CertificateError, config: &EndpointConfig) -> String {
+    match err {
+        CertificateError::UnknownIssuer if config.ssl_ca.is_some() => {
+            " (it is not signed by a CA in ssl_ca)".to_string()
+        }
+        CertificateError::UnknownIssuer => {
+            " (it is not signed by a public CA; set ssl_ca to the CA that signed the server's certificate)".to_string()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => format!(
+            " (host name '{}' is not in the certificate; connect by a name it lists, or use ssl=verify-ca to skip the host name check)",
+            config.host
+        ),
+        _ => String::new(),
+    }
+}
+
+/// `prefer`, and `require` without `ssl_ca`: encrypted, but any certificate is accepted
+/// (libpq's meaning).
 #[derive(Debug)]
 struct EncryptOnly(Arc<CryptoProvider>);
 

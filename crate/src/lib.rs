@@ -10,10 +10,25 @@ mod conn;
 mod endpoint;
 mod error;
 mod events;
+mod oneshot;
 mod pool;
+mod pgtext;
 mod protocol;
 mod role;
 #[cfg(test)]
 mod server_tests;
 
-pub use bindings::{NativeHandler, NativePool};
+pub use bindings::NativePool;
+
+/// Half the cores for tokio workers (at least 1, at most 4): on 2 cores a single worker, so a
+/// connection's task and the queries waiting on it run on one thread and tokio-postgres's
+/// internal channel hops cost no cross-thread wake-ups, while the JS thread and the PostgreSQL
+/// backends use the other core.
+#[napi_derive::module_init]
+fn init_runtime() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = (cores / 2).clamp(1, 4);
+    if let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name("pgdbpool").enable_all().build() {
+        napi::bindgen_prelude::create_custom_tokio_runtime(rt);
+    }
+}

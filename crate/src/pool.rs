@@ -24,7 +24,7 @@ use tokio_postgres::CancelToken;
 use crate::balancer::{self, Candidate};
 use crate::config::{GroupConfig, PoolConfig, TargetSessionAttrs};
 use crate::conn::{PgConn, TxState};
-use crate::endpoint::{Check, ConnectError, Endpoint};
+use crate::endpoint::{Answer, ConnectError, Endpoint};
 use crate::error::PoolError;
 use crate::events::{EventKind, Events};
 
@@ -254,7 +254,7 @@ impl Group {
             Some(DisconnectReason::WrongRole)
         } else if conn.expires.is_some_and(|t| t <= now) {
             Some(DisconnectReason::MaxLifetime)
-        } else if self.config.max_uses > 0 && conn.uses >= self.config.max_uses {
+        } else if self.config.max_uses > 0 && conn.uses.load(Ordering::Relaxed) >= self.config.max_uses {
             Some(DisconnectReason::MaxUses)
         } else {
             None
@@ -631,8 +631,8 @@ impl Group {
                 let endpoint = self.endpoints[conn.endpoint].clone();
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match endpoint.check_session(&conn.client, endpoint.connect_timeout().min(left)).await {
-                    Check::Alive => conn.last_alive = Instant::now(),
-                    Check::Dead | Check::Silent => {
+                    Answer::Alive => conn.last_alive = Instant::now(),
+                    Answer::Dead | Answer::Silent => {
                         self.check_in(conn, Return::Discard(DisconnectReason::Broken));
                         continue;
                     }
@@ -928,6 +928,20 @@ impl Group {
     }
 }
 
+/// Cancels whatever statement runs on one session (PostgreSQL's cancel request).
+#[derive(Clone)]
+pub struct Canceller {
+    endpoint: Arc<Endpoint>,
+    token: CancelToken,
+}
+
+impl Canceller {
+    /// Sends the cancel request; gives up after 2 s.
+    pub async fn cancel(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.cancel(self.token)).await;
+    }
+}
+
 /// One operation on a lease's connection.
 enum Op<'a> {
     Query { sql: &'a str, params: &'a [u8], begin: bool },
@@ -941,14 +955,16 @@ pub struct Lease {
     group: Arc<Group>,
     conn: Option<PgConn>,
     id: u64,
-    broken: bool,
+    /// The session is lost or unusable: discard it at release. Atomic because pipelined
+    /// one-shot statements share the lease.
+    broken: AtomicBool,
     /// A write was refused as read-only: check the server's role before reusing the session.
-    recheck: bool,
+    recheck: AtomicBool,
 }
 
 impl Lease {
     fn new(group: Arc<Group>, mut conn: PgConn) -> Self {
-        conn.uses += 1;
+        *conn.uses.get_mut() += 1;
         let token = conn.client.cancel_token();
         let id = {
             let mut state = group.state.lock();
@@ -960,14 +976,14 @@ impl Lease {
         if group.events.hot() {
             group.record(EventKind::Acquire, conn.endpoint, None);
         }
-        Self { group, conn: Some(conn), id, broken: false, recheck: false }
+        Self { group, conn: Some(conn), id, broken: AtomicBool::new(false), recheck: AtomicBool::new(false) }
     }
 
     fn conn(&mut self) -> Result<&mut PgConn, PoolError> {
         if self.group.revoked.load(Ordering::Relaxed) {
             return Err(PoolError::Closed);
         }
-        if self.broken {
+        if self.broken.load(Ordering::Relaxed) {
             return Err(PoolError::Connection("the connection of this handler was lost".into()));
         }
         self.conn.as_mut().ok_or(PoolError::Closed)
@@ -984,8 +1000,8 @@ impl Lease {
     /// The server did not answer in time: cancel the statement on the server and give up the
     /// session. The server may just be running a statement whose `statement_timeout` was
     /// turned off, so instead of banning the endpoint outright, probe it: silence bans it.
-    fn timed_out(&mut self, limit: Duration) -> PoolError {
-        self.broken = true;
+    fn timed_out(&self, limit: Duration) -> PoolError {
+        self.broken.store(true, Ordering::Relaxed);
         bump(&self.group.counters.query_errors);
         let Some(conn) = self.conn.as_ref() else { return PoolError::Closed };
         let endpoint = self.group.endpoints[conn.endpoint].clone();
@@ -1006,20 +1022,20 @@ impl Lease {
         PoolError::Connection(message)
     }
 
-    fn note<T>(&mut self, result: Result<T, PoolError>) -> Result<T, PoolError> {
+    fn note<T>(&self, result: Result<T, PoolError>) -> Result<T, PoolError> {
         let Err(e) = &result else { return result };
         bump(&self.group.counters.query_errors);
         if let PoolError::Db(db) = e {
             // read_only_sql_transaction: the server may have become read-only (or a standby).
             if db.code().code() == "25006" && self.group.config.target_session_attrs != TargetSessionAttrs::Any {
-                self.recheck = true;
+                self.recheck.store(true, Ordering::Relaxed);
             }
         }
         let lost = self.conn.as_ref().is_none_or(|c| c.is_broken());
         if !(lost || e.is_connection_fault()) {
             return result;
         }
-        self.broken = true;
+        self.broken.store(true, Ordering::Relaxed);
         if let Some(conn) = &self.conn {
             self.group.record(EventKind::Error, conn.endpoint, Some(e.to_string()));
         }
@@ -1092,6 +1108,82 @@ impl Lease {
         self.bounded(Op::Rollback).await.map(drop)
     }
 
+    /// Runs a stand-alone statement while other tasks may run theirs on the same lease
+    /// (pipelining, see `PgConn::query_shared`). A lost connection is discarded at drop. If the
+    /// session turns out dead before the statement was sent, the statement runs on a connection
+    /// of its own instead (another endpoint if there is one); one that may have run is not
+    /// retried. The client-side `query_timeout` applies as in [`Lease::query`].
+    pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+        if self.group.revoked.load(Ordering::Relaxed) {
+            return Err(PoolError::Closed);
+        }
+        let conn = self.conn.as_ref().ok_or(PoolError::Closed)?;
+        let result = if self.broken.load(Ordering::Relaxed) {
+            Err(PoolError::Unsent("the shared connection was lost before the statement was sent".into()))
+        } else {
+            let work = conn.query_shared(sql, params);
+            match self.client_timeout() {
+                None => work.await,
+                Some(limit) => match tokio::time::timeout(limit, work).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(self.timed_out(limit)),
+                },
+            }
+        };
+        match self.note(result) {
+            Err(PoolError::Unsent(_)) => {
+                bump(&self.group.counters.retries);
+                let mut fresh = self.group.acquire_avoiding(vec![conn.endpoint]).await?;
+                fresh.query(sql, params, true).await.map(Some)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether more statements may be pipelined on this lease: its session is alive, fits the
+    /// group (role, age) and is not due for a role check, and no other checkout of the group is
+    /// waiting for a connection.
+    pub fn accepts_shared(&self) -> bool {
+        let now = Instant::now();
+        !self.broken.load(Ordering::Relaxed)
+            && !self.recheck.load(Ordering::Relaxed)
+            && self.conn.as_ref().is_some_and(|c| {
+                !c.is_broken() && self.group.eligible(c.endpoint) && c.expires.is_none_or(|t| t > now)
+            })
+            && self.group.state.lock().waiters.is_empty()
+    }
+
+    /// Whether this lease may go straight to another checkout of the same JS thread instead of
+    /// back to the pool: it is clean (no transaction, alive, fits the group, not expired or used
+    /// up), the pool is not revoked, and no checkout other than the caller's own `own_waiting`
+    /// ones is queued in the core (so other threads and one-shot queries are not starved).
+    /// Counts as an acquire, and as a use for `max_uses`.
+    pub fn hand_over(&self, own_waiting: usize) -> bool {
+        let now = Instant::now();
+        let Some(conn) = self.conn.as_ref() else { return false };
+        let ok = !self.broken.load(Ordering::Relaxed)
+            && !self.recheck.load(Ordering::Relaxed)
+            && !self.group.revoked.load(Ordering::Relaxed)
+            && conn.tx == TxState::Idle
+            && self.group.unfit(conn, now).is_none()
+            && self.group.state.lock().waiters.len() <= own_waiting;
+        if ok {
+            conn.uses.fetch_add(1, Ordering::Relaxed);
+            bump(&self.group.counters.acquires);
+            if self.group.events.hot() {
+                self.group.record(EventKind::Release, conn.endpoint, None);
+                self.group.record(EventKind::Acquire, conn.endpoint, None);
+            }
+        }
+        ok
+    }
+
+    /// A handle that cancels the statement running on this session from elsewhere.
+    pub fn canceller(&self) -> Option<Canceller> {
+        let conn = self.conn.as_ref()?;
+        Some(Canceller { endpoint: self.group.endpoints[conn.endpoint].clone(), token: conn.client.cancel_token() })
+    }
+
     /// Whether a transaction is open on this lease.
     pub fn in_transaction(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| c.tx != TxState::Idle)
@@ -1106,14 +1198,14 @@ impl Drop for Lease {
         if group.events.hot() {
             group.record(EventKind::Release, conn.endpoint, None);
         }
-        if self.broken || conn.is_broken() {
+        if self.broken.load(Ordering::Relaxed) || conn.is_broken() {
             let reason = if conn.is_broken() { DisconnectReason::Broken } else { DisconnectReason::Error };
             group.check_in(conn, Return::Discard(reason));
-        } else if conn.tx != TxState::Idle || self.recheck {
+        } else if conn.tx != TxState::Idle || self.recheck.load(Ordering::Relaxed) {
             // The slot stays taken until the rollback and role check are done, so nobody gets
             // a connection that is still inside someone else's transaction or on a server that
             // can no longer serve the group.
-            let recheck = self.recheck;
+            let recheck = self.recheck.load(Ordering::Relaxed);
             napi::bindgen_prelude::spawn(async move {
                 let mut ok = true;
                 if conn.tx != TxState::Idle {
@@ -1121,7 +1213,7 @@ impl Drop for Lease {
                 }
                 if ok && recheck {
                     let endpoint = group.endpoints[conn.endpoint].clone();
-                    ok = endpoint.check_session(&conn.client, endpoint.connect_timeout()).await == Check::Alive;
+                    ok = endpoint.check_session(&conn.client, endpoint.connect_timeout()).await == Answer::Alive;
                 }
                 // A role that no longer fits is caught by check_in.
                 group.check_in(conn, if ok { Return::Reuse } else { Return::Discard(DisconnectReason::Error) });
@@ -1325,8 +1417,8 @@ async fn check_endpoint(endpoint: Arc<Endpoint>, groups: Vec<Arc<Group>>) {
     match borrowed {
         Some((group, conn)) => {
             let how = match endpoint.check_session(&conn.client, endpoint.connect_timeout()).await {
-                Check::Alive => Return::Checked,
-                Check::Dead | Check::Silent => Return::Discard(DisconnectReason::Broken),
+                Answer::Alive => Return::Checked,
+                Answer::Dead | Answer::Silent => Return::Discard(DisconnectReason::Broken),
             };
             group.give_back(conn, how, true);
         }

@@ -1,18 +1,18 @@
 //! Encoding across the JS boundary: parameters arrive as one Buffer, a result leaves as one
-//! Buffer (SPEC §7.2). `lib/decode.ts` is the other half of the result layout.
+//! Buffer (SPEC §7.2). `lib/codec.ts` is the other half of the result layout.
 //!
 //! Result layout (big-endian):
 //! `u8 version | u32 rows | f64 rowsAffected (-1: none) | u8 len, command | u32 columns |
 //! per column: u32 len, name, u32 type oid, u8 kind | per row, per column: i32 len (-1: NULL), payload`.
 //! Payloads are already normalized per kind (see [`Kind`]), so TypeScript never parses
-//! PostgreSQL's binary formats beyond fixed-width numbers.
+//! PostgreSQL's binary formats beyond fixed-width numbers; types that node-postgres returns as
+//! the server's text are printed as text here ([`crate::pgtext`]).
 
 use std::error::Error;
-use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, Format, FromSql, IsNull, Kind as PgKind, ToSql, Type};
+
+use crate::pgtext;
 
 /// How a column's payload is laid out for the TypeScript decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,15 +26,17 @@ pub enum Kind {
     Int4 = 3,
     /// u32.
     Oid = 4,
-    /// f32.
+    /// f64: the float4 widened through its shortest decimal form, as node-postgres's
+    /// `parseFloat` of the server's text gives it (0.1, not 0.10000000149011612).
     Float4 = 5,
     /// f64.
     Float8 = 6,
-    /// UTF-8 text, returned as a string.
+    /// UTF-8 text, returned as a string: the value itself for text-like types, else the
+    /// server's text output rebuilt by [`crate::pgtext`].
     Text = 7,
     /// UTF-8 JSON text, returned parsed.
     Json = 8,
-    /// Raw bytes, returned as a Buffer.
+    /// Raw bytes, returned as a Buffer (bytea, and types without a known text form).
     Bytea = 9,
     /// i64 microseconds since 2000-01-01 UTC.
     Timestamptz = 10,
@@ -50,6 +52,11 @@ pub enum Kind {
     Point = 15,
     /// u8 element kind, u8 dimensions, i32 per dimension, then elements as cells.
     Array = 16,
+    /// Three f64: x, y, radius.
+    Circle = 17,
+    /// Decimal text returned as a JS number (`numeric[]` elements, which node-postgres
+    /// parses with `parseFloat`).
+    Number = 18,
 }
 
 /// Picks the payload kind for a column type.
@@ -58,7 +65,20 @@ pub fn kind_of(ty: &Type) -> Kind {
         Type::BOOL => Kind::Bool,
         Type::INT2 => Kind::Int2,
         Type::INT4 => Kind::Int4,
-        Type::OID | Type::XID | Type::CID | Type::REGPROC | Type::REGCLASS | Type::REGTYPE => Kind::Oid,
+        // node-postgres parses oid; the reg* types it returns as names, which the binary
+        // format does not carry: they stay OIDs here (see the README's type table).
+        Type::OID
+        | Type::REGPROC
+        | Type::REGPROCEDURE
+        | Type::REGOPER
+        | Type::REGOPERATOR
+        | Type::REGCLASS
+        | Type::REGTYPE
+        | Type::REGCONFIG
+        | Type::REGDICTIONARY
+        | Type::REGNAMESPACE
+        | Type::REGROLE
+        | Type::REGCOLLATION => Kind::Oid,
         Type::FLOAT4 => Kind::Float4,
         Type::FLOAT8 => Kind::Float8,
         Type::INT8 => Kind::Int8,
@@ -69,10 +89,14 @@ pub fn kind_of(ty: &Type) -> Kind {
         Type::DATE => Kind::Date,
         Type::INTERVAL => Kind::Interval,
         Type::POINT => Kind::Point,
+        Type::CIRCLE => Kind::Circle,
+        // Arrays in the catalog, but node-postgres returns their text ("1 2 3").
+        Type::INT2_VECTOR | Type::OID_VECTOR => Kind::Text,
         _ => match ty.kind() {
             PgKind::Array(_) => Kind::Array,
             PgKind::Domain(base) => kind_of(base),
-            _ => Kind::Text,
+            _ if pgtext::has_text_form(ty) => Kind::Text,
+            _ => Kind::Bytea,
         },
     }
 }
@@ -93,7 +117,8 @@ impl<'a> FromSql<'a> for RawCell<'a> {
 /// bytes for Buffers.
 #[derive(Debug)]
 pub struct Param<'a> {
-    binary: bool,
+    /// Sent in binary (bytea) rather than text.
+    pub binary: bool,
     value: Option<&'a [u8]>,
 }
 
@@ -154,11 +179,13 @@ pub struct ResultWriter {
     buf: Vec<u8>,
     kinds: Vec<(Kind, Type)>,
     rows: u32,
+    counted: bool,
 }
 
 impl ResultWriter {
     /// Starts a result with its header.
     pub fn new(command: &str, columns: &[tokio_postgres::Column]) -> Self {
+        let counted = has_row_count(command);
         let mut buf = Vec::with_capacity(256);
         buf.push(1u8);
         buf.extend_from_slice(&0u32.to_be_bytes());
@@ -174,9 +201,9 @@ impl ResultWriter {
             buf.extend_from_slice(column.name().as_bytes());
             buf.extend_from_slice(&column.type_().oid().to_be_bytes());
             buf.push(kind as u8);
-            kinds.push((kind, column.type_().clone()));
+            kinds.push((kind, pgtext::base_type(column.type_()).clone()));
         }
-        Self { buf, kinds, rows: 0 }
+        Self { buf, kinds, rows: 0, counted }
     }
 
     /// Appends one row.
@@ -193,10 +220,11 @@ impl ResultWriter {
         Ok(())
     }
 
-    /// Seals the header and returns the bytes.
+    /// Seals the header and returns the bytes. `rows_affected` is tokio-postgres's reading of
+    /// the command tag, 0 for tags without a count: those become null, as in node-postgres.
     pub fn finish(mut self, rows_affected: Option<u64>) -> Vec<u8> {
         self.buf[1..5].copy_from_slice(&self.rows.to_be_bytes());
-        let affected = rows_affected.map_or(-1f64, |n| n as f64);
+        let affected = rows_affected.filter(|_| self.counted).map_or(-1f64, |n| n as f64);
         self.buf[5..13].copy_from_slice(&affected.to_be_bytes());
         self.buf
     }
@@ -212,26 +240,44 @@ fn write_cell(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result<()
     Ok(())
 }
 
+/// `ty` is already stripped of domains.
 fn write_payload(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result<(), String> {
     match kind {
+        Kind::Text if pgtext::is_plain_text(ty) => out.extend_from_slice(raw),
+        Kind::Text => {
+            let mut s = String::with_capacity(32);
+            pgtext::text_out(ty, raw, &mut s)?;
+            out.extend_from_slice(s.as_bytes());
+        }
         Kind::Json if *ty == Type::JSONB => out.extend_from_slice(raw.get(1..).unwrap_or_default()),
         Kind::Int8 => {
             let v = i64::from_be_bytes(raw.try_into().map_err(|_| "bad int8")?);
             out.extend_from_slice(v.to_string().as_bytes());
         }
+        Kind::Float4 => {
+            let f = f32::from_be_bytes(raw.try_into().map_err(|_| "bad float4")?);
+            out.extend_from_slice(&pgtext::widen_float4(f).to_be_bytes());
+        }
+        Kind::Number => {
+            let mut s = String::with_capacity(32);
+            pgtext::numeric_text(raw, &mut s)?;
+            out.extend_from_slice(s.as_bytes());
+        }
         Kind::Array => write_array(out, ty, raw)?,
-        Kind::Text => write_text(out, ty, raw)?,
         _ => out.extend_from_slice(raw),
     }
     Ok(())
 }
 
 fn write_array(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
-    let elem_ty = match ty.kind() {
-        PgKind::Array(elem) => elem.clone(),
+    let elem = match ty.kind() {
+        PgKind::Array(elem) => elem,
         _ => return Err("array without element type".into()),
     };
-    let elem_kind = kind_of(&elem_ty);
+    // node-postgres parses numeric[] elements with parseFloat, though a scalar numeric stays a
+    // string (and so do the elements of arrays of numeric domains, which it does not parse).
+    let elem_kind = if *elem == Type::NUMERIC { Kind::Number } else { kind_of(elem) };
+    let elem_ty = pgtext::base_type(elem).clone();
     let bad = || "malformed array".to_string();
     let rd_i32 = |at: usize| -> Result<i32, String> {
         Ok(i32::from_be_bytes(raw.get(at..at + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
@@ -262,171 +308,6 @@ fn write_array(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Types without a dedicated kind become text the way PostgreSQL prints them.
-fn write_text(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
-    let mut s = String::new();
-    match *ty {
-        Type::NUMERIC => numeric_text(raw, &mut s)?,
-        Type::UUID => {
-            let hex = |b: &[u8], s: &mut String| b.iter().for_each(|x| {
-                let _ = write!(s, "{x:02x}");
-            });
-            if raw.len() != 16 {
-                return Err("bad uuid".into());
-            }
-            hex(&raw[0..4], &mut s);
-            s.push('-');
-            hex(&raw[4..6], &mut s);
-            s.push('-');
-            hex(&raw[6..8], &mut s);
-            s.push('-');
-            hex(&raw[8..10], &mut s);
-            s.push('-');
-            hex(&raw[10..16], &mut s);
-        }
-        Type::TIME => time_text(i64_at(raw, 0)?, &mut s),
-        Type::TIMETZ => {
-            time_text(i64_at(raw, 0)?, &mut s);
-            let west = i32::from_be_bytes(raw.get(8..12).ok_or("bad timetz")?.try_into().map_err(|_| "bad timetz")?);
-            let east = -west;
-            let (sign, abs) = if east < 0 { ('-', -east) } else { ('+', east) };
-            let _ = write!(s, "{sign}{:02}", abs / 3600);
-            if abs % 3600 != 0 {
-                let _ = write!(s, ":{:02}", (abs % 3600) / 60);
-            }
-        }
-        Type::INET | Type::CIDR => inet_text(raw, *ty == Type::CIDR, &mut s)?,
-        Type::MACADDR => {
-            let parts: Vec<String> = raw.iter().map(|b| format!("{b:02x}")).collect();
-            s.push_str(&parts.join(":"));
-        }
-        Type::MONEY => {
-            let cents = i64_at(raw, 0)?;
-            let (sign, abs) = if cents < 0 { ("-", cents.unsigned_abs()) } else { ("", cents as u64) };
-            let whole = (abs / 100).to_string();
-            let mut grouped = String::new();
-            for (i, c) in whole.chars().enumerate() {
-                if i > 0 && (whole.len() - i) % 3 == 0 {
-                    grouped.push(',');
-                }
-                grouped.push(c);
-            }
-            let _ = write!(s, "{sign}${grouped}.{:02}", abs % 100);
-        }
-        _ => {
-            // Text-like types (text, varchar, name, enums, citext, xml, "char") are UTF-8 in
-            // binary format too.
-            out.extend_from_slice(raw);
-            return Ok(());
-        }
-    }
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
-}
-
-fn i64_at(raw: &[u8], at: usize) -> Result<i64, String> {
-    Ok(i64::from_be_bytes(raw.get(at..at + 8).ok_or("short value")?.try_into().map_err(|_| "short value")?))
-}
-
-fn time_text(micros: i64, s: &mut String) {
-    let secs = micros / 1_000_000;
-    let frac = micros % 1_000_000;
-    let _ = write!(s, "{:02}:{:02}:{:02}", secs / 3600, (secs / 60) % 60, secs % 60);
-    if frac != 0 {
-        let f = format!("{frac:06}");
-        s.push('.');
-        s.push_str(f.trim_end_matches('0'));
-    }
-}
-
-fn inet_text(raw: &[u8], cidr: bool, s: &mut String) -> Result<(), String> {
-    let (family, bits, nb) = match raw {
-        [f, b, _, n, ..] => (*f, *b, *n as usize),
-        _ => return Err("bad inet".into()),
-    };
-    let addr = raw.get(4..4 + nb).ok_or("bad inet")?;
-    let max_bits = match family {
-        2 => {
-            let a: [u8; 4] = addr.try_into().map_err(|_| "bad inet")?;
-            let _ = write!(s, "{}", Ipv4Addr::from(a));
-            32
-        }
-        _ => {
-            let a: [u8; 16] = addr.try_into().map_err(|_| "bad inet")?;
-            let _ = write!(s, "{}", Ipv6Addr::from(a));
-            128
-        }
-    };
-    if cidr || bits != max_bits {
-        let _ = write!(s, "/{bits}");
-    }
-    Ok(())
-}
-
-/// PostgreSQL's binary numeric (base-10000 digits) to its text form.
-fn numeric_text(raw: &[u8], s: &mut String) -> Result<(), String> {
-    let rd = |at: usize| -> Result<u16, String> {
-        Ok(u16::from_be_bytes(raw.get(at..at + 2).ok_or("bad numeric")?.try_into().map_err(|_| "bad numeric")?))
-    };
-    let ndigits = rd(0)? as usize;
-    let weight = rd(2)? as i16 as i32;
-    let sign = rd(4)?;
-    let dscale = rd(6)? as i32;
-    match sign {
-        0xC000 => {
-            s.push_str("NaN");
-            return Ok(());
-        }
-        0xD000 => {
-            s.push_str("Infinity");
-            return Ok(());
-        }
-        0xF000 => {
-            s.push_str("-Infinity");
-            return Ok(());
-        }
-        _ => {}
-    }
-    let digit = |i: i32| -> Result<u16, String> {
-        if i < 0 || i as usize >= ndigits {
-            Ok(0)
-        } else {
-            rd(8 + 2 * i as usize)
-        }
-    };
-    if sign == 0x4000 {
-        s.push('-');
-    }
-    if weight < 0 {
-        s.push('0');
-    } else {
-        for i in 0..=weight {
-            let d = digit(i)?;
-            if i == 0 {
-                let _ = write!(s, "{d}");
-            } else {
-                let _ = write!(s, "{d:04}");
-            }
-        }
-    }
-    if dscale > 0 {
-        s.push('.');
-        let mut written = 0;
-        let mut i = weight + 1;
-        while written < dscale {
-            let group = format!("{:04}", digit(i)?);
-            for c in group.chars() {
-                if written < dscale {
-                    s.push(c);
-                    written += 1;
-                }
-            }
-            i += 1;
-        }
-    }
-    Ok(())
-}
-
 /// The command word node-postgres reports (`SELECT`, `INSERT`, ...), taken from the SQL text
 /// because tokio-postgres does not expose the server's command tag.
 pub fn command_of(sql: &str) -> String {
@@ -441,6 +322,7 @@ pub fn command_of(sql: &str) -> String {
         "END" => "COMMIT".into(),
         "ABORT" => "ROLLBACK".into(),
         "VALUES" | "TABLE" => "SELECT".into(),
+        "CREATE" if is_create_as(sql) => "SELECT".into(),
         _ => first,
     }
 }
@@ -458,64 +340,77 @@ fn strip_leading_comments(mut s: &str) -> &str {
     }
 }
 
-/// For `WITH ... <verb>`, the first keyword at parenthesis depth 0 after the CTE list.
-fn main_verb_after_with(sql: &str) -> String {
-    let mut depth = 0i32;
+/// The words of `sql` at parenthesis depth 0, outside quotes, upper-cased.
+fn top_level_words(sql: &str) -> impl Iterator<Item = String> + '_ {
     let bytes = sql.as_bytes();
+    let mut depth = 0i32;
     let mut i = 0;
     let mut in_quote: Option<u8> = None;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if let Some(q) = in_quote {
-            if c == q {
-                in_quote = None;
-            }
-            i += 1;
-            continue;
-        }
-        match c {
-            b'\'' | b'"' => in_quote = Some(c),
-            b'(' => depth += 1,
-            b')' => depth -= 1,
-            _ if depth == 0 && c.is_ascii_alphabetic() => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            let c = bytes[i];
+            if let Some(q) = in_quote {
+                if c == q {
+                    in_quote = None;
                 }
-                let word = sql[start..i].to_ascii_uppercase();
-                if matches!(word.as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "TABLE") {
-                    return if word == "VALUES" || word == "TABLE" { "SELECT".into() } else { word };
-                }
+                i += 1;
                 continue;
             }
+            match c {
+                b'\'' | b'"' => in_quote = Some(c),
+                b'(' => depth += 1,
+                b')' => depth -= 1,
+                _ if depth == 0 && c.is_ascii_alphabetic() => {
+                    let start = i;
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                        i += 1;
+                    }
+                    return Some(sql[start..i].to_ascii_uppercase());
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    })
+}
+
+/// For `WITH ... <verb>`, the first keyword at parenthesis depth 0 after the CTE list.
+fn main_verb_after_with(sql: &str) -> String {
+    for word in top_level_words(sql) {
+        match word.as_str() {
+            "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" => return word,
+            "VALUES" | "TABLE" => return "SELECT".into(),
             _ => {}
         }
-        i += 1;
     }
     "SELECT".into()
+}
+
+/// `CREATE [TEMP] TABLE ... AS` and `CREATE MATERIALIZED VIEW ... AS`, whose command tag is
+/// `SELECT n`.
+fn is_create_as(sql: &str) -> bool {
+    let mut words = top_level_words(strip_leading_comments(sql)).skip(1).peekable();
+    while words.peek().is_some_and(|w| matches!(w.as_str(), "GLOBAL" | "LOCAL" | "TEMP" | "TEMPORARY" | "UNLOGGED")) {
+        words.next();
+    }
+    match words.next().as_deref() {
+        Some("TABLE") => {}
+        Some("MATERIALIZED") if words.next().as_deref() == Some("VIEW") => {}
+        _ => return false,
+    }
+    words.any(|w| w == "AS")
+}
+
+/// Whether node-postgres reports a row count for this command: only tags that carry one
+/// (`INSERT 0 n`, `UPDATE n`, `SELECT n`, ...); `CREATE TABLE`, `SHOW`, `EXPLAIN` give null.
+pub fn has_row_count(command: &str) -> bool {
+    matches!(command, "INSERT" | "UPDATE" | "DELETE" | "SELECT" | "MERGE" | "MOVE" | "FETCH" | "COPY")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn numeric(raw: &[u8]) -> String {
-        let mut s = String::new();
-        numeric_text(raw, &mut s).expect("numeric");
-        s
-    }
-
-    #[test]
-    fn numeric_to_text() {
-        // 12345.678 = digits [1, 2345, 6780], weight 1, dscale 3
-        let raw = [0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1a, 0x7c];
-        assert_eq!(numeric(&raw), "12345.678");
-        // -0.05 = digits [500], weight -1, dscale 2
-        let raw = [0, 1, 0xff, 0xff, 0x40, 0, 0, 2, 0x01, 0xf4];
-        assert_eq!(numeric(&raw), "-0.05");
-        // 0 with scale 0
-        assert_eq!(numeric(&[0, 0, 0, 0, 0, 0, 0, 0]), "0");
-    }
 
     #[test]
     fn commands() {
@@ -523,5 +418,9 @@ mod tests {
         assert_eq!(command_of("-- c\nINSERT INTO t VALUES (1)"), "INSERT");
         assert_eq!(command_of("WITH a AS (SELECT 1) UPDATE t SET x = 1"), "UPDATE");
         assert_eq!(command_of("start transaction"), "BEGIN");
+        assert_eq!(command_of("CREATE TEMP TABLE t AS SELECT 1"), "SELECT");
+        assert_eq!(command_of("create materialized view v as values (1)"), "SELECT");
+        assert_eq!(command_of("CREATE TABLE t (a int GENERATED ALWAYS AS (1) STORED, b text DEFAULT ' AS ')"), "CREATE");
+        assert_eq!(command_of("CREATE VIEW v AS SELECT 1"), "CREATE");
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::block_on;
 
-use crate::config::{Balance, EndpointConfig, GroupConfig, PoolConfig, SslMode, TargetSessionAttrs};
+use crate::config::{Balance, ChannelBinding, EndpointConfig, GroupConfig, PoolConfig, SslMode, TargetSessionAttrs};
 use crate::events::{Event, EventKind};
 use crate::pool::Pool;
 
@@ -21,6 +21,9 @@ fn endpoint(id: &str, host: &str, port: u16, name: &str, user: &str, pass: Optio
         pass,
         ssl: SslMode::Disable,
         ssl_ca: None,
+        channel_binding: ChannelBinding::Prefer,
+        ssl_cert: None,
+        ssl_key: None,
         connect_timeout: 2.0,
         query_timeout: 5000,
         session_tmp_buffer: 8,
@@ -60,6 +63,7 @@ fn group(name: &str, endpoints: Vec<usize>, max_uses: u64) -> GroupConfig {
         max_uses,
         ping_after_idle: 10_000,
         statement_cache_size: 16,
+        pipeline: 1,
     }
 }
 
@@ -86,7 +90,10 @@ fn events_record_the_lifecycle() {
         // max_uses 1: the connection is closed at release and replaced in the background.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut seen = Vec::new();
-        while Instant::now() < deadline && !has(&seen, EventKind::Disconnect, "real", Some("g"), Some("max_uses")) {
+        let replaced = |seen: &[Event]| {
+            has(seen, EventKind::Disconnect, "real", Some("g"), Some("max_uses")) && seen.iter().filter(|e| e.kind == EventKind::Connect).count() >= 2
+        };
+        while Instant::now() < deadline && !replaced(&seen) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             seen.extend(pool.events().drain());
         }

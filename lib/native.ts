@@ -1,0 +1,166 @@
+// The boundary with the Rust core (SPEC §7.1): operations of one tick go over as one Buffer,
+// results come back in batches, and promises are matched to them by id.
+
+import { ByteWriter, QueryResult, RowMode, writeParams } from './codec'
+import { AbortError, PgDbPoolError, fromWire } from './errors'
+
+export type NativePool = import('../binding').NativePool
+
+/** Operation codes of the submission format (crate/src/bindings.rs, `mod op`). */
+export const enum Op {
+  Query = 1,
+  HandlerQuery = 2,
+  Acquire = 3,
+  Commit = 4,
+  Rollback = 5,
+}
+
+interface Pending {
+  resolve: (value: any) => void
+  reject: (error: Error) => void
+  /** How to decode the result Buffer; `null` for operations without a result. */
+  rowMode: RowMode | null
+  /** Detaches the abort listener, if the operation has a signal. */
+  detach?: () => void
+}
+
+/** Largest submission buffer kept between ticks; a bigger one is dropped after use. */
+const KEEP_BUFFER = 1 << 20
+
+/**
+ * Queues operations for the core and matches its batched completions to their promises. While
+ * anything is pending a ref'd timer keeps the event loop alive (the core's wake-up is weak, so
+ * an idle pool never holds the process open).
+ */
+export class Core {
+  #next = 0
+  readonly #pending = new Map<number, Pending>()
+  readonly #keepAlive = setInterval(() => {}, 0x7fffffff)
+  readonly #writer = new ByteWriter()
+  /** Ids written since the last flush, to fail them if the core refuses the batch. */
+  #batch: number[] = []
+  #scheduled = false
+  #nextHandler = 0
+  readonly #freeHandlers: number[] = []
+  native!: NativePool
+  decode!: <R>(buf: Buffer, rowMode: RowMode) => QueryResult<R>
+
+  constructor() {
+    this.#keepAlive.unref()
+  }
+
+  /** A handler number for the core; give it back with `freeHandler` once released. */
+  handler(): number {
+    return this.#freeHandlers.pop() ?? this.#nextHandler++
+  }
+
+  freeHandler(handler: number): void {
+    this.#freeHandlers.push(handler)
+  }
+
+  /**
+   * Queues one operation (`u8 op | u32 id | u32 a | u32 b`, plus SQL and parameters for the
+   * query operations); it goes to the core with the rest of this tick's operations.
+   */
+  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | null, sql?: string, params?: readonly unknown[], signal?: AbortSignal, onAbort?: () => void): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(new AbortError(signal.reason))
+        return
+      }
+      const id = (this.#next = (this.#next + 1) >>> 0)
+      const w = this.#writer
+      const mark = w.pos
+      try {
+        w.u8(op)
+        w.u32(id)
+        w.u32(a)
+        w.u32(b)
+        if (sql !== undefined) {
+          w.text(sql)
+          writeParams(w, params)
+        }
+      } catch (e) {
+        w.pos = mark
+        reject(e as Error)
+        return
+      }
+      if (this.#pending.size === 0) this.#keepAlive.ref()
+      const pending: Pending = { resolve, reject, rowMode }
+      if (signal) {
+        const aborted = () => {
+          // The promise settles now; the core's late answer finds no one waiting and is dropped.
+          this.#fail(id, new AbortError(signal.reason))
+          onAbort?.()
+        }
+        signal.addEventListener('abort', aborted, { once: true })
+        pending.detach = () => signal.removeEventListener('abort', aborted)
+      }
+      this.#pending.set(id, pending)
+      this.#batch.push(id)
+      if (!this.#scheduled) {
+        this.#scheduled = true
+        queueMicrotask(this.flush)
+      }
+    })
+  }
+
+  /** Hands the queued operations to the core now (before a synchronous call that must see them). */
+  readonly flush = (): void => {
+    this.#scheduled = false
+    const w = this.#writer
+    if (w.pos === 0) return
+    const batch = this.#batch
+    this.#batch = []
+    try {
+      // The core copies the bytes, so the buffer is reused.
+      this.native.submit(w.buf.subarray(0, w.pos))
+    } catch (e) {
+      const error = new PgDbPoolError('INTERNAL', `the native core refused a submission: ${(e as Error).message}`, { cause: e })
+      for (const id of batch) this.#fail(id, error)
+    } finally {
+      w.pos = 0
+      if (w.buf.length > KEEP_BUFFER) w.buf = Buffer.allocUnsafe(16 * 1024)
+    }
+  }
+
+  #fail(id: number, error: Error) {
+    const op = this.#pending.get(id)
+    if (op === undefined) return
+    this.#settled(id)
+    op.reject(error)
+  }
+
+  #settled(id: number) {
+    this.#pending.get(id)?.detach?.()
+    this.#pending.delete(id)
+    if (this.#pending.size === 0) this.#keepAlive.unref()
+  }
+
+  /** Called by the core when results are queued: `u32 id | u8 failed | u32 len | payload`. */
+  readonly drain = (): void => {
+    const buf = this.native.takeCompletions()
+    let pos = 0
+    while (pos < buf.length) {
+      const id = buf.readUInt32BE(pos)
+      const failed = buf[pos + 4] === 1
+      const len = buf.readUInt32BE(pos + 5)
+      const start = pos + 9
+      pos = start + len
+      const op = this.#pending.get(id)
+      if (op === undefined) continue
+      this.#settled(id)
+      if (failed) {
+        op.reject(fromWire(buf.toString('utf8', start, pos)))
+      } else if (op.rowMode === null) {
+        op.resolve(undefined)
+      } else {
+        try {
+          op.resolve(this.decode(buf.subarray(start, pos), op.rowMode))
+        } catch (e) {
+          op.reject(e as Error)
+        }
+      }
+    }
+  }
+}
