@@ -891,7 +891,8 @@ impl Group {
                     host: ep.config.host.clone(),
                     port: ep.config.port,
                     size: state.slots[i].size(),
-                    idle: state.slots[i].idle.len(),
+                    // A connection the monitor is checking is idle as far as users care.
+                    idle: state.slots[i].idle.len() + state.slots[i].checking,
                     in_use: state.slots[i].in_use,
                     opening: state.slots[i].opening,
                     banned: health.banned_until.is_some_and(|t| t > now),
@@ -910,7 +911,7 @@ impl Group {
             name: self.config.name.clone(),
             max: self.config.connection_count,
             size: state.total,
-            idle: state.slots.iter().map(|s| s.idle.len()).sum(),
+            idle: state.slots.iter().map(|s| s.idle.len() + s.checking).sum(),
             in_use: state.slots.iter().map(|s| s.in_use).sum(),
             opening: state.slots.iter().map(|s| s.opening).sum(),
             waiting: state.waiters.len(),
