@@ -40,6 +40,8 @@ test('duplicate endpoint ids', (t) => configError(t, (c) => (c.db = [endpoint, e
 test('bad balance', (t) => configError(t, (c) => (c.groups.default.balance = 'fastest'), 'groups.default.balance', /round-robin/))
 test('bad target_session_attrs', (t) =>
   configError(t, (c) => (c.groups.default.target_session_attrs = 'master'), 'groups.default.target_session_attrs', /read-write/))
+test('negative max_uses', (t) => configError(t, (c) => (c.groups.default.max_uses = -1), 'groups.default.max_uses', /integer >= 0/))
+test('fractional max_uses', (t) => configError(t, (c) => (c.groups.default.max_uses = 1.5), 'groups.default.max_uses', /integer >= 0/))
 test('min_idle above connection_count', (t) => configError(t, (c) => (c.groups.default.min_idle = 3), 'groups.default.min_idle', /<= connection_count/))
 test('no groups', (t) => configError(t, (c) => (c.groups = {}), 'groups', /at least one group/))
 test('bad URL does not echo the password', (t) =>

@@ -56,6 +56,8 @@ export interface GroupConfig {
   idle_timeout?: number
   /** Milliseconds; 0 never replaces a connection for its age. */
   max_lifetime?: number
+  /** Checkouts after which a connection is replaced; 0 for unlimited. */
+  max_uses?: number
   /** Milliseconds of idleness after which a connection is pinged before hand-out. */
   ping_after_idle?: number
   /** Prepared statements kept per connection; 0 for PgBouncer transaction mode. */
@@ -103,6 +105,7 @@ export const GROUP_DEFAULTS = {
   min_idle: 0,
   idle_timeout: 600_000,
   max_lifetime: 3_600_000,
+  max_uses: 0,
   ping_after_idle: 10_000,
   statement_cache_size: 256,
   pipeline: 8,
@@ -193,7 +196,7 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
 }
 
 const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
-const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold'] as const
+const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold'] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
 /** Parses `postgres://user:pass@host:port/db?sslmode=...&application_name=...`. */
@@ -367,6 +370,7 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
     min_idle: minIdle,
     idle_timeout: integer(raw.idle_timeout, `${path}.idle_timeout`, 0, GROUP_DEFAULTS.idle_timeout),
     max_lifetime: integer(raw.max_lifetime, `${path}.max_lifetime`, 0, GROUP_DEFAULTS.max_lifetime),
+    max_uses: integer(raw.max_uses, `${path}.max_uses`, 0, GROUP_DEFAULTS.max_uses),
     ping_after_idle: integer(raw.ping_after_idle, `${path}.ping_after_idle`, 0, GROUP_DEFAULTS.ping_after_idle),
     statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, 0, GROUP_DEFAULTS.statement_cache_size),
     pipeline: integer(raw.pipeline, `${path}.pipeline`, 1, GROUP_DEFAULTS.pipeline),

@@ -65,6 +65,20 @@ pub enum TargetSessionAttrs {
     PreferStandby,
 }
 
+impl TargetSessionAttrs {
+    /// The configuration spelling, for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::ReadWrite => "read-write",
+            Self::ReadOnly => "read-only",
+            Self::Primary => "primary",
+            Self::Standby => "standby",
+            Self::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
 /// How a group picks the endpoint for a new checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -167,6 +181,8 @@ pub struct GroupConfig {
     pub idle_timeout: u64,
     /// Milliseconds after which a connection is replaced (0: never).
     pub max_lifetime: u64,
+    /// Checkouts after which a connection is replaced (0: unlimited).
+    pub max_uses: u64,
     /// Milliseconds of idleness after which a connection is pinged before hand-out.
     pub ping_after_idle: u64,
     /// Prepared statements cached per connection (0: no named statements).

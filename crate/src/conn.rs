@@ -1,6 +1,7 @@
 //! One pooled session: the client, its statement cache and its transaction state.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, TryStreamExt};
@@ -29,8 +30,13 @@ pub struct PgConn {
     pub client: Client,
     /// Index of its endpoint within the group.
     pub endpoint: usize,
-    /// When it was last returned to the pool.
+    /// When it was last returned to the pool by a user (for `idle_timeout`).
     pub last_used: Instant,
+    /// When the server last answered on it (for `ping_after_idle`).
+    pub last_alive: Instant,
+    /// How many times it was checked out (for `max_uses`); atomic because a lease handed
+    /// straight to the next checkout counts a use through a shared reference.
+    pub uses: AtomicU64,
     /// When it must be replaced (`max_lifetime`, jittered).
     pub expires: Option<Instant>,
     /// Transaction state.
@@ -52,6 +58,8 @@ impl PgConn {
             client,
             endpoint,
             last_used: now,
+            last_alive: now,
+            uses: AtomicU64::new(0),
             expires,
             tx: TxState::Idle,
             statements: NonZeroUsize::new(cache_size).map(|n| Mutex::new(LruCache::new(n))),
@@ -79,6 +87,9 @@ impl PgConn {
     /// leave no session state behind (see [`pipelinable`]).
     /// `Ok(None)`: the text holds several statements, which must run on an exclusive session.
     pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+        if self.client.is_closed() {
+            return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
+        }
         let params = decode_params(params).map_err(PoolError::Query)?;
         if self.statements.is_none() {
             return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
@@ -90,14 +101,21 @@ impl PgConn {
         let stmt = match self.statement(sql).await {
             Ok(stmt) => stmt,
             Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
-            Err(e) => return Err(PoolError::from_pg(&e)),
+            Err(e) => return Err(PoolError::before_run(&e)),
         };
         execute(&self.client, &stmt, &params, command_of(sql).as_str()).await.map(Some)
     }
 
     /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in
     /// the same pipeline first (one round trip for both).
+    ///
+    /// A failure from before the statement could run is [`PoolError::Unsent`]; a lost
+    /// connection after that is a [`PoolError::Connection`] that says it may have run.
     pub async fn query(&mut self, sql: &str, params: &[u8], begin: bool) -> Result<Vec<u8>, PoolError> {
+        if self.client.is_closed() {
+            // tokio-postgres would fail this at once without writing anything.
+            return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
+        }
         let command = command_of(sql);
         let result = self.run(sql, params, &command, begin).await;
         self.track_tx(&command, result.is_ok());
@@ -119,7 +137,7 @@ impl PgConn {
             let run = execute_unnamed(&self.client, sql, &params, command);
             let result = if begin {
                 let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), run);
-                began.map_err(|e| PoolError::from_pg(&e))?;
+                began.map_err(|e| PoolError::while_running(&e))?;
                 self.tx = TxState::Open;
                 result
             } else {
@@ -129,7 +147,7 @@ impl PgConn {
                 Ok(bytes) => Ok(bytes),
                 Err(Unnamed::Failed(e)) => Err(e),
                 Err(Unnamed::MultiStatement) => {
-                    self.client.batch_execute(sql).await.map_err(|e| PoolError::from_pg(&e))?;
+                    self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
                     Ok(ResultWriter::new(command, &[]).finish(None))
                 }
             };
@@ -141,14 +159,15 @@ impl PgConn {
                 if begin {
                     self.begin().await?;
                 }
-                self.client.batch_execute(sql).await.map_err(|e| PoolError::from_pg(&e))?;
+                self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
                 return Ok(ResultWriter::new(command, &[]).finish(None));
             }
-            Err(e) => return Err(PoolError::from_pg(&e)),
+            // Parse and Describe never run anything.
+            Err(e) => return Err(PoolError::before_run(&e)),
         };
         if begin {
             let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), execute(&self.client, &stmt, &params, command));
-            began.map_err(|e| PoolError::from_pg(&e))?;
+            began.map_err(|e| PoolError::while_running(&e))?;
             self.tx = TxState::Open;
             result
         } else {
@@ -187,7 +206,7 @@ impl PgConn {
                 let result = self.client.batch_execute("COMMIT").await;
                 // Whatever happened, the server has ended the transaction (or the socket is gone).
                 self.tx = TxState::Idle;
-                result.map_err(|e| PoolError::from_pg(&e))
+                result.map_err(|e| PoolError::while_running(&e))
             }
         }
     }
@@ -202,17 +221,21 @@ impl PgConn {
         result.map_err(|e| PoolError::from_pg(&e))
     }
 
-    /// A cheap round trip proving the session still answers.
-    pub async fn ping(&self) -> bool {
-        self.client.simple_query("").await.is_ok()
-    }
 }
 
 async fn execute(client: &Client, stmt: &Statement, params: &[Param<'_>], command: &str) -> Result<Vec<u8>, PoolError> {
     let mut writer = ResultWriter::new(command, stmt.columns());
-    let stream = client.query_raw(stmt, params.iter()).await.map_err(|e| PoolError::from_pg(&e))?;
+    let stream = client.query_raw(stmt, params.iter()).await.map_err(|e| {
+        // An error answer before BindComplete means the server did not execute the statement;
+        // a lost connection here may have lost a BindComplete, so it may have run.
+        if e.as_db_error().is_some() {
+            PoolError::before_run(&e)
+        } else {
+            PoolError::while_running(&e)
+        }
+    })?;
     pin_mut!(stream);
-    while let Some(row) = stream.try_next().await.map_err(|e| PoolError::from_pg(&e))? {
+    while let Some(row) = stream.try_next().await.map_err(|e| PoolError::while_running(&e))? {
         writer.push_row(&row).map_err(PoolError::Query)?;
     }
     Ok(writer.finish(stream.rows_affected()))
@@ -233,14 +256,16 @@ async fn execute_unnamed(client: &Client, sql: &str, params: &[Param<'_>], comma
         if params.is_empty() && is_multi_statement_error(&e) {
             Unnamed::MultiStatement
         } else {
-            Unnamed::Failed(PoolError::from_pg(&e))
+            // An error answer before the rows (Parse or Bind failed) means nothing ran; a lost
+            // connection here may have lost the server's answers, so it may have run.
+            Unnamed::Failed(if e.as_db_error().is_some() { PoolError::before_run(&e) } else { PoolError::while_running(&e) })
         }
     };
     let typed = params.iter().map(|p| (p, if p.binary { Type::BYTEA } else { Type::UNKNOWN }));
     let stream = client.query_typed_raw(sql, typed).await.map_err(failed)?;
     pin_mut!(stream);
     let mut writer: Option<ResultWriter> = None;
-    while let Some(row) = stream.try_next().await.map_err(|e| Unnamed::Failed(PoolError::from_pg(&e)))? {
+    while let Some(row) = stream.try_next().await.map_err(|e| Unnamed::Failed(PoolError::while_running(&e)))? {
         let writer = writer.get_or_insert_with(|| ResultWriter::new(command, row.columns()));
         writer.push_row(&row).map_err(|e| Unnamed::Failed(PoolError::Query(e)))?;
     }

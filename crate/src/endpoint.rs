@@ -1,6 +1,7 @@
-//! One PostgreSQL server: how to open a session on it (TCP, TLS, startup settings) and its
-//! health as seen by every group that uses it.
+//! One PostgreSQL server: how to open a session on it (TCP, TLS, startup settings), its
+//! health and its role as seen by every group that uses it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,15 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{ChannelBinding, EndpointConfig, GroupConfig, SslMode, TargetSessionAttrs};
+use crate::config::{ChannelBinding, EndpointConfig, SslMode, TargetSessionAttrs};
 use crate::error::pg_error_text;
+use crate::events::{EventKind, Events};
+use crate::role::{self, Role, RoleCell};
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
@@ -24,6 +28,17 @@ pub enum ConnectError {
     Unreachable(String),
     /// The server works but has the wrong role for the group.
     WrongRole(String),
+}
+
+/// Outcome of a health check on an open session.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The server answered.
+    Alive,
+    /// The session failed; the endpoint may still be fine.
+    Dead,
+    /// No answer within the limit; the session is unusable.
+    Silent,
 }
 
 /// Health of one endpoint, shared by all groups.
@@ -41,18 +56,33 @@ pub struct Health {
 pub struct Endpoint {
     /// Its configuration (the password stays here and is never formatted).
     pub config: EndpointConfig,
+    /// Its id, shared with events.
+    pub id: Arc<str>,
     pg: tokio_postgres::Config,
+    /// The same, with an `application_name` that tells health-probe sessions apart: they are
+    /// short-lived and outside every group's `connection_count`.
+    probe_pg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     /// Shared health state.
     pub health: Mutex<Health>,
+    /// Last role the server reported or was seen to have.
+    role: RoleCell,
+    /// Some group cares about roles, so sessions learn it even on pre-14 servers.
+    role_needed: bool,
+    /// A background check of this endpoint is running.
+    checking: AtomicBool,
+    events: Arc<Events>,
 }
 
 const BAN_BASE: Duration = Duration::from_millis(200);
-const BAN_MAX: Duration = Duration::from_secs(5);
+// Short enough that a node that comes back gets traffic again within a few seconds; a probe
+// of a node that is down costs one refused connect.
+const BAN_MAX: Duration = Duration::from_secs(2);
 
 impl Endpoint {
     /// Prepares connection settings; fails only on an unusable TLS configuration.
-    pub fn new(config: EndpointConfig) -> Result<Self, String> {
+    /// `role_needed`: some group using it has a `target_session_attrs` other than `any`.
+    pub fn new(config: EndpointConfig, role_needed: bool, events: Arc<Events>) -> Result<Self, String> {
         let mut pg = tokio_postgres::Config::new();
         pg.host(&config.host)
             .port(config.port)
@@ -60,8 +90,12 @@ impl Endpoint {
             .user(&config.user)
             .application_name(&config.application_name)
             .connect_timeout(Duration::from_secs_f64(config.connect_timeout))
+            // A peer that vanished without a FIN is noticed in about a minute, not the
+            // kernel's default of two hours plus eleven minutes.
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3)
             .options(format!(
                 "-c statement_timeout={} -c temp_buffers={}MB",
                 config.query_timeout, config.session_tmp_buffer
@@ -81,12 +115,30 @@ impl Endpoint {
                 Some(MakeRustlsConnect::new(tls_config(&config)?))
             }
         };
-        Ok(Self { config, pg, tls, health: Mutex::new(Health::default()) })
+        let mut probe_pg = pg.clone();
+        probe_pg.application_name(format!("{} (probe)", config.application_name));
+        Ok(Self {
+            id: Arc::from(config.id.as_str()),
+            config,
+            pg,
+            probe_pg,
+            tls,
+            health: Mutex::new(Health::default()),
+            role: RoleCell::default(),
+            role_needed,
+            checking: AtomicBool::new(false),
+            events,
+        })
     }
 
     /// `host:port` for messages.
     pub fn label(&self) -> String {
         format!("{}:{}", self.config.host, self.config.port)
+    }
+
+    /// The connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.config.connect_timeout)
     }
 
     /// Whether new connections should avoid this endpoint now.
@@ -96,30 +148,88 @@ impl Endpoint {
 
     /// Records a failed attempt and bans the endpoint with jittered exponential backoff.
     pub fn record_failure(&self, error: &str) {
-        let mut health = self.health.lock();
-        health.failures = health.failures.saturating_add(1);
-        let exp = BAN_BASE.saturating_mul(1 << health.failures.min(6)).min(BAN_MAX);
-        let jitter = 0.75 + fastrand::f64() * 0.5;
-        health.banned_until = Some(Instant::now() + exp.mul_f64(jitter));
-        health.last_error = Some(error.to_string());
+        let newly = {
+            let mut health = self.health.lock();
+            health.failures = health.failures.saturating_add(1);
+            let exp = BAN_BASE.saturating_mul(1 << health.failures.min(6)).min(BAN_MAX);
+            let jitter = 0.75 + fastrand::f64() * 0.5;
+            health.banned_until = Some(Instant::now() + exp.mul_f64(jitter));
+            health.last_error = Some(error.to_string());
+            health.failures == 1
+        };
+        if newly {
+            self.events.record(EventKind::Ban, None, Some(&self.id), Some(error.to_string()));
+        }
     }
 
     /// Records a successful session: the endpoint is healthy again.
     pub fn record_success(&self) {
-        let mut health = self.health.lock();
-        health.failures = 0;
-        health.banned_until = None;
+        let was_failing = {
+            let mut health = self.health.lock();
+            let was = health.failures > 0;
+            health.failures = 0;
+            health.banned_until = None;
+            was
+        };
+        if was_failing {
+            self.events.record(EventKind::Unban, None, Some(&self.id), None);
+        }
     }
 
-    /// Opens a session set up for `group`, within the endpoint's connect timeout.
-    pub async fn connect(&self, group: &GroupConfig) -> Result<Client, ConnectError> {
-        let limit = Duration::from_secs_f64(self.config.connect_timeout);
+    /// The server's last known role.
+    pub fn role(&self) -> Option<Role> {
+        self.role.get()
+    }
+
+    /// Whether a group with `wanted` may use this endpoint, as far as we know (an unknown role
+    /// is checked when a session is opened).
+    pub fn allows(&self, wanted: TargetSessionAttrs) -> bool {
+        self.role.get().is_none_or(|r| r.fits(wanted))
+    }
+
+    /// Records the server's role; a change is an event.
+    pub fn set_role(&self, role: Role) {
+        if self.role.set(role).is_some() {
+            self.events.record(EventKind::RoleChange, None, Some(&self.id), Some(role.describe().into()));
+        }
+    }
+
+    /// Claims the right to run a background check; `false` if one is already running.
+    pub fn begin_check(&self) -> bool {
+        !self.checking.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ends a background check claimed with [`Endpoint::begin_check`].
+    pub fn end_check(&self) {
+        self.checking.store(false, Ordering::Release);
+    }
+
+    /// Opens a session set up for a group that wants `wanted`, within the connect timeout.
+    pub async fn connect(self: &Arc<Self>, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Client, ConnectError> {
+        self.connect_with(&self.pg, wanted, sqlprepare).await
+    }
+
+    async fn connect_with(self: &Arc<Self>, pg: &tokio_postgres::Config, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Client, ConnectError> {
         let attempt = async {
-            let client = self.open().await.map_err(|e| ConnectError::Unreachable(connect_error_text(&e, &self.config)))?;
-            if group.target_session_attrs != TargetSessionAttrs::Any {
-                check_role(&client, group.target_session_attrs).await?;
+            let (client, reported) = self.open(pg).await.map_err(|e| ConnectError::Unreachable(connect_error_text(&e, &self.config)))?;
+            let role = match reported {
+                Some(role) => Some(role),
+                None if wanted != TargetSessionAttrs::Any || self.role_needed => {
+                    Some(role::query_role(&client).await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?)
+                }
+                None => None,
+            };
+            if let Some(role) = role {
+                self.set_role(role);
+                if !role.fits(wanted) {
+                    return Err(ConnectError::WrongRole(format!(
+                        "server is a {}, target_session_attrs is '{}'",
+                        role.describe(),
+                        wanted.as_str()
+                    )));
+                }
             }
-            if group.sqlprepare {
+            if sqlprepare {
                 client
                     .batch_execute(r#"SELECT "SQLPrepare"."PrepareQueries"()"#)
                     .await
@@ -127,9 +237,48 @@ impl Endpoint {
             }
             Ok(client)
         };
-        match tokio::time::timeout(limit, attempt).await {
+        match tokio::time::timeout(self.connect_timeout(), attempt).await {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Unreachable(format!("connect timeout after {}s", self.config.connect_timeout))),
+        }
+    }
+
+    /// Opens and closes a session to see whether the server answers (learning its role on the
+    /// way); bans or re-admits the endpoint accordingly.
+    pub async fn probe(self: &Arc<Self>) -> bool {
+        match self.connect_with(&self.probe_pg, TargetSessionAttrs::Any, false).await {
+            Ok(client) => {
+                drop(client);
+                self.record_success();
+                true
+            }
+            Err(ConnectError::Unreachable(text) | ConnectError::WrongRole(text)) => {
+                self.record_failure(&text);
+                false
+            }
+        }
+    }
+
+    /// Health check through an open session within `limit`: the role query when some group
+    /// cares about roles (which also records the role), else an empty query. Silence bans
+    /// the endpoint only when `limit` is the full connect timeout.
+    pub async fn check_session(&self, client: &Client, limit: Duration) -> Answer {
+        let work = async {
+            if self.role_needed {
+                role::query_role(client).await.map(|r| self.set_role(r))
+            } else {
+                client.simple_query("").await.map(|_| ())
+            }
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(Ok(())) => Answer::Alive,
+            Ok(Err(_)) => Answer::Dead,
+            Err(_) => {
+                if limit >= self.connect_timeout() {
+                    self.record_failure(&format!("health check timeout: no answer within {}s", self.config.connect_timeout));
+                }
+                Answer::Silent
+            }
         }
     }
 
@@ -140,47 +289,34 @@ impl Endpoint {
         let _ = token.cancel_query(NoTls).await;
     }
 
-    async fn open(&self) -> Result<Client, tokio_postgres::Error> {
+    async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<(Client, Option<Role>), tokio_postgres::Error> {
         match &self.tls {
             None => {
-                let (client, connection) = self.pg.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(client)
+                let (client, connection) = pg.connect(NoTls).await?;
+                Ok((client, self.drive(connection)))
             }
             Some(tls) => {
-                let (client, connection) = self.pg.connect(tls.clone()).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(client)
+                let (client, connection) = pg.connect(tls.clone()).await?;
+                Ok((client, self.drive(connection)))
             }
         }
     }
-}
 
-/// The server's role as far as `target_session_attrs` cares.
-async fn check_role(client: &Client, wanted: TargetSessionAttrs) -> Result<(), ConnectError> {
-    let row = client
-        .query_one("SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'", &[])
-        .await
-        .map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?;
-    let in_recovery: bool = row.get(0);
-    let read_only: bool = row.get(1);
-    let ok = match wanted {
-        TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => true,
-        TargetSessionAttrs::ReadWrite => !read_only && !in_recovery,
-        TargetSessionAttrs::ReadOnly => read_only || in_recovery,
-        TargetSessionAttrs::Primary => !in_recovery,
-        TargetSessionAttrs::Standby => in_recovery,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ConnectError::WrongRole(format!(
-            "server role (in_recovery={in_recovery}, read_only={read_only}) does not match target_session_attrs"
-        )))
+    /// Spawns the session's connection task, which keeps this endpoint's role current from
+    /// what the server reports; returns the role reported at startup.
+    fn drive<S, T>(self: &Arc<Self>, connection: Connection<S, T>) -> Option<Role>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let reported = role::reported_role(&connection);
+        let endpoint = Arc::downgrade(self);
+        tokio::spawn(role::drive(connection, reported, move |role| {
+            if let Some(endpoint) = endpoint.upgrade() {
+                endpoint.set_role(role);
+            }
+        }));
+        reported
     }
 }
 

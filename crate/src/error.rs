@@ -15,6 +15,9 @@ pub enum PoolError {
     Timeout(String),
     /// A connection could not be opened or was lost.
     Connection(String),
+    /// The connection was found dead before the statement was sent (or the server refused it
+    /// before running it): the statement did not run, so a one-shot query may be retried.
+    Unsent(String),
     /// No endpoint of the group could be reached; one line per endpoint.
     Offline(Vec<String>),
     /// The server rejected a statement.
@@ -83,10 +86,29 @@ impl PoolError {
         }
     }
 
+    /// For a failure from before the server could have run the statement (while preparing it,
+    /// or an error answer ahead of BindComplete): a lost connection becomes [`PoolError::Unsent`].
+    pub fn before_run(err: &tokio_postgres::Error) -> Self {
+        match Self::from_pg(err) {
+            e @ (PoolError::Connection(_) | PoolError::Db(_)) if e.is_connection_fault() => {
+                PoolError::Unsent(format!("connection lost before the statement ran: {}", pg_error_text(err)))
+            }
+            other => other,
+        }
+    }
+
+    /// For a failure once the statement may be running: a lost connection says it may have run.
+    pub fn while_running(err: &tokio_postgres::Error) -> Self {
+        match Self::from_pg(err) {
+            PoolError::Connection(m) => PoolError::Connection(format!("{m} (the statement may have run)")),
+            other => other,
+        }
+    }
+
     /// Whether the error means the connection itself can no longer be used.
     pub fn is_connection_fault(&self) -> bool {
         match self {
-            PoolError::Connection(_) => true,
+            PoolError::Connection(_) | PoolError::Unsent(_) => true,
             // The server ends the session after these (admin shutdown, terminated backend).
             PoolError::Db(db) => matches!(db.code().code(), "57P01" | "57P02" | "57P03" | "08006" | "08003"),
             _ => false,
@@ -99,6 +121,7 @@ impl PoolError {
             PoolError::Closed => ("POOL_CLOSED", "the pool is closed".to_string(), None, None),
             PoolError::Timeout(m) => ("POOL_TIMEOUT", m.clone(), None, None),
             PoolError::Connection(m) => ("DB_CONNECTION", m.clone(), None, None),
+            PoolError::Unsent(m) => ("DB_CONNECTION", format!("{m} (the statement was not run)"), None, None),
             PoolError::Offline(causes) => (
                 "DB_OFFLINE",
                 format!("no endpoint could be reached: {}", causes.join("; ")),
@@ -130,6 +153,17 @@ impl PoolError {
         serde_json::to_string(&Wire { code, message, causes, db }).unwrap_or_else(|_| {
             r#"{"code":"DB_QUERY","message":"unserializable error"}"#.to_string()
         })
+    }
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Closed => f.write_str("the pool is closed"),
+            PoolError::Timeout(m) | PoolError::Connection(m) | PoolError::Unsent(m) | PoolError::Query(m) => f.write_str(m),
+            PoolError::Offline(causes) => write!(f, "no endpoint could be reached: {}", causes.join("; ")),
+            PoolError::Db(db) => write!(f, "{} (SQLSTATE {})", db.message(), db.code().code()),
+        }
     }
 }
 

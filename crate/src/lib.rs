@@ -15,10 +15,14 @@ mod config;
 mod conn;
 mod endpoint;
 mod error;
+mod events;
 mod oneshot;
 mod pool;
 mod pgtext;
 mod protocol;
+mod role;
+#[cfg(test)]
+mod server_tests;
 
 pub use bindings::NativePool;
 

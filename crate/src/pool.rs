@@ -1,10 +1,15 @@
 //! Groups of connections over endpoints: checkout with FIFO waiting, release, balancing,
-//! background health and lifecycle, shutdown.
+//! background health, roles and lifecycle, shutdown.
 //!
 //! Each group owns its connections. Capacity (`connection_count`) is counted over all of the
-//! group's endpoints — idle, in use and being opened — so the server never sees more than the
-//! configured number of sessions for a group, whichever endpoints they are on (this is why the
-//! group does its own slot accounting rather than one deadpool per endpoint).
+//! group's endpoints — idle, in use, being opened or being health-checked — so the server never
+//! sees more than the configured number of sessions for a group, whichever endpoints they are
+//! on (this is why the group does its own slot accounting rather than one deadpool per
+//! endpoint).
+//!
+//! Roles are a property of the endpoint (see `role.rs`): a group uses an endpoint whose known
+//! role fits its `target_session_attrs`, never hands out a connection on one that does not,
+//! and takes it back once the monitor sees its role fit again (a promoted standby).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,13 +22,65 @@ use tokio::sync::{oneshot, Notify};
 use tokio_postgres::CancelToken;
 
 use crate::balancer::{self, Candidate};
-use crate::config::{GroupConfig, PoolConfig};
+use crate::config::{GroupConfig, PoolConfig, TargetSessionAttrs};
 use crate::conn::{PgConn, TxState};
-use crate::endpoint::{ConnectError, Endpoint};
+use crate::endpoint::{Answer, ConnectError, Endpoint};
 use crate::error::PoolError;
+use crate::events::{EventKind, Events};
 
-/// How long a group avoids an endpoint whose role does not fit it before re-checking.
-const WRONG_ROLE_RECHECK: Duration = Duration::from_secs(2);
+/// Past `query_timeout`, how long the client waits for the server's own `statement_timeout`
+/// error before it gives up on the server.
+const CLIENT_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
+/// How long a rollback at release may take before the connection is dropped instead.
+const RELEASE_ROLLBACK_LIMIT: Duration = Duration::from_secs(5);
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// Idle longer than `idle_timeout`, above `min_idle`.
+    IdleTimeout,
+    /// Older than `max_lifetime`.
+    MaxLifetime,
+    /// Checked out `max_uses` times.
+    MaxUses,
+    /// The socket was found closed, or the server stopped answering.
+    Broken,
+    /// The server's role no longer fits the group.
+    WrongRole,
+    /// Capacity moved to another endpoint (one that came back, or away from a banned one).
+    Rebalance,
+    /// The pool was closed.
+    Closed,
+    /// A statement failed in a way that leaves the session unusable.
+    Error,
+}
+
+impl DisconnectReason {
+    const ALL: [Self; 8] = [
+        Self::IdleTimeout,
+        Self::MaxLifetime,
+        Self::MaxUses,
+        Self::Broken,
+        Self::WrongRole,
+        Self::Rebalance,
+        Self::Closed,
+        Self::Error,
+    ];
+
+    /// The name used in stats and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IdleTimeout => "idle_timeout",
+            Self::MaxLifetime => "max_lifetime",
+            Self::MaxUses => "max_uses",
+            Self::Broken => "broken",
+            Self::WrongRole => "wrong_role",
+            Self::Rebalance => "rebalance",
+            Self::Closed => "closed",
+            Self::Error => "error",
+        }
+    }
+}
 
 /// Process-wide counters of one group.
 #[derive(Default, Debug)]
@@ -33,8 +90,9 @@ pub struct Counters {
     timeouts: AtomicU64,
     connects: AtomicU64,
     connect_errors: AtomicU64,
-    disconnects: AtomicU64,
+    disconnects: [AtomicU64; DisconnectReason::ALL.len()],
     query_errors: AtomicU64,
+    retries: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -45,12 +103,13 @@ struct Slot {
     idle: Vec<PgConn>,
     in_use: usize,
     opening: usize,
-    wrong_role_until: Option<Instant>,
+    /// Borrowed from `idle` by the health monitor.
+    checking: usize,
 }
 
 impl Slot {
     fn size(&self) -> usize {
-        self.idle.len() + self.in_use + self.opening
+        self.idle.len() + self.in_use + self.opening + self.checking
     }
 }
 
@@ -79,7 +138,23 @@ enum Plan {
     Ready(PgConn),
     Open(usize),
     Wait(u64, oneshot::Receiver<Grant>),
+    /// No endpoint is left that could serve the group (wrong role, or failed just now).
+    NoEndpoint,
 }
+
+/// How a connection comes back to the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Return {
+    /// From a user, reusable.
+    Reuse,
+    /// From a health check that it passed.
+    Checked,
+    /// To be closed.
+    Discard(DisconnectReason),
+}
+
+/// Connections being closed, with why; they are counted and dropped outside the state lock.
+type Retired = Vec<(PgConn, DisconnectReason)>;
 
 /// A group of connections.
 pub struct Group {
@@ -87,21 +162,24 @@ pub struct Group {
     pub config: GroupConfig,
     /// Its endpoints, in the group's order.
     pub endpoints: Vec<Arc<Endpoint>>,
+    name: Arc<str>,
     state: Mutex<GroupState>,
     tick: AtomicUsize,
     returned: Notify,
     /// Set when `close` gave up waiting: leases still out fail their next statement.
     pub revoked: AtomicBool,
     counters: Counters,
+    events: Arc<Events>,
 }
 
 impl Group {
-    fn new(config: GroupConfig, endpoints: Vec<Arc<Endpoint>>) -> Self {
+    fn new(config: GroupConfig, endpoints: Vec<Arc<Endpoint>>, events: Arc<Events>) -> Self {
         let slots = endpoints
             .iter()
-            .map(|_| Slot { idle: Vec::new(), in_use: 0, opening: 0, wrong_role_until: None })
+            .map(|_| Slot { idle: Vec::new(), in_use: 0, opening: 0, checking: 0 })
             .collect();
         Self {
+            name: Arc::from(config.name.as_str()),
             config,
             endpoints,
             state: Mutex::new(GroupState {
@@ -116,25 +194,37 @@ impl Group {
             returned: Notify::new(),
             revoked: AtomicBool::new(false),
             counters: Counters::default(),
+            events,
         }
     }
 
-    /// Endpoint for a new connection or checkout: healthy ones by the balance strategy; when
-    /// every endpoint is banned, all of them (trying beats failing blind).
+    /// Whether endpoint `e`'s known role lets this group use it.
+    fn eligible(&self, e: usize) -> bool {
+        self.endpoints[e].allows(self.config.target_session_attrs)
+    }
+
+    fn record(&self, kind: EventKind, e: usize, reason: Option<String>) {
+        self.events.record(kind, Some(&self.name), Some(&self.endpoints[e].id), reason);
+    }
+
+    /// Endpoint for a new connection or checkout: eligible healthy ones by the balance strategy
+    /// (only standbys while one is healthy, for `prefer-standby`); when every eligible endpoint
+    /// is banned, all of them (trying beats failing blind).
     fn choose(&self, state: &GroupState, now: Instant, exclude: &[usize]) -> Option<usize> {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         self.choose_at(state, now, exclude, tick)
     }
 
     fn choose_at(&self, state: &GroupState, now: Instant, exclude: &[usize], tick: usize) -> Option<usize> {
-        let build = |ignore_bans: bool| -> Vec<Candidate> {
+        let build = |ignore_bans: bool, standby_only: bool| -> Vec<Candidate> {
             self.endpoints
                 .iter()
                 .enumerate()
                 .filter(|(i, ep)| {
                     !exclude.contains(i)
-                        && state.slots[*i].wrong_role_until.is_none_or(|t| t <= now)
+                        && self.eligible(*i)
                         && (ignore_bans || !ep.is_banned(now))
+                        && (!standby_only || ep.role().is_some_and(|r| r.standby))
                 })
                 .map(|(i, ep)| Candidate {
                     index: i,
@@ -143,31 +233,64 @@ impl Group {
                 })
                 .collect()
         };
-        let mut candidates = build(false);
+        let mut candidates = Vec::new();
+        if self.config.target_session_attrs == TargetSessionAttrs::PreferStandby {
+            candidates = build(false, true);
+        }
         if candidates.is_empty() {
-            candidates = build(true);
+            candidates = build(false, false);
+        }
+        if candidates.is_empty() {
+            candidates = build(true, false);
         }
         balancer::choose(self.config.balance, &candidates, tick)
     }
 
-    fn plan(&self, exclude: &[usize]) -> Result<Plan, PoolError> {
+    /// Why a connection must not be (re)used now, if it must not.
+    fn unfit(&self, conn: &PgConn, now: Instant) -> Option<DisconnectReason> {
+        if conn.is_broken() {
+            Some(DisconnectReason::Broken)
+        } else if !self.eligible(conn.endpoint) {
+            Some(DisconnectReason::WrongRole)
+        } else if conn.expires.is_some_and(|t| t <= now) {
+            Some(DisconnectReason::MaxLifetime)
+        } else if self.config.max_uses > 0 && conn.uses.load(Ordering::Relaxed) >= self.config.max_uses {
+            Some(DisconnectReason::MaxUses)
+        } else {
+            None
+        }
+    }
+
+    /// Pops a usable idle connection of endpoint `e`; unusable ones met on the way are retired
+    /// and their capacity freed.
+    fn take_idle(&self, state: &mut GroupState, e: usize, now: Instant, retired: &mut Retired) -> Option<PgConn> {
+        while let Some(conn) = state.slots[e].idle.pop() {
+            match self.unfit(&conn, now) {
+                None => {
+                    state.slots[e].in_use += 1;
+                    return Some(conn);
+                }
+                Some(reason) => {
+                    retired.push((conn, reason));
+                    self.pass_capacity(state);
+                }
+            }
+        }
+        None
+    }
+
+    fn plan(&self, exclude: &[usize], retired: &mut Retired) -> Result<Plan, PoolError> {
         let now = Instant::now();
         let mut state = self.state.lock();
         if state.closed {
             return Err(PoolError::Closed);
         }
-        if state.slots.iter().all(|s| s.wrong_role_until.is_some_and(|t| t > now)) {
-            return Err(PoolError::Offline(
-                self.endpoints
-                    .iter()
-                    .map(|e| format!("{}: server role does not match target_session_attrs '{:?}'", e.label(), self.config.target_session_attrs))
-                    .collect(),
-            ));
+        if !(0..self.endpoints.len()).any(|i| !exclude.contains(&i) && self.eligible(i)) {
+            return Ok(Plan::NoEndpoint);
         }
         if state.waiters.is_empty() {
             if let Some(e) = self.choose(&state, now, exclude) {
-                if let Some(conn) = state.slots[e].idle.pop() {
-                    state.slots[e].in_use += 1;
+                if let Some(conn) = self.take_idle(&mut state, e, now, retired) {
                     return Ok(Plan::Ready(conn));
                 }
                 if state.total < self.config.connection_count {
@@ -175,15 +298,33 @@ impl Group {
                     state.slots[e].opening += 1;
                     return Ok(Plan::Open(e));
                 }
-            }
-            // At capacity: any idle connection beats waiting. Prefer healthy endpoints.
-            let pick = (0..state.slots.len())
-                .filter(|&i| !state.slots[i].idle.is_empty())
-                .min_by_key(|&i| self.endpoints[i].is_banned(now));
-            if let Some(i) = pick {
-                if let Some(conn) = state.slots[i].idle.pop() {
-                    state.slots[i].in_use += 1;
-                    return Ok(Plan::Ready(conn));
+                // At capacity: an idle connection on a healthy endpoint beats waiting.
+                let usable = |i: usize, banned: bool| self.eligible(i) && self.endpoints[i].is_banned(now) == banned;
+                for i in (0..state.slots.len()).filter(|&i| usable(i, false)) {
+                    if let Some(conn) = self.take_idle(&mut state, i, now, retired) {
+                        return Ok(Plan::Ready(conn));
+                    }
+                }
+                // Idle capacity stuck on a banned endpoint moves to the healthy one chosen.
+                if !self.endpoints[e].is_banned(now) {
+                    if let Some(i) = (0..state.slots.len()).find(|&i| self.endpoints[i].is_banned(now) && !state.slots[i].idle.is_empty()) {
+                        if let Some(conn) = state.slots[i].idle.pop() {
+                            retired.push((conn, DisconnectReason::Rebalance));
+                            state.slots[e].opening += 1;
+                            return Ok(Plan::Open(e));
+                        }
+                    }
+                }
+                for i in (0..state.slots.len()).filter(|&i| usable(i, true)) {
+                    if let Some(conn) = self.take_idle(&mut state, i, now, retired) {
+                        return Ok(Plan::Ready(conn));
+                    }
+                }
+                // Retiring unusable connections may have freed capacity.
+                if state.total < self.config.connection_count && state.waiters.is_empty() {
+                    state.total += 1;
+                    state.slots[e].opening += 1;
+                    return Ok(Plan::Open(e));
                 }
             }
         }
@@ -213,7 +354,7 @@ impl Group {
             if state.closed || !state.waiters.is_empty() {
                 return None;
             }
-            let usable = |c: &PgConn| !c.is_broken() && now.duration_since(c.last_used) < ping_after;
+            let usable = |c: &PgConn| self.unfit(c, now).is_none() && now.duration_since(c.last_alive) < ping_after;
             // Peek at the rotation; it advances only if this fast path succeeds, so a fall-back
             // to the asynchronous path does not skew the balance.
             let preferred = self.choose_at(&state, now, &[], self.tick.load(Ordering::Relaxed));
@@ -224,7 +365,7 @@ impl Group {
                     if state.total < self.config.connection_count {
                         return None;
                     }
-                    (0..state.slots.len()).find(|&i| state.slots[i].idle.last().is_some_and(usable))
+                    (0..state.slots.len()).find(|&i| !self.endpoints[i].is_banned(now) && state.slots[i].idle.last().is_some_and(usable))
                 })?;
             let conn = state.slots[e].idle.pop()?;
             state.slots[e].in_use += 1;
@@ -253,24 +394,59 @@ impl Group {
         state.total -= 1;
     }
 
-    /// Returns a connection (or discards it), serving the first waiter if there is one.
-    fn check_in(&self, mut conn: PgConn, reusable: bool) {
-        let mut dropped = None;
+    /// Counts and closes retired connections (outside the state lock).
+    fn retire(&self, retired: Retired) {
+        for (conn, reason) in retired {
+            bump(&self.counters.disconnects[reason as usize]);
+            self.record(EventKind::Disconnect, conn.endpoint, Some(reason.as_str().into()));
+        }
+    }
+
+    /// Returns a checked-out connection (or closes it); see [`Group::give_back`].
+    fn check_in(self: &Arc<Self>, conn: PgConn, how: Return) {
+        self.give_back(conn, how, false);
+    }
+
+    /// Returns a connection that was checked out (or `borrowed` by the health monitor), or
+    /// closes it, serving the first waiter if there is one. A connection retired for its age or
+    /// use count is replaced in the background.
+    fn give_back(self: &Arc<Self>, mut conn: PgConn, how: Return, borrowed: bool) {
+        let now = Instant::now();
+        let e = conn.endpoint;
+        let mut retired = Retired::new();
+        let mut replace = None;
         {
             let mut state = self.state.lock();
-            let e = conn.endpoint;
-            state.slots[e].in_use -= 1;
-            let expired = conn.expires.is_some_and(|t| t <= Instant::now());
-            if state.closed || !reusable || expired || conn.is_broken() {
-                bump(&self.counters.disconnects);
-                dropped = Some(conn);
+            if borrowed {
+                state.slots[e].checking -= 1;
+            } else {
+                state.slots[e].in_use -= 1;
+            }
+            let reason = match how {
+                _ if state.closed => Some(DisconnectReason::Closed),
+                Return::Discard(reason) => Some(reason),
+                _ => self.unfit(&conn, now),
+            };
+            if let Some(reason) = reason {
+                retired.push((conn, reason));
                 if state.closed {
                     state.total -= 1;
+                } else if matches!(reason, DisconnectReason::MaxUses | DisconnectReason::MaxLifetime) && state.waiters.is_empty() {
+                    match self.choose(&state, now, &[]) {
+                        Some(to) => {
+                            state.slots[to].opening += 1;
+                            replace = Some(to);
+                        }
+                        None => self.pass_capacity(&mut state),
+                    }
                 } else {
                     self.pass_capacity(&mut state);
                 }
             } else {
-                conn.last_used = Instant::now();
+                if how == Return::Reuse {
+                    conn.last_used = now;
+                }
+                conn.last_alive = now;
                 loop {
                     let Some(waiter) = state.waiters.pop_front() else {
                         state.slots[e].idle.push(conn);
@@ -289,7 +465,10 @@ impl Group {
             }
         }
         self.returned.notify_waiters();
-        drop(dropped);
+        self.retire(retired);
+        if let Some(to) = replace {
+            self.open_in_background(to);
+        }
     }
 
     /// A reserved open failed or was abandoned: free its capacity.
@@ -306,21 +485,22 @@ impl Group {
     }
 
     /// Opens a connection on endpoint `e` for which capacity was reserved.
-    async fn open(&self, e: usize) -> Result<PgConn, (usize, String)> {
+    async fn open(self: &Arc<Self>, e: usize) -> Result<PgConn, (usize, String)> {
         let endpoint = &self.endpoints[e];
-        match endpoint.connect(&self.config).await {
+        match endpoint.connect(self.config.target_session_attrs, self.config.sqlprepare).await {
             Ok(client) => {
                 endpoint.record_success();
                 bump(&self.counters.connects);
                 let conn = PgConn::new(client, e, self.config.statement_cache_size, self.config.max_lifetime);
                 let mut state = self.state.lock();
                 state.slots[e].opening -= 1;
-                state.slots[e].wrong_role_until = None;
                 if state.closed {
                     state.total -= 1;
                     return Err((e, "pool closed while connecting".into()));
                 }
                 state.slots[e].in_use += 1;
+                drop(state);
+                self.record(EventKind::Connect, e, None);
                 Ok(conn)
             }
             Err(err) => {
@@ -328,12 +508,11 @@ impl Group {
                 let text = match err {
                     ConnectError::Unreachable(text) => {
                         endpoint.record_failure(&text);
+                        self.record(EventKind::Error, e, Some(text.clone()));
                         text
                     }
-                    ConnectError::WrongRole(text) => {
-                        self.state.lock().slots[e].wrong_role_until = Some(Instant::now() + WRONG_ROLE_RECHECK);
-                        text
-                    }
+                    // The endpoint recorded its role; the chooser now skips it for this group.
+                    ConnectError::WrongRole(text) => text,
                 };
                 self.open_failed(e);
                 Err((e, format!("{}: {}", endpoint.label(), text)))
@@ -341,15 +520,83 @@ impl Group {
         }
     }
 
-    /// Checks a connection out, waiting in FIFO order up to `acquire_timeout`.
+    /// Opens a connection for the pool (a replacement, `min_idle`, rebalancing); capacity must
+    /// be reserved on `e` already.
+    fn open_in_background(self: &Arc<Self>, e: usize) {
+        let group = self.clone();
+        napi::bindgen_prelude::spawn(async move {
+            if let Ok(conn) = group.open(e).await {
+                group.check_in(conn, Return::Reuse);
+            }
+        });
+    }
+
+    /// [`Group::open`] bounded by a checkout's deadline. The attempt runs on by itself past the
+    /// deadline, so its capacity is accounted for either way, and a late connection is pooled.
+    async fn open_until(self: &Arc<Self>, e: usize, deadline: tokio::time::Instant) -> Result<Result<PgConn, (usize, String)>, PoolError> {
+        let (tx, rx) = oneshot::channel();
+        let group = self.clone();
+        napi::bindgen_prelude::spawn(async move {
+            let result = group.open(e).await;
+            if let Err(Ok(conn)) = tx.send(result) {
+                group.check_in(conn, Return::Reuse);
+            }
+        });
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) => Err(PoolError::Connection(format!("{}: connect attempt aborted", self.endpoints[e].label()))),
+            Err(_) => Err(self.timeout_error(&format!("connecting to {} took longer", self.endpoints[e].label()))),
+        }
+    }
+
+    fn timeout_error(&self, detail: &str) -> PoolError {
+        bump(&self.counters.timeouts);
+        PoolError::Timeout(format!(
+            "group '{}': no connection within acquire_timeout ({} ms): {detail}",
+            self.config.name, self.config.acquire_timeout
+        ))
+    }
+
+    /// `DBOfflineError` for a group none of whose endpoints can serve it: the causes seen by
+    /// this checkout, plus the endpoints whose role does not fit.
+    fn no_endpoint_error(&self, mut causes: Vec<String>) -> PoolError {
+        for ep in &self.endpoints {
+            if let Some(role) = ep.role().filter(|r| !r.fits(self.config.target_session_attrs)) {
+                causes.push(format!(
+                    "{}: server is a {}, target_session_attrs is '{}'",
+                    ep.label(),
+                    role.describe(),
+                    self.config.target_session_attrs.as_str()
+                ));
+            }
+        }
+        PoolError::Offline(causes)
+    }
+
+    /// Checks a connection out, waiting in FIFO order; the whole checkout (waiting, opening,
+    /// pinging) ends within `acquire_timeout`.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        self.acquire_avoiding(Vec::new()).await
+    }
+
+    /// [`Group::acquire`], opening new connections elsewhere than on `avoid` while another
+    /// endpoint can serve the group.
+    async fn acquire_avoiding(self: &Arc<Self>, avoid: Vec<usize>) -> Result<Lease, PoolError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout);
-        let mut failed: Vec<usize> = Vec::new();
+        let elsewhere = (0..self.endpoints.len()).any(|i| !avoid.contains(&i) && self.eligible(i));
+        let mut failed: Vec<usize> = if elsewhere { avoid } else { Vec::new() };
         let mut causes: Vec<String> = Vec::new();
         loop {
-            let conn = match self.plan(&failed)? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.timeout_error("every attempt failed or was too slow"));
+            }
+            let mut retired = Retired::new();
+            let plan = self.plan(&failed, &mut retired);
+            self.retire(retired);
+            let mut conn = match plan? {
+                Plan::NoEndpoint => return Err(self.no_endpoint_error(causes)),
                 Plan::Ready(conn) => conn,
-                Plan::Open(e) => match self.open(e).await {
+                Plan::Open(e) => match self.open_until(e, deadline).await? {
                     Ok(conn) => conn,
                     Err((e, cause)) => {
                         self.note_failure(e, cause, &mut failed, &mut causes)?;
@@ -363,9 +610,10 @@ impl Group {
                         let Some(e) = self.reserve_open(&failed) else {
                             let mut state = self.state.lock();
                             self.pass_capacity(&mut state);
-                            return Err(PoolError::Offline(causes));
+                            drop(state);
+                            return Err(self.no_endpoint_error(causes));
                         };
-                        match self.open(e).await {
+                        match self.open_until(e, deadline).await? {
                             Ok(conn) => conn,
                             Err((e, cause)) => {
                                 self.note_failure(e, cause, &mut failed, &mut causes)?;
@@ -375,27 +623,38 @@ impl Group {
                     }
                 },
             };
-            if conn.is_broken() {
-                self.check_in(conn, false);
+            if let Some(reason) = self.unfit(&conn, Instant::now()) {
+                self.check_in(conn, Return::Discard(reason));
                 continue;
             }
-            if conn.last_used.elapsed() >= Duration::from_millis(self.config.ping_after_idle) && !conn.ping().await {
-                self.check_in(conn, false);
-                continue;
+            if conn.last_alive.elapsed() >= Duration::from_millis(self.config.ping_after_idle) {
+                let endpoint = self.endpoints[conn.endpoint].clone();
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match endpoint.check_session(&conn.client, endpoint.connect_timeout().min(left)).await {
+                    Answer::Alive => conn.last_alive = Instant::now(),
+                    Answer::Dead | Answer::Silent => {
+                        self.check_in(conn, Return::Discard(DisconnectReason::Broken));
+                        continue;
+                    }
+                }
+                if !self.eligible(conn.endpoint) {
+                    self.check_in(conn, Return::Discard(DisconnectReason::WrongRole));
+                    continue;
+                }
             }
             bump(&self.counters.acquires);
             return Ok(Lease::new(self.clone(), conn));
         }
     }
 
-    /// After a failed open: try the next endpoint, or give up once every one has failed.
+    /// After a failed open: try the next endpoint, or give up once none is left.
     fn note_failure(&self, e: usize, cause: String, failed: &mut Vec<usize>, causes: &mut Vec<String>) -> Result<(), PoolError> {
         if !failed.contains(&e) {
             failed.push(e);
         }
         causes.push(cause);
-        if failed.len() >= self.endpoints.len() {
-            return Err(PoolError::Offline(std::mem::take(causes)));
+        if !(0..self.endpoints.len()).any(|i| !failed.contains(&i) && self.eligible(i)) {
+            return Err(self.no_endpoint_error(std::mem::take(causes)));
         }
         Ok(())
     }
@@ -409,17 +668,38 @@ impl Group {
         let mut state = self.state.lock();
         if let Some(pos) = state.waiters.iter().position(|w| w.id == id) {
             state.waiters.remove(pos);
-            bump(&self.counters.timeouts);
-            return Err(PoolError::Timeout(format!(
-                "group '{}': no connection free within acquire_timeout ({} ms)",
-                self.config.name, self.config.acquire_timeout
-            )));
+            drop(state);
+            return Err(self.timeout_error("every connection stayed in use"));
         }
         rx.close();
         match rx.try_recv() {
             Ok(grant) => Ok(grant),
             Err(_) => Err(PoolError::Closed),
         }
+    }
+
+    /// Runs one statement on any connection of the group (autocommit, never inside a
+    /// transaction) and releases the connection. See [`Group::run_one_shot_held`].
+    #[allow(dead_code, reason = "for the bindings, wired separately")]
+    pub async fn run_one_shot(self: &Arc<Self>, sql: &str, params: &[u8]) -> Result<Vec<u8>, PoolError> {
+        let first = self.try_acquire_now();
+        self.run_one_shot_held(first, sql, params).await.map(|(bytes, _lease)| bytes)
+    }
+
+    /// Runs one statement on any connection of the group (autocommit) and returns its encoded
+    /// result with the connection still checked out, so that the caller can hold it until a
+    /// large result has been taken (drop the lease to release). `first` is a connection already
+    /// checked out (e.g. by [`Group::try_acquire_now`] on the JS thread); without it one is
+    /// acquired. A connection found dead before the statement was sent is replaced and the
+    /// statement retried (see [`Lease::query`]); a statement that may have run is not retried.
+    #[allow(dead_code, reason = "for the bindings, wired separately")]
+    pub async fn run_one_shot_held(self: &Arc<Self>, first: Option<Lease>, sql: &str, params: &[u8]) -> Result<(Vec<u8>, Lease), PoolError> {
+        let mut lease = match first {
+            Some(lease) => lease,
+            None => self.acquire().await?,
+        };
+        let bytes = lease.query(sql, params, true).await?;
+        Ok((bytes, lease))
     }
 
     /// Opens one connection per endpoint so that `init` can report unreachable endpoints.
@@ -447,7 +727,7 @@ impl Group {
             async move {
                 match group.open(e).await {
                     Ok(conn) => {
-                        group.check_in(conn, true);
+                        group.check_in(conn, Return::Reuse);
                         Ok(())
                     }
                     Err((_, cause)) => Err(cause),
@@ -462,11 +742,11 @@ impl Group {
         Err(PoolError::Offline(causes))
     }
 
-    /// Background upkeep: drop dead and expired idle connections, honour `idle_timeout` and
+    /// Background upkeep: close dead, expired, wrong-role and long-idle connections, honour
     /// `min_idle`, and move capacity towards endpoints that are under their share.
     fn maintain(self: &Arc<Self>) {
         let now = Instant::now();
-        let mut dropped = Vec::new();
+        let mut retired = Retired::new();
         let mut to_open = Vec::new();
         {
             let mut state = self.state.lock();
@@ -475,20 +755,25 @@ impl Group {
             }
             let idle_timeout = Duration::from_millis(self.config.idle_timeout);
             let min_idle = self.config.min_idle;
+            let mut dropped = 0;
             for e in 0..state.slots.len() {
                 let mut keep = Vec::new();
                 for conn in std::mem::take(&mut state.slots[e].idle) {
-                    let dead = conn.is_broken() || conn.expires.is_some_and(|t| t <= now);
                     let idle_too_long = self.config.idle_timeout > 0 && now.duration_since(conn.last_used) >= idle_timeout;
-                    if dead || (idle_too_long && state.total - dropped.len() > min_idle) {
-                        dropped.push(conn);
-                    } else {
-                        keep.push(conn);
+                    let reason = self
+                        .unfit(&conn, now)
+                        .or_else(|| (idle_too_long && state.total - dropped > min_idle).then_some(DisconnectReason::IdleTimeout));
+                    match reason {
+                        Some(reason) => {
+                            dropped += 1;
+                            retired.push((conn, reason));
+                        }
+                        None => keep.push(conn),
                     }
                 }
                 state.slots[e].idle = keep;
             }
-            for _ in 0..dropped.len() {
+            for _ in 0..dropped {
                 self.pass_capacity(&mut state);
             }
             // Refill up to min_idle.
@@ -503,57 +788,77 @@ impl Group {
             if to_open.is_empty() && state.total >= self.config.connection_count {
                 if let Some((from, to)) = self.rebalance_move(&state, now) {
                     if let Some(conn) = state.slots[from].idle.pop() {
-                        dropped.push(conn);
+                        retired.push((conn, DisconnectReason::Rebalance));
                         state.slots[to].opening += 1;
                         to_open.push(to);
                     }
                 }
             }
         }
-        for _ in &dropped {
-            bump(&self.counters.disconnects);
-        }
-        drop(dropped);
+        self.retire(retired);
         for e in to_open {
-            let group = self.clone();
-            napi::bindgen_prelude::spawn(async move {
-                if let Ok(conn) = group.open(e).await {
-                    group.check_in(conn, true);
-                }
-            });
+            self.open_in_background(e);
         }
     }
 
     fn rebalance_move(&self, state: &GroupState, now: Instant) -> Option<(usize, usize)> {
-        let usable: Vec<usize> = (0..self.endpoints.len())
-            .filter(|&i| !self.endpoints[i].is_banned(now) && state.slots[i].wrong_role_until.is_none_or(|t| t <= now))
-            .collect();
-        if usable.len() < 2 {
+        let healthy = |i: &usize| !self.endpoints[*i].is_banned(now) && self.eligible(*i);
+        let mut usable: Vec<usize> = (0..self.endpoints.len()).filter(healthy).collect();
+        if self.config.target_session_attrs == TargetSessionAttrs::PreferStandby {
+            let standbys: Vec<usize> = usable.iter().copied().filter(|&i| self.endpoints[i].role().is_some_and(|r| r.standby)).collect();
+            if !standbys.is_empty() {
+                usable = standbys;
+            }
+        }
+        if usable.is_empty() {
             return None;
         }
         let weight_sum: u32 = usable.iter().map(|&i| self.endpoints[i].config.weight.max(1)).sum();
-        let share = |i: usize| {
-            (self.config.connection_count as f64 * f64::from(self.endpoints[i].config.weight.max(1)) / f64::from(weight_sum)).floor() as usize
-        };
-        let to = usable.iter().copied().find(|&i| state.slots[i].size() < share(i))?;
-        let from = (0..self.endpoints.len())
-            .filter(|&i| i != to && !state.slots[i].idle.is_empty())
-            .find(|&i| !usable.contains(&i) || state.slots[i].size() > share(i))?;
+        let share = |i: usize| self.config.connection_count as f64 * f64::from(self.endpoints[i].config.weight.max(1)) / f64::from(weight_sum);
+        let load = |i: usize| state.slots[i].size() as f64 / f64::from(self.endpoints[i].config.weight.max(1));
+        let has_idle = |i: &usize| !state.slots[*i].idle.is_empty();
+        // Idle capacity on an endpoint the group should not use moves first, to the least loaded
+        // usable one; between usable endpoints only a move that cannot bounce back is made.
+        if let Some(from) = (0..self.endpoints.len()).filter(|i| !usable.contains(i)).find(has_idle) {
+            let to = usable.iter().copied().filter(|&i| (state.slots[i].size() as f64) < share(i).ceil()).min_by(|&a, &b| load(a).total_cmp(&load(b)))?;
+            return Some((from, to));
+        }
+        let to = usable.iter().copied().find(|&i| (state.slots[i].size() as f64) < share(i).floor())?;
+        let from = usable.iter().copied().filter(has_idle).find(|&i| i != to && state.slots[i].size() as f64 > share(i).ceil())?;
         Some((from, to))
     }
 
-    fn close(&self) -> Vec<PgConn> {
+    /// Lends the health monitor the longest-idle connection on `endpoint`, if any.
+    fn borrow_idle(&self, endpoint: &Arc<Endpoint>) -> Option<PgConn> {
+        let e = self.endpoints.iter().position(|ep| Arc::ptr_eq(ep, endpoint))?;
         let mut state = self.state.lock();
-        state.closed = true;
-        for waiter in state.waiters.drain(..) {
-            let _ = waiter.tx.send(Grant::Closed);
+        if state.closed || state.slots[e].idle.is_empty() {
+            return None;
         }
-        let mut idle = Vec::new();
-        for slot in state.slots.iter_mut() {
-            idle.append(&mut slot.idle);
+        let conn = state.slots[e].idle.remove(0);
+        state.slots[e].checking += 1;
+        Some(conn)
+    }
+
+    /// Whether this group uses `endpoint` but its known role keeps the group away from it.
+    fn rejects(&self, endpoint: &Arc<Endpoint>) -> bool {
+        self.endpoints.iter().any(|ep| Arc::ptr_eq(ep, endpoint)) && !endpoint.allows(self.config.target_session_attrs)
+    }
+
+    fn close(&self) {
+        let mut retired = Retired::new();
+        {
+            let mut state = self.state.lock();
+            state.closed = true;
+            for waiter in state.waiters.drain(..) {
+                let _ = waiter.tx.send(Grant::Closed);
+            }
+            for slot in state.slots.iter_mut() {
+                retired.extend(slot.idle.drain(..).map(|c| (c, DisconnectReason::Closed)));
+            }
+            state.total -= retired.len();
         }
-        state.total -= idle.len();
-        idle
+        self.retire(retired);
     }
 
     fn outstanding(&self) -> usize {
@@ -580,16 +885,20 @@ impl Group {
             .enumerate()
             .map(|(i, ep)| {
                 let health = ep.health.lock();
+                let role = ep.role();
                 EndpointStats {
                     id: ep.config.id.clone(),
                     host: ep.config.host.clone(),
                     port: ep.config.port,
                     size: state.slots[i].size(),
-                    idle: state.slots[i].idle.len(),
+                    // A connection the monitor is checking is idle as far as users care.
+                    idle: state.slots[i].idle.len() + state.slots[i].checking,
                     in_use: state.slots[i].in_use,
                     opening: state.slots[i].opening,
                     banned: health.banned_until.is_some_and(|t| t > now),
-                    wrong_role: state.slots[i].wrong_role_until.is_some_and(|t| t > now),
+                    wrong_role: !self.eligible(i),
+                    role: role.map(|r| r.name()),
+                    read_only: role.map(|r| r.read_only),
                     failures: health.failures,
                     last_error: health.last_error.clone(),
                 }
@@ -597,11 +906,12 @@ impl Group {
             .collect::<Vec<_>>();
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let by_reason: Vec<(&'static str, u64)> = DisconnectReason::ALL.iter().map(|r| (r.as_str(), load(&c.disconnects[*r as usize]))).collect();
         GroupStats {
             name: self.config.name.clone(),
             max: self.config.connection_count,
             size: state.total,
-            idle: state.slots.iter().map(|s| s.idle.len()).sum(),
+            idle: state.slots.iter().map(|s| s.idle.len() + s.checking).sum(),
             in_use: state.slots.iter().map(|s| s.in_use).sum(),
             opening: state.slots.iter().map(|s| s.opening).sum(),
             waiting: state.waiters.len(),
@@ -610,8 +920,10 @@ impl Group {
             timeouts: load(&c.timeouts),
             connects: load(&c.connects),
             connect_errors: load(&c.connect_errors),
-            disconnects: load(&c.disconnects),
+            disconnects: by_reason.iter().map(|(_, n)| n).sum(),
+            disconnects_by_reason: by_reason.into_iter().collect(),
             query_errors: load(&c.query_errors),
+            retries: load(&c.retries),
             endpoints,
         }
     }
@@ -631,17 +943,29 @@ impl Canceller {
     }
 }
 
+/// One operation on a lease's connection.
+enum Op<'a> {
+    Query { sql: &'a str, params: &'a [u8], begin: bool },
+    Commit,
+    Rollback,
+}
+
 /// A checked-out connection. Dropping it returns the connection (rolling back an open
 /// transaction first) — release always happens, whatever the caller did.
 pub struct Lease {
     group: Arc<Group>,
     conn: Option<PgConn>,
     id: u64,
-    broken: bool,
+    /// The session is lost or unusable: discard it at release. Atomic because pipelined
+    /// one-shot statements share the lease.
+    broken: AtomicBool,
+    /// A write was refused as read-only: check the server's role before reusing the session.
+    recheck: AtomicBool,
 }
 
 impl Lease {
-    fn new(group: Arc<Group>, conn: PgConn) -> Self {
+    fn new(group: Arc<Group>, mut conn: PgConn) -> Self {
+        *conn.uses.get_mut() += 1;
         let token = conn.client.cancel_token();
         let id = {
             let mut state = group.state.lock();
@@ -650,93 +974,207 @@ impl Lease {
             state.leased.insert(id, (conn.endpoint, token));
             id
         };
-        Self { group, conn: Some(conn), id, broken: false }
+        if group.events.hot() {
+            group.record(EventKind::Acquire, conn.endpoint, None);
+        }
+        Self { group, conn: Some(conn), id, broken: AtomicBool::new(false), recheck: AtomicBool::new(false) }
     }
 
     fn conn(&mut self) -> Result<&mut PgConn, PoolError> {
         if self.group.revoked.load(Ordering::Relaxed) {
             return Err(PoolError::Closed);
         }
-        if self.broken {
+        if self.broken.load(Ordering::Relaxed) {
             return Err(PoolError::Connection("the connection of this handler was lost".into()));
         }
         self.conn.as_mut().ok_or(PoolError::Closed)
     }
 
-    fn note<T>(&mut self, result: Result<T, PoolError>) -> Result<T, PoolError> {
-        if let Err(e) = &result {
-            bump(&self.group.counters.query_errors);
-            let lost = self.conn.as_ref().is_none_or(|c| c.is_broken());
-            if lost || e.is_connection_fault() {
-                self.broken = true;
-                if let PoolError::Db(_) = e {
-                    return result;
-                }
-                return Err(PoolError::Connection(match e {
-                    PoolError::Connection(m) | PoolError::Query(m) => m.clone(),
-                    other => other.to_json(),
-                }));
+    /// The client-side limit for one statement: the endpoint's `query_timeout` (which the server
+    /// enforces as `statement_timeout`) plus a grace period for the server's own answer.
+    fn client_timeout(&self) -> Option<Duration> {
+        let conn = self.conn.as_ref()?;
+        let ms = self.group.endpoints[conn.endpoint].config.query_timeout;
+        (ms > 0).then(|| Duration::from_millis(ms) + CLIENT_TIMEOUT_GRACE)
+    }
+
+    /// The server did not answer in time: cancel the statement on the server and give up the
+    /// session. The server may just be running a statement whose `statement_timeout` was
+    /// turned off, so instead of banning the endpoint outright, probe it: silence bans it.
+    fn timed_out(&self, limit: Duration) -> PoolError {
+        self.broken.store(true, Ordering::Relaxed);
+        bump(&self.group.counters.query_errors);
+        let Some(conn) = self.conn.as_ref() else { return PoolError::Closed };
+        let endpoint = self.group.endpoints[conn.endpoint].clone();
+        let text = format!("no answer within {} ms (query_timeout, checked client-side)", limit.as_millis());
+        self.group.record(EventKind::Error, conn.endpoint, Some(text.clone()));
+        let message = format!("{}: {text}; the statement was cancelled and may have run", endpoint.label());
+        let token = conn.client.cancel_token();
+        let canceller = endpoint.clone();
+        napi::bindgen_prelude::spawn(async move {
+            let _ = tokio::time::timeout(canceller.connect_timeout(), canceller.cancel(token)).await;
+        });
+        if endpoint.begin_check() {
+            napi::bindgen_prelude::spawn(async move {
+                endpoint.probe().await;
+                endpoint.end_check();
+            });
+        }
+        PoolError::Connection(message)
+    }
+
+    fn note<T>(&self, result: Result<T, PoolError>) -> Result<T, PoolError> {
+        let Err(e) = &result else { return result };
+        bump(&self.group.counters.query_errors);
+        if let PoolError::Db(db) = e {
+            // read_only_sql_transaction: the server may have become read-only (or a standby).
+            if db.code().code() == "25006" && self.group.config.target_session_attrs != TargetSessionAttrs::Any {
+                self.recheck.store(true, Ordering::Relaxed);
             }
         }
-        result
+        let lost = self.conn.as_ref().is_none_or(|c| c.is_broken());
+        if !(lost || e.is_connection_fault()) {
+            return result;
+        }
+        self.broken.store(true, Ordering::Relaxed);
+        if let Some(conn) = &self.conn {
+            self.group.record(EventKind::Error, conn.endpoint, Some(e.to_string()));
+        }
+        match e {
+            PoolError::Db(_) | PoolError::Unsent(_) | PoolError::Connection(_) => result,
+            PoolError::Query(m) => Err(PoolError::Connection(m.clone())),
+            other => Err(PoolError::Connection(other.to_json())),
+        }
+    }
+
+    /// Runs `op` on the connection within the client-side timeout, and notes the outcome.
+    async fn bounded(&mut self, op: Op<'_>) -> Result<Vec<u8>, PoolError> {
+        let limit = self.client_timeout();
+        let conn = self.conn()?;
+        let work = async {
+            match op {
+                Op::Query { sql, params, begin } => conn.query(sql, params, begin).await,
+                Op::Commit => conn.commit().await.map(|()| Vec::new()),
+                Op::Rollback => conn.rollback().await.map(|()| Vec::new()),
+            }
+        };
+        let result = match limit {
+            None => work.await,
+            Some(limit) => {
+                let outcome = tokio::time::timeout(limit, work).await;
+                match outcome {
+                    Ok(result) => result,
+                    Err(_) => return Err(self.timed_out(limit)),
+                }
+            }
+        };
+        self.note(result)
     }
 
     /// Runs a statement; for `autocommit: false` groups the first one opens a transaction
     /// unless `standalone` (one-shot pool queries always run on their own).
+    ///
+    /// A `standalone` statement whose connection turns out dead before the statement was sent
+    /// moves to another connection (possibly on another endpoint) and is retried, up to the
+    /// group's endpoint count + 2 times; a statement that may have reached the server is never
+    /// retried (its `DBConnectionError` says it may have run).
     pub async fn query(&mut self, sql: &str, params: &[u8], standalone: bool) -> Result<Vec<u8>, PoolError> {
         let autocommit = standalone || self.group.config.autocommit;
-        let conn = self.conn()?;
-        let begin = !autocommit && conn.tx == TxState::Idle;
-        let result = conn.query(sql, params, begin).await;
-        self.note(result)
+        let mut retries = 0;
+        loop {
+            let begin = !autocommit && self.conn.as_ref().is_some_and(|c| c.tx == TxState::Idle);
+            let result = self.bounded(Op::Query { sql, params, begin }).await;
+            match result {
+                Err(PoolError::Unsent(_)) if standalone && retries < self.group.endpoints.len() + 2 => {
+                    retries += 1;
+                    bump(&self.group.counters.retries);
+                    // Another endpoint if there is one: this one just lost a session.
+                    let avoid = self.conn.as_ref().map(|c| vec![c.endpoint]).unwrap_or_default();
+                    let fresh = self.group.acquire_avoiding(avoid).await?;
+                    // The old lease (marked broken) gives its connection back as it drops.
+                    drop(std::mem::replace(self, fresh));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Commits the open transaction, if any.
     pub async fn commit(&mut self) -> Result<(), PoolError> {
-        let conn = self.conn()?;
-        let result = conn.commit().await;
-        self.note(result)
+        self.bounded(Op::Commit).await.map(drop)
     }
 
     /// Rolls back the open transaction, if any.
     pub async fn rollback(&mut self) -> Result<(), PoolError> {
-        let conn = self.conn()?;
-        let result = conn.rollback().await;
-        self.note(result)
+        self.bounded(Op::Rollback).await.map(drop)
     }
 
     /// Runs a stand-alone statement while other tasks may run theirs on the same lease
-    /// (pipelining, see `PgConn::query_shared`). A lost connection is discarded at drop.
+    /// (pipelining, see `PgConn::query_shared`). A lost connection is discarded at drop. If the
+    /// session turns out dead before the statement was sent, the statement runs on a connection
+    /// of its own instead (another endpoint if there is one); one that may have run is not
+    /// retried. The client-side `query_timeout` applies as in [`Lease::query`].
     pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
         if self.group.revoked.load(Ordering::Relaxed) {
             return Err(PoolError::Closed);
         }
         let conn = self.conn.as_ref().ok_or(PoolError::Closed)?;
-        let result = conn.query_shared(sql, params).await;
-        if result.is_err() {
-            bump(&self.group.counters.query_errors);
+        let result = if self.broken.load(Ordering::Relaxed) {
+            Err(PoolError::Unsent("the shared connection was lost before the statement was sent".into()))
+        } else {
+            let work = conn.query_shared(sql, params);
+            match self.client_timeout() {
+                None => work.await,
+                Some(limit) => match tokio::time::timeout(limit, work).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(self.timed_out(limit)),
+                },
+            }
+        };
+        match self.note(result) {
+            Err(PoolError::Unsent(_)) => {
+                bump(&self.group.counters.retries);
+                let mut fresh = self.group.acquire_avoiding(vec![conn.endpoint]).await?;
+                fresh.query(sql, params, true).await.map(Some)
+            }
+            other => other,
         }
-        result
     }
 
-    /// Whether more statements may be pipelined on this lease: its session is alive and not
-    /// due for replacement, and no other checkout of the group is waiting for a connection.
+    /// Whether more statements may be pipelined on this lease: its session is alive, fits the
+    /// group (role, age) and is not due for a role check, and no other checkout of the group is
+    /// waiting for a connection.
     pub fn accepts_shared(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.is_broken() && c.expires.is_none_or(|t| t > Instant::now()))
+        let now = Instant::now();
+        !self.broken.load(Ordering::Relaxed)
+            && !self.recheck.load(Ordering::Relaxed)
+            && self.conn.as_ref().is_some_and(|c| {
+                !c.is_broken() && self.group.eligible(c.endpoint) && c.expires.is_none_or(|t| t > now)
+            })
             && self.group.state.lock().waiters.is_empty()
     }
 
     /// Whether this lease may go straight to another checkout of the same JS thread instead of
-    /// back to the pool: it is clean (no transaction, alive, not expired), the pool is not
-    /// revoked, and no checkout other than the caller's own `own_waiting` ones is queued in the
-    /// core (so other threads and one-shot queries are not starved). Counts as an acquire.
+    /// back to the pool: it is clean (no transaction, alive, fits the group, not expired or used
+    /// up), the pool is not revoked, and no checkout other than the caller's own `own_waiting`
+    /// ones is queued in the core (so other threads and one-shot queries are not starved).
+    /// Counts as an acquire, and as a use for `max_uses`.
     pub fn hand_over(&self, own_waiting: usize) -> bool {
-        let ok = !self.broken
+        let now = Instant::now();
+        let Some(conn) = self.conn.as_ref() else { return false };
+        let ok = !self.broken.load(Ordering::Relaxed)
+            && !self.recheck.load(Ordering::Relaxed)
             && !self.group.revoked.load(Ordering::Relaxed)
-            && self.conn.as_ref().is_some_and(|c| c.tx == TxState::Idle && !c.is_broken() && c.expires.is_none_or(|t| t > Instant::now()))
+            && conn.tx == TxState::Idle
+            && self.group.unfit(conn, now).is_none()
             && self.group.state.lock().waiters.len() <= own_waiting;
         if ok {
+            conn.uses.fetch_add(1, Ordering::Relaxed);
             bump(&self.group.counters.acquires);
+            if self.group.events.hot() {
+                self.group.record(EventKind::Release, conn.endpoint, None);
+                self.group.record(EventKind::Acquire, conn.endpoint, None);
+            }
         }
         ok
     }
@@ -758,17 +1196,31 @@ impl Drop for Lease {
         self.group.state.lock().leased.remove(&self.id);
         let Some(mut conn) = self.conn.take() else { return };
         let group = self.group.clone();
-        if self.broken || conn.is_broken() {
-            group.check_in(conn, false);
-        } else if conn.tx != TxState::Idle {
-            // The slot stays taken until the rollback is done, so nobody gets a connection
-            // that is still inside someone else's transaction.
+        if group.events.hot() {
+            group.record(EventKind::Release, conn.endpoint, None);
+        }
+        if self.broken.load(Ordering::Relaxed) || conn.is_broken() {
+            let reason = if conn.is_broken() { DisconnectReason::Broken } else { DisconnectReason::Error };
+            group.check_in(conn, Return::Discard(reason));
+        } else if conn.tx != TxState::Idle || self.recheck.load(Ordering::Relaxed) {
+            // The slot stays taken until the rollback and role check are done, so nobody gets
+            // a connection that is still inside someone else's transaction or on a server that
+            // can no longer serve the group.
+            let recheck = self.recheck.load(Ordering::Relaxed);
             napi::bindgen_prelude::spawn(async move {
-                let ok = tokio::time::timeout(Duration::from_secs(5), conn.rollback()).await.is_ok_and(|r| r.is_ok());
-                group.check_in(conn, ok);
+                let mut ok = true;
+                if conn.tx != TxState::Idle {
+                    ok = tokio::time::timeout(RELEASE_ROLLBACK_LIMIT, conn.rollback()).await.is_ok_and(|r| r.is_ok());
+                }
+                if ok && recheck {
+                    let endpoint = group.endpoints[conn.endpoint].clone();
+                    ok = endpoint.check_session(&conn.client, endpoint.connect_timeout()).await == Answer::Alive;
+                }
+                // A role that no longer fits is caught by check_in.
+                group.check_in(conn, if ok { Return::Reuse } else { Return::Discard(DisconnectReason::Error) });
             });
         } else {
-            group.check_in(conn, true);
+            group.check_in(conn, Return::Reuse);
         }
     }
 }
@@ -786,6 +1238,8 @@ pub struct EndpointStats {
     opening: usize,
     banned: bool,
     wrong_role: bool,
+    role: Option<&'static str>,
+    read_only: Option<bool>,
     failures: u32,
     last_error: Option<String>,
 }
@@ -807,7 +1261,9 @@ pub struct GroupStats {
     connects: u64,
     connect_errors: u64,
     disconnects: u64,
+    disconnects_by_reason: std::collections::BTreeMap<&'static str, u64>,
     query_errors: u64,
+    retries: u64,
     endpoints: Vec<EndpointStats>,
 }
 
@@ -820,22 +1276,31 @@ pub struct Pool {
     closed: AtomicBool,
     /// JS pool objects attached to this pool (several with `threaded`).
     pub users: AtomicUsize,
+    events: Arc<Events>,
 }
 
 impl Pool {
     /// Builds the pool (no I/O) and starts its health monitor.
     pub fn new(config: PoolConfig) -> Result<Arc<Self>, String> {
+        let events = Arc::new(Events::default());
         let endpoints = config
             .endpoints
             .into_iter()
-            .map(|c| Endpoint::new(c).map(Arc::new))
+            .enumerate()
+            .map(|(i, c)| {
+                let role_needed = config
+                    .groups
+                    .iter()
+                    .any(|g| g.target_session_attrs != TargetSessionAttrs::Any && g.endpoints.contains(&i));
+                Endpoint::new(c, role_needed, events.clone()).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let groups = config
             .groups
             .into_iter()
             .map(|g| {
                 let eps = g.endpoints.iter().map(|&i| endpoints[i].clone()).collect();
-                Arc::new(Group::new(g, eps))
+                Arc::new(Group::new(g, eps, events.clone()))
             })
             .collect();
         let pool = Arc::new(Self {
@@ -844,9 +1309,16 @@ impl Pool {
             health_interval: Duration::from_millis(config.health_interval.max(10)),
             closed: AtomicBool::new(false),
             users: AtomicUsize::new(0),
+            events,
         });
         napi::bindgen_prelude::spawn(monitor(Arc::downgrade(&pool)));
         Ok(pool)
+    }
+
+    /// The pool's lifecycle events, for the bindings to drain.
+    #[allow(dead_code, reason = "for the bindings, wired separately")]
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
     }
 
     /// Opens the first connections; fails if some group cannot reach any endpoint.
@@ -868,8 +1340,9 @@ impl Pool {
     /// Stops new work, waits for leases to come back, then revokes what is left.
     pub async fn close(&self, timeout: Duration) {
         self.closed.store(true, Ordering::Relaxed);
-        let idle: Vec<PgConn> = self.groups.iter().flat_map(|g| g.close()).collect();
-        drop(idle);
+        for group in &self.groups {
+            group.close();
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         for group in &self.groups {
             loop {
@@ -898,7 +1371,10 @@ impl Pool {
     }
 }
 
-/// Probes banned endpoints and runs group upkeep until the pool is gone or closed.
+/// Every `health_interval`: probes banned endpoints (re-admitting those that answer), checks
+/// each other endpoint through one of its idle sessions (role and liveness; silence bans it),
+/// probes endpoints whose role keeps a group away (to follow a promotion), and runs group
+/// upkeep. Ends when the pool is gone or closed.
 async fn monitor(pool: Weak<Pool>) {
     loop {
         let interval = match pool.upgrade() {
@@ -912,35 +1388,46 @@ async fn monitor(pool: Weak<Pool>) {
         }
         let now = Instant::now();
         for endpoint in &pool.endpoints {
-            let due = {
+            let (failing, probe_due) = {
                 let mut health = endpoint.health.lock();
                 let due = health.failures > 0 && health.banned_until.is_none_or(|t| t <= now);
                 if due {
                     // Stay banned while the probe runs, so rounds do not stack probes.
-                    health.banned_until = Some(now + Duration::from_secs_f64(endpoint.config.connect_timeout));
+                    health.banned_until = Some(now + endpoint.connect_timeout());
                 }
-                due
+                (health.failures > 0, due)
             };
-            if due {
+            if probe_due {
                 let endpoint = endpoint.clone();
-                // A probe is a plain session open; on success the endpoint is re-admitted.
-                let Some(group) = pool.groups.iter().find(|g| g.endpoints.iter().any(|e| Arc::ptr_eq(e, &endpoint))).cloned() else {
-                    continue;
-                };
                 napi::bindgen_prelude::spawn(async move {
-                    let probe_config = GroupConfig { sqlprepare: false, target_session_attrs: crate::config::TargetSessionAttrs::Any, ..group.config.clone() };
-                    match endpoint.connect(&probe_config).await {
-                        Ok(client) => {
-                            drop(client);
-                            endpoint.record_success();
-                        }
-                        Err(ConnectError::Unreachable(text) | ConnectError::WrongRole(text)) => endpoint.record_failure(&text),
-                    }
+                    endpoint.probe().await;
                 });
+            } else if !failing && endpoint.begin_check() {
+                napi::bindgen_prelude::spawn(check_endpoint(endpoint.clone(), pool.groups.clone()));
             }
         }
         for group in &pool.groups {
             group.maintain();
         }
     }
+}
+
+/// One health/role check of a healthy endpoint (see [`monitor`]).
+async fn check_endpoint(endpoint: Arc<Endpoint>, groups: Vec<Arc<Group>>) {
+    let borrowed = groups.iter().find_map(|g| g.borrow_idle(&endpoint).map(|conn| (g.clone(), conn)));
+    match borrowed {
+        Some((group, conn)) => {
+            let how = match endpoint.check_session(&conn.client, endpoint.connect_timeout()).await {
+                Answer::Alive => Return::Checked,
+                Answer::Dead | Answer::Silent => Return::Discard(DisconnectReason::Broken),
+            };
+            group.give_back(conn, how, true);
+        }
+        None => {
+            if groups.iter().any(|g| g.rejects(&endpoint)) {
+                endpoint.probe().await;
+            }
+        }
+    }
+    endpoint.end_check();
 }

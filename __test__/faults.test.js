@@ -1,0 +1,249 @@
+'use strict'
+// Faults between the pool and its servers, through the TCP fault proxy and a silent server:
+// retry of statements that were never sent (and never of ones that may have run), connect and
+// health-check timeouts that ban, checkout bounded by acquire_timeout, and query_timeout
+// enforced client-side with a cancel on the server.
+const test = require('ava')
+
+const { Pool, DBConnectionError, PoolTimeoutError } = require('..')
+const { startServer, waitFor, guardProcess, external } = require('./helpers/pg')
+const { startProxy, startSilentServer } = require('./helpers/proxy')
+
+guardProcess(test)
+
+const servers = []
+const cleanups = []
+let seq = 0
+
+test.before(async () => {
+  if (external) return
+  for (let i = 0; i < 2; i++) {
+    const s = await startServer({ embedded: true })
+    await s.sql('CREATE TABLE IF NOT EXISTS ha_once (id serial PRIMARY KEY, tag text NOT NULL)')
+    servers.push(s)
+  }
+})
+
+test.after.always(async () => {
+  for (const c of cleanups.reverse()) await c().catch(() => {})
+  await Promise.all(servers.map((s) => s.destroy()))
+})
+
+function app() {
+  return `pgdbpool-faults${process.pid}-${++seq}`
+}
+
+async function proxyTo(server) {
+  const proxy = await startProxy(server.port)
+  cleanups.push(() => proxy.close())
+  return proxy
+}
+
+/** Endpoint of `server`, reached through `proxy` when given. */
+function endpoint(server, id, application_name, extra = {}, proxy = null) {
+  return { ...server.endpoint, ...(proxy ? proxy.endpoint : {}), id, application_name, ...extra }
+}
+
+async function holdMany(pool, group, n) {
+  const handlers = Array.from({ length: n }, () => pool.handler(group))
+  await Promise.all(handlers.map((h) => h.query('SELECT 1')))
+  return handlers
+}
+
+async function timed(promise) {
+  const started = Date.now()
+  try {
+    return { value: await promise, ms: Date.now() - started }
+  } catch (error) {
+    return { error, ms: Date.now() - started }
+  }
+}
+
+test.serial('a one-shot query whose connection died before it was sent is retried on another endpoint', async (t) => {
+  if (external) return t.pass('needs embedded servers')
+  const name = app()
+  const proxy = await proxyTo(servers[0])
+  const pool = new Pool({
+    type: 'non-threaded',
+    // No monitor round and no ping before hand-out: the dead sessions are only found by use.
+    health_interval: 600000,
+    db: [endpoint(servers[0], 'p0', name, {}, proxy), endpoint(servers[1], 's1', name)],
+    groups: { default: { connection_count: 4, ping_after_idle: 600000 } },
+  })
+  await pool.ready
+  await Promise.all((await holdMany(pool, 'default', 4)).map((h) => h.release()))
+  // A release completes in the core a moment after release() returns.
+  await waitFor(() => pool.stats().groups.default.endpoints.every((e) => e.idle === 2), { ms: 5000, what: 'two idle connections on each endpoint' })
+  // The server ends the sessions behind the proxy; the proxy holds the news back for 2 s, so the
+  // pool still takes them for alive when it sends the next statements.
+  await proxy.delay(2000)
+  await servers[0].sql('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [name])
+  // As many statements as connections: each takes one, and nothing needs a new connection
+  // through the slow proxy (which would only measure the proxy's delay).
+  const results = await Promise.allSettled(Array.from({ length: 4 }, () => pool.query('SELECT inet_server_port() AS port')))
+  await proxy.pass()
+  t.deepEqual(
+    results.filter((r) => r.status === 'rejected').map((r) => r.reason.message),
+    [],
+  )
+  const s = pool.stats().groups.default
+  t.true(s.retries >= 1, `retries ${s.retries}`)
+  t.true(results.every((r) => r.value.rows[0].port === servers[1].port || r.value.rows[0].port === servers[0].port))
+  await pool.close()
+})
+
+test.serial('a statement that may have run is never retried: DBConnectionError says so', async (t) => {
+  if (external) return t.pass('needs embedded servers')
+  const name = app()
+  const tag = `once-${name}`
+  const proxy = await proxyTo(servers[0])
+  const pool = new Pool({
+    type: 'non-threaded',
+    db: [endpoint(servers[0], 'p0', name, {}, proxy), endpoint(servers[1], 's1', name)],
+    groups: { default: { connection_count: 2, endpoints: ['p0'] } },
+  })
+  await pool.ready
+  const insert = pool.query('INSERT INTO ha_once (tag) SELECT $1 FROM pg_sleep(0.3)', [tag])
+  insert.catch(() => {})
+  await waitFor(
+    async () => (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE 'INSERT INTO ha_once%'", [name])).rows[0].n === 1,
+    { ms: 5000, every: 5, what: 'the INSERT running on the server' },
+  )
+  await proxy.reset()
+  const err = await t.throwsAsync(insert, { instanceOf: DBConnectionError })
+  t.regex(err.message, /may have run/)
+  // The server finishes what it got, once; the pool did not send it again.
+  await waitFor(
+    async () => (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'INSERT INTO ha_once%'", [name])).rows[0].n === 0,
+    { ms: 5000, what: 'the INSERT finished on the server' },
+  )
+  const n = (await servers[0].sql('SELECT count(*)::int AS n FROM ha_once WHERE tag = $1', [tag])).rows[0].n
+  t.true(n <= 1, `inserted ${n} times`)
+  t.is(pool.stats().groups.default.retries, 0)
+  await pool.close()
+})
+
+test.serial('a silent endpoint (accepts, never answers) is banned after connect_timeout; the pool serves from the other', async (t) => {
+  if (external) return t.pass('needs embedded servers')
+  const name = app()
+  const silent = await startSilentServer()
+  cleanups.push(() => silent.close())
+  const pool = new Pool({
+    type: 'non-threaded',
+    health_interval: 100,
+    db: [{ ...servers[0].endpoint, ...silent.endpoint, id: 'silent', application_name: name, connect_timeout: 1 }, endpoint(servers[1], 's1', name, { connect_timeout: 1 })],
+    groups: { default: { connection_count: 4, acquire_timeout: 3000 } },
+  })
+  const ready = await timed(pool.ready)
+  t.is(ready.error, undefined)
+  t.true(ready.ms < 2500, `init took ${ready.ms} ms`)
+  const ep = pool.stats().groups.default.endpoints[0]
+  t.true(ep.banned)
+  t.regex(ep.lastError, /connect timeout after 1s/)
+  for (let i = 0; i < 20; i++) {
+    const r = await timed(pool.query('SELECT inet_server_port() AS port'))
+    t.is(r.error, undefined)
+    t.is(r.value.rows[0].port, servers[1].port)
+    t.true(r.ms < 1000, `query took ${r.ms} ms`)
+  }
+  t.true(silent.accepted >= 1)
+  await pool.close()
+})
+
+test.serial('checkout never waits past acquire_timeout, even when connecting takes longer', async (t) => {
+  const silent = await startSilentServer()
+  cleanups.push(() => silent.close())
+  const pool = new Pool({
+    type: 'non-threaded',
+    db: { host: '127.0.0.1', port: silent.port, name: 'x', user: 'x', pass: 'x', connect_timeout: 10 },
+    groups: { default: { connection_count: 2, acquire_timeout: 400 } },
+  })
+  pool.ready.catch(() => {})
+  for (const run of [() => pool.query('SELECT 1'), () => pool.handler().query('SELECT 1')]) {
+    const r = await timed(run())
+    t.true(r.error instanceof PoolTimeoutError, String(r.error))
+    t.regex(r.error.message, /acquire_timeout \(400 ms\)/)
+    t.true(r.ms >= 350 && r.ms < 2000, `took ${r.ms} ms`)
+  }
+  await pool.close({ timeout: 0 })
+})
+
+test.serial('established connections black-holed: queries time out client-side, the endpoint is banned, and re-admitted when healed', async (t) => {
+  if (external) return t.pass('needs embedded servers')
+  const name = app()
+  const proxy = await proxyTo(servers[0])
+  const extra = { connect_timeout: 1, query_timeout: 300 }
+  const pool = new Pool({
+    type: 'non-threaded',
+    health_interval: 100,
+    db: [endpoint(servers[0], 'p0', name, extra, proxy), endpoint(servers[1], 's1', name, extra)],
+    groups: { default: { connection_count: 4 } },
+  })
+  await pool.ready
+  await Promise.all((await holdMany(pool, 'default', 4)).map((h) => h.release()))
+  t.deepEqual(
+    pool.stats().groups.default.endpoints.map((e) => e.size),
+    [2, 2],
+  )
+  await proxy.blackhole()
+  const started = Date.now()
+  // Whatever lands on the black-holed node fails within query_timeout + 1 s; nothing hangs.
+  const results = await Promise.all(Array.from({ length: 8 }, () => timed(pool.query('SELECT inet_server_port() AS port'))))
+  for (const r of results) {
+    t.true(r.ms < 3000, `settled after ${r.ms} ms`)
+    if (r.error) {
+      t.true(r.error instanceof DBConnectionError, String(r.error))
+      t.regex(r.error.message, /no answer within 1300 ms .*may have run/)
+    } else {
+      t.is(r.value.rows[0].port, servers[1].port)
+    }
+  }
+  await waitFor(() => pool.stats().groups.default.endpoints[0].banned, { ms: 3000, what: 'black-holed endpoint banned' }).catch((e) => {
+    throw new Error(`${e.message}; endpoint: ${JSON.stringify(pool.stats().groups.default.endpoints[0])}; results: ${results.map((r) => (r.error ? r.error.message : r.value.rows[0].port)).join(' | ')}`)
+  })
+  t.true(Date.now() - started < 4000)
+  // Banned: the pool serves from the other endpoint without delay.
+  for (let i = 0; i < 10; i++) {
+    const r = await timed(pool.query('SELECT inet_server_port() AS port'))
+    t.is(r.error, undefined)
+    t.true(r.ms < 1000, `query took ${r.ms} ms`)
+  }
+  await proxy.pass()
+  await waitFor(() => !pool.stats().groups.default.endpoints[0].banned, { ms: 8000, what: 'endpoint re-admitted' })
+  await waitFor(
+    async () => {
+      const hs = await holdMany(pool, 'default', 4)
+      const ports = await Promise.all(hs.map(async (h) => (await h.query('SELECT inet_server_port() AS port')).rows[0].port))
+      await Promise.all(hs.map((h) => h.release()))
+      return ports.includes(servers[0].port)
+    },
+    { ms: 10000, every: 50, what: 'traffic on the healed endpoint' },
+  )
+  await pool.close()
+})
+
+test.serial('query_timeout is enforced client-side too, and the statement is cancelled on the server', async (t) => {
+  if (external) return t.pass('needs embedded servers')
+  const name = app()
+  const pool = new Pool({
+    type: 'non-threaded',
+    db: endpoint(servers[0], 's0', name, { query_timeout: 300, connect_timeout: 2 }),
+    groups: { default: { connection_count: 1 } },
+  })
+  const h = pool.handler()
+  // The server's own statement_timeout is off in this session, so only the client can stop it.
+  await h.query('SET statement_timeout = 0')
+  const r = await timed(h.query('SELECT pg_sleep(30)'))
+  t.true(r.error instanceof DBConnectionError, String(r.error))
+  t.regex(r.error.message, /no answer within 1300 ms \(query_timeout, checked client-side\); the statement was cancelled and may have run/)
+  t.true(r.ms >= 1250 && r.ms < 4000, `took ${r.ms} ms`)
+  await h.release()
+  await waitFor(
+    async () => (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query = 'SELECT pg_sleep(30)'", [name])).rows[0].n === 0,
+    { ms: 5000, what: 'pg_sleep cancelled on the server' },
+  )
+  // The server answered a probe, so it is not banned; the pool goes on with a new session.
+  t.deepEqual((await pool.query('SELECT 1 AS x')).rows, [{ x: 1 }])
+  t.false(pool.stats().groups.default.endpoints[0].banned)
+  await pool.close()
+})

@@ -1,0 +1,131 @@
+//! Tests of the core against a real server, named by `PGDBPOOL_TEST_URL`
+//! (`postgres://user:pass@host:port/db`); without it they pass without running. The JS suite
+//! covers the same paths through the bindings; these cover what the bindings do not expose yet.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use napi::bindgen_prelude::block_on;
+
+use crate::config::{Balance, ChannelBinding, EndpointConfig, GroupConfig, PoolConfig, SslMode, TargetSessionAttrs};
+use crate::events::{Event, EventKind};
+use crate::pool::Pool;
+
+fn endpoint(id: &str, host: &str, port: u16, name: &str, user: &str, pass: Option<String>) -> EndpointConfig {
+    EndpointConfig {
+        id: id.into(),
+        host: host.into(),
+        port,
+        name: name.into(),
+        user: user.into(),
+        pass,
+        ssl: SslMode::Disable,
+        ssl_ca: None,
+        channel_binding: ChannelBinding::Prefer,
+        ssl_cert: None,
+        ssl_key: None,
+        connect_timeout: 2.0,
+        query_timeout: 5000,
+        session_tmp_buffer: 8,
+        application_name: "pgdbpool-core-test".into(),
+        weight: 1,
+    }
+}
+
+/// The server of `PGDBPOOL_TEST_URL`, as endpoint `real`.
+fn real_endpoint() -> Option<EndpointConfig> {
+    let url = std::env::var("PGDBPOOL_TEST_URL").ok()?;
+    let pg = tokio_postgres::Config::from_str(&url).expect("PGDBPOOL_TEST_URL");
+    let host = match pg.get_hosts().first()? {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns, reason = "Unix sockets exist only on unix")]
+        _ => return None,
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let pass = pg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+    Some(endpoint("real", &host, port, pg.get_dbname().unwrap_or("postgres"), pg.get_user().unwrap_or("postgres"), pass))
+}
+
+fn group(name: &str, endpoints: Vec<usize>, max_uses: u64) -> GroupConfig {
+    GroupConfig {
+        name: name.into(),
+        connection_count: 2,
+        autocommit: true,
+        sqlprepare: false,
+        endpoints,
+        target_session_attrs: TargetSessionAttrs::Any,
+        balance: Balance::RoundRobin,
+        acquire_timeout: 5000,
+        max_waiting: 100,
+        min_idle: 0,
+        idle_timeout: 0,
+        max_lifetime: 0,
+        max_uses,
+        ping_after_idle: 10_000,
+        statement_cache_size: 16,
+        pipeline: 1,
+    }
+}
+
+fn has(events: &[Event], kind: EventKind, endpoint: &str, group: Option<&str>, reason: Option<&str>) -> bool {
+    events.iter().any(|e| {
+        e.kind == kind
+            && e.endpoint.as_deref() == Some(endpoint)
+            && e.group.as_deref() == group
+            && reason.is_none_or(|r| e.reason.as_deref().is_some_and(|text| text.contains(r)))
+    })
+}
+
+#[test]
+fn events_record_the_lifecycle() {
+    let Some(real) = real_endpoint() else { return };
+    let dead = endpoint("dead", "127.0.0.1", 1, "x", "x", None);
+    block_on(async {
+        let config = PoolConfig { endpoints: vec![real, dead], groups: vec![group("g", vec![0, 1], 1)], health_interval: 50 };
+        let pool = Pool::new(config).expect("pool");
+        pool.events().set_hot(true);
+        pool.warm_up().await.expect("warm up");
+        let g = pool.groups[0].clone();
+        assert!(g.run_one_shot("SELECT 1", &[]).await.is_ok());
+        // max_uses 1: the connection is closed at release and replaced in the background.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        let replaced = |seen: &[Event]| {
+            has(seen, EventKind::Disconnect, "real", Some("g"), Some("max_uses")) && seen.iter().filter(|e| e.kind == EventKind::Connect).count() >= 2
+        };
+        while Instant::now() < deadline && !replaced(&seen) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            seen.extend(pool.events().drain());
+        }
+        pool.close(Duration::from_secs(1)).await;
+        seen.extend(pool.events().drain());
+        assert!(!pool.events().has_events());
+        assert_eq!(pool.events().dropped(), 0);
+        assert!(has(&seen, EventKind::Connect, "real", Some("g"), None), "{seen:?}");
+        assert!(has(&seen, EventKind::RoleChange, "real", None, Some("primary")), "{seen:?}");
+        assert!(has(&seen, EventKind::Error, "dead", Some("g"), Some("refused")), "{seen:?}");
+        assert!(has(&seen, EventKind::Ban, "dead", None, Some("refused")), "{seen:?}");
+        assert!(has(&seen, EventKind::Acquire, "real", Some("g"), None), "{seen:?}");
+        assert!(has(&seen, EventKind::Release, "real", Some("g"), None), "{seen:?}");
+        assert!(has(&seen, EventKind::Disconnect, "real", Some("g"), Some("max_uses")), "{seen:?}");
+        assert!(has(&seen, EventKind::Disconnect, "real", Some("g"), Some("closed")), "{seen:?}");
+        let json = serde_json::to_string(&seen).expect("json");
+        assert!(json.contains(r#""type":"disconnect""#) && json.contains(r#""reason":"max_uses""#), "{json}");
+    });
+}
+
+#[test]
+fn hot_events_are_off_by_default() {
+    let Some(real) = real_endpoint() else { return };
+    block_on(async {
+        let pool = Pool::new(PoolConfig { endpoints: vec![real], groups: vec![group("g", vec![0], 0)], health_interval: 1000 }).expect("pool");
+        pool.warm_up().await.expect("warm up");
+        for _ in 0..5 {
+            assert!(pool.groups[0].run_one_shot("SELECT 1", &[]).await.is_ok());
+        }
+        pool.close(Duration::from_secs(1)).await;
+        let seen = pool.events().drain();
+        assert!(seen.iter().all(|e| !matches!(e.kind, EventKind::Acquire | EventKind::Release)), "{seen:?}");
+        assert!(has(&seen, EventKind::Connect, "real", Some("g"), None));
+    });
+}
