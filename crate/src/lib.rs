@@ -3,12 +3,6 @@
 
 #![deny(unsafe_code)]
 
-/// Result buffers are allocated on the runtime's threads and freed on the JS thread when the
-/// garbage collector gets to them; glibc's allocator keeps such memory in per-thread arenas
-/// (RSS doubled at 1000 concurrent 10 000-row results), mimalloc gives it back.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod balancer;
 mod bindings;
 mod config;
