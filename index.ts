@@ -3,7 +3,7 @@
  * several endpoints, with the Python pgdbpool's init / Handler / commit API.
  */
 export { init, close, query, stats, withHandler, Connection, Cursor, Handler, Pool } from './lib/pool'
-export type { AcquireOptions, CloseOptions, CursorOptions, EndpointStats, GroupStats, LeakEvent, PoolQueryOptions, PoolStats, QueryInput, QueryOptions } from './lib/pool'
+export type { AcquireOptions, CloseOptions, CursorOptions, EndpointStats, GroupStats, LeakEvent, PoolEvent, PoolQueryOptions, PoolStats, QueryInput, QueryOptions } from './lib/pool'
 export { PostgresInterval } from './lib/codec'
 export type { FieldInfo, QueryResult, RowMode } from './lib/codec'
 export type { Balance, Config, EndpointConfig, GroupConfig, SslMode, TargetSessionAttrs, TypeOptions } from './lib/config'

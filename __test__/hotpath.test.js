@@ -260,3 +260,27 @@ test('events: acquire and release are emitted; a handler held past leak_threshol
   t.is(pool.stats().groups.default.inUse, 0)
   await pool.close()
 })
+
+test('core lifecycle events reach listeners: connect, ban of an unreachable endpoint, disconnect at close', async (t) => {
+  const { freePort } = require('./helpers/pg')
+  const deadPort = await freePort()
+  const pool = new Pool({
+    type: 'non-threaded',
+    db: [
+      { ...server.endpoint, id: 'live', application_name: `pgdbpool-ev${process.pid}` },
+      { ...server.endpoint, id: 'dead', port: deadPort, connect_timeout: 2 },
+    ],
+    groups: { default: { connection_count: 2 } },
+  })
+  const events = []
+  for (const type of ['connect', 'ban', 'disconnect']) pool.on(type, (e) => events.push(e))
+  await pool.ready
+  await waitFor(() => events.some((e) => e.type === 'connect' && e.endpoint === 'live'), { what: 'connect event' })
+  await waitFor(() => events.some((e) => e.type === 'ban' && e.endpoint === 'dead'), { what: 'ban event' })
+  const ban = events.find((e) => e.type === 'ban')
+  t.is(typeof ban.at, 'number')
+  t.truthy(ban.reason)
+  t.false(JSON.stringify(events).includes(server.endpoint.pass), 'no password in events')
+  await pool.close()
+  await waitFor(() => events.some((e) => e.type === 'disconnect'), { what: 'disconnect event' })
+})

@@ -43,6 +43,8 @@ export class Core {
   #nextHandler = 0
   readonly #freeHandlers: number[] = []
   native!: NativePool
+  /** Receives the core's lifecycle events (a JSON array). */
+  onEvents: (json: string) => void = () => {}
   decode!: <R>(buf: Buffer, rowMode: RowMode) => QueryResult<R>
 
   constructor() {
@@ -137,7 +139,10 @@ export class Core {
     if (this.#pending.size === 0) this.#keepAlive.unref()
   }
 
-  /** Called by the core when results are queued: `u32 id | u8 failed | u32 len | payload`. */
+  /**
+   * Called by the core when results are queued: `u32 id | u8 status | u32 len | payload`, where
+   * status 0 is a result, 1 an error, and id 0 (status 2) a batch of lifecycle events.
+   */
   readonly drain = (): void => {
     const buf = this.native.takeCompletions()
     let pos = 0
@@ -147,6 +152,10 @@ export class Core {
       const len = buf.readUInt32BE(pos + 5)
       const start = pos + 9
       pos = start + len
+      if (id === 0) {
+        this.onEvents(buf.toString('utf8', start, pos))
+        continue
+      }
       const op = this.#pending.get(id)
       if (op === undefined) continue
       this.#settled(id)

@@ -51,6 +51,9 @@ export interface EndpointStats {
   opening: number
   banned: boolean
   wrongRole: boolean
+  /** The server's role as last seen, null before the first connection. */
+  role: 'primary' | 'standby' | null
+  readOnly: boolean | null
   failures: number
   lastError: string | null
 }
@@ -69,6 +72,10 @@ export interface GroupStats {
   connects: number
   connectErrors: number
   disconnects: number
+  /** Disconnects by reason: idle_timeout, max_lifetime, max_uses, broken, wrong_role, rebalance, closed, error. */
+  disconnectsByReason: Record<string, number>
+  /** One-shot statements retried on another connection because they had not been sent. */
+  retries: number
   queryErrors: number
   endpoints: EndpointStats[]
 }
@@ -93,6 +100,19 @@ interface GroupContext {
   autocommit: boolean
   pool: Pool
   leakThreshold: number
+}
+
+/**
+ * A lifecycle event from the core, emitted under its `type`: `connect`, `disconnect` (with the
+ * reason), `ban`, `unban`, `role_change`, `error`.
+ */
+export interface PoolEvent {
+  type: 'connect' | 'disconnect' | 'acquire' | 'release' | 'ban' | 'unban' | 'role_change' | 'error'
+  /** Milliseconds since the epoch. */
+  at: number
+  group: string | null
+  endpoint: string | null
+  reason: string | null
 }
 
 /** Payload of the `leak` event: a handler held longer than its group's `leak_threshold`. */
@@ -141,6 +161,9 @@ export class Pool extends EventEmitter {
     }
     this.#core.native = this.#native
     this.#core.decode = (buf, rowMode) => decodeResult(buf, rowMode, this.#config.types)
+    this.#core.onEvents = (json) => {
+      for (const event of JSON.parse(json) as PoolEvent[]) this.notify(event.type, event)
+    }
     this.#checkouts = this.#config.groups.map(
       (g, index) => new Checkout(this.#core, { name: g.name, index, acquireTimeout: g.acquire_timeout, maxWaiting: g.max_waiting }),
     )

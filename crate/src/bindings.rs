@@ -29,6 +29,38 @@ use crate::error::PoolError;
 use crate::oneshot::{OneShot, LARGE_RESULT};
 use crate::pool::{Canceller, Group, Lease, Pool};
 
+/// The JS pool objects of each native pool (by address), which all hear its lifecycle events.
+static LISTENERS: LazyLock<Mutex<HashMap<usize, Vec<Weak<Completions>>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Delivers `pool`'s lifecycle events to `completions` (and to every other JS pool object of
+/// it: with `threaded`, each worker thread hears every event).
+fn listen(pool: &Arc<Pool>, completions: &Arc<Completions>) {
+    let key = Arc::as_ptr(pool) as usize;
+    let mut listeners = LISTENERS.lock();
+    listeners.retain(|_, list| {
+        list.retain(|c| c.strong_count() > 0);
+        !list.is_empty()
+    });
+    let list = listeners.entry(key).or_default();
+    list.push(Arc::downgrade(completions));
+    if list.len() > 1 {
+        return;
+    }
+    let weak = Arc::downgrade(pool);
+    // Runs where the event happened, maybe under the pool's locks: hand the work to a task.
+    pool.events().set_waker(Some(Arc::new(move || {
+        let weak = weak.clone();
+        napi::bindgen_prelude::spawn(async move {
+            let Some(pool) = weak.upgrade() else { return };
+            let json = pool.events().drain_json();
+            let targets: Vec<Arc<Completions>> = LISTENERS.lock().get(&key).map(|list| list.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
+            for completions in targets {
+                completions.events(&json);
+            }
+        });
+    })));
+}
+
 /// `threaded` pools by normalized config, shared by every worker thread of the process.
 static SHARED: LazyLock<Mutex<HashMap<String, Weak<Pool>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
@@ -69,6 +101,22 @@ impl Completions {
         taken.as_mut().enable();
         self.complete(id, Ok(bytes));
         let _ = tokio::time::timeout(TAKE_WAIT, taken).await;
+    }
+
+    /// Queues lifecycle events (a JSON array) as record id 0 with status 2.
+    fn events(&self, json: &str) {
+        let was_empty = {
+            let mut queue = self.queue.lock();
+            let was_empty = queue.is_empty();
+            queue.extend_from_slice(&0u32.to_be_bytes());
+            queue.push(2);
+            queue.extend_from_slice(&(json.len() as u32).to_be_bytes());
+            queue.extend_from_slice(json.as_bytes());
+            was_empty
+        };
+        if was_empty {
+            let _ = self.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
     }
 
     fn complete(&self, id: u32, result: std::result::Result<Vec<u8>, PoolError>) {
@@ -276,6 +324,7 @@ impl NativePool {
         };
         pool.users.fetch_add(1, Ordering::SeqCst);
         let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new() });
+        listen(&pool, &completions);
         let oneshots = pool.groups.iter().map(|g| OneShot::new(g.clone(), g.config.pipeline)).collect();
         Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)), oneshots, handlers: Mutex::new(HashMap::new()) })
     }
