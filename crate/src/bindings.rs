@@ -105,38 +105,24 @@ impl Completions {
 
     /// Queues lifecycle events (a JSON array) as record id 0 with status 2.
     fn events(&self, json: &str) {
-        let was_empty = {
-            let mut queue = self.queue.lock();
-            let was_empty = queue.is_empty();
-            queue.extend_from_slice(&0u32.to_be_bytes());
-            queue.push(2);
-            queue.extend_from_slice(&(json.len() as u32).to_be_bytes());
-            queue.extend_from_slice(json.as_bytes());
-            was_empty
-        };
-        if was_empty {
-            let _ = self.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
-        }
+        self.push(0, 2, json.as_bytes());
     }
 
     fn complete(&self, id: u32, result: std::result::Result<Vec<u8>, PoolError>) {
+        match result {
+            Ok(bytes) => self.push(id, 0, &bytes),
+            Err(err) => self.push(id, 1, err.to_json().as_bytes()),
+        }
+    }
+
+    fn push(&self, id: u32, status: u8, payload: &[u8]) {
         let was_empty = {
             let mut queue = self.queue.lock();
             let was_empty = queue.is_empty();
             queue.extend_from_slice(&id.to_be_bytes());
-            match result {
-                Ok(bytes) => {
-                    queue.push(0);
-                    queue.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-                    queue.extend_from_slice(&bytes);
-                }
-                Err(err) => {
-                    let json = err.to_json();
-                    queue.push(1);
-                    queue.extend_from_slice(&(json.len() as u32).to_be_bytes());
-                    queue.extend_from_slice(json.as_bytes());
-                }
-            }
+            queue.push(status);
+            queue.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            queue.extend_from_slice(payload);
             was_empty
         };
         if was_empty {
