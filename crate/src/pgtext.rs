@@ -372,7 +372,7 @@ pub fn money_text(cents: i64, s: &mut String) {
     s.push('$');
     let whole = (abs / 100).to_string();
     for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
             s.push(',');
         }
         s.push(c);
