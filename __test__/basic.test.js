@@ -380,8 +380,9 @@ test('Python defect: query_timeout and session_tmp_buffer apply per endpoint, no
   t.is(process.env.PGOPTIONS, undefined)
   if (viaBouncer) {
     // They travel as startup `options`, which PgBouncer is told to ignore: its shared server sessions keep the server's values.
-    t.is((await pool.query('SHOW statement_timeout', [], { group: 'fast' })).rows[0].statement_timeout, '0')
-    t.is((await pool.query('SHOW temp_buffers', [], { group: 'slow' })).rows[0].temp_buffers, '8MB')
+    const direct = (await server.sql("SELECT current_setting('statement_timeout') AS st, current_setting('temp_buffers') AS tb")).rows[0]
+    t.is((await pool.query('SHOW statement_timeout', [], { group: 'fast' })).rows[0].statement_timeout, direct.st)
+    t.is((await pool.query('SHOW temp_buffers', [], { group: 'slow' })).rows[0].temp_buffers, direct.tb)
     await pool.close()
     return
   }
