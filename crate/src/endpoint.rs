@@ -293,7 +293,8 @@ impl Endpoint {
     /// Like libpq, we keep the cancel connection open until the other side closes it.
     /// tokio-postgres's own `cancel_query` half-closes the socket right after the request, and
     /// PgBouncer (1.18 at least) takes that EOF as the client giving up: it drops the request
-    /// without passing it on, so the statement is never cancelled.
+    /// without passing it on, so the statement is never cancelled, and now and then it dies on
+    /// it (`FATAL ... disconnect_client(): bad client state: 0`, pgbouncer issue #801).
     pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
         if self.config.host.starts_with('/') {
             // A Unix-domain socket directory: left to tokio-postgres.
