@@ -255,6 +255,9 @@ test('Python defect: waiting is FIFO and bounded by acquire_timeout', async (t) 
   await Promise.all(waiters)
   t.deepEqual(order, [1, 2, 3])
 
+  // `busy` takes the group's only connection, opened by init; under load (and through PgBouncer,
+  // one more login) it may still be opening, and waiting for it must not eat the 150 ms.
+  await pool.ready
   const busy = pool.handler('short')
   await busy.acquire()
   const started = Date.now()
