@@ -389,6 +389,8 @@ test('Python defect: query_timeout and session_tmp_buffer apply per endpoint, no
     const direct = (await server.sql("SELECT current_setting('statement_timeout') AS st, current_setting('temp_buffers') AS tb")).rows[0]
     t.is((await pool.query('SHOW statement_timeout', [], { group: 'fast' })).rows[0].statement_timeout, direct.st)
     t.is((await pool.query('SHOW temp_buffers', [], { group: 'slow' })).rows[0].temp_buffers, direct.tb)
+    // The client-side check (no answer within query_timeout + 1 s) still holds: cancelled, connection dropped.
+    await t.throwsAsync(pool.query('SELECT pg_sleep(3)', [], { group: 'fast' }), { instanceOf: DBConnectionError })
     await pool.close()
     return
   }
