@@ -8,30 +8,74 @@ const { startServer, waitFor, guardProcess, PASSWORD } = require('./helpers/pg')
 
 guardProcess(test)
 
+// PGDBPOOL_TEST_VIA=pgbouncer: pools connect through PgBouncer in transaction mode with the
+// statement cache off (pgbouncer.test.js sets it); admin and inspection queries (server.sql,
+// pg_stat_activity, pg_terminate_backend) still go straight to the server.
+const viaBouncer = process.env.PGDBPOOL_TEST_VIA === 'pgbouncer'
+
 let server
-let seq = 0
+let bouncer
+// Row ids derive from seq; through PgBouncer they start higher, so both variants can share an external server.
+let seq = viaBouncer ? 500 : 0
 
 test.before(async () => {
   server = await startServer()
+  if (viaBouncer) {
+    const { startPgBouncer } = require('./helpers/pgbouncer')
+    // `options` carries query_timeout/session_tmp_buffer at startup; PgBouncer rejects it unless told to ignore it.
+    bouncer = await startPgBouncer(server, { poolMode: 'transaction', poolSize: 20, settings: { ignore_startup_parameters: 'options' } })
+    // The backend-killing stress test gets a database (and so a PgBouncer server pool) of its own.
+    if ((await server.sql("SELECT 1 FROM pg_database WHERE datname = 'pgdbpool_kill'")).rowCount === 0) await server.sql('CREATE DATABASE pgdbpool_kill')
+  }
   await server.sql('CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text)')
   await server.sql(`CREATE TABLE IF NOT EXISTS deferred_parent (id int PRIMARY KEY)`)
   await server.sql(`CREATE TABLE IF NOT EXISTS deferred_child (id int PRIMARY KEY, parent int REFERENCES deferred_parent(id) DEFERRABLE INITIALLY DEFERRED)`)
 })
 
+test.after.always('pgbouncer stayed up', (t) => {
+  if (bouncer && !bouncer.running) t.fail(`pgbouncer exited during the run; its log:\n${bouncer.log()}`)
+  t.pass()
+})
+
 test.after.always(async () => {
   await lib.close().catch(() => {})
+  if (bouncer) await bouncer.destroy()
   if (server) await server.destroy()
 })
+
+/** Where pools connect: the server, or PgBouncer in front of it. */
+const target = () => (viaBouncer ? bouncer : server)
+const endpoint = () => target().endpoint
+const targetUrl = () => {
+  const e = endpoint()
+  return `postgres://${e.user}:${e.pass}@${e.host}:${e.port}/${e.name}`
+}
+
+/** `groups` as given; through PgBouncer each group also gets `statement_cache_size: 0`. */
+function groupsFor(groups) {
+  if (!viaBouncer) return groups
+  return Object.fromEntries(Object.entries(groups).map(([name, g]) => [name, { statement_cache_size: 0, ...g }]))
+}
+
+/**
+ * Sessions of `app` the pool holds: server sessions, or through PgBouncer its client
+ * connections to PgBouncer (server connections there are shared and outlive the pool).
+ */
+async function sessions(app) {
+  if (!viaBouncer) return server.sessions(app)
+  const clients = await bouncer.console('SHOW CLIENTS')
+  return clients.rows.filter((c) => c.application_name === app).length
+}
 
 /** A private pool with its own application_name, so server-side counts are per test. */
 function makePool(groups = { default: { connection_count: 2 } }, endpointExtra = {}) {
   const app = `pgdbpool-t${process.pid}-${++seq}`
-  const pool = new Pool({ type: 'non-threaded', db: { ...server.endpoint, application_name: app, ...endpointExtra }, groups })
+  const pool = new Pool({ type: 'non-threaded', db: { ...endpoint(), application_name: app, ...endpointExtra }, groups: groupsFor(groups) })
   return { pool, app }
 }
 
 test.serial('module API: init, Handler, query, stats, close', async (t) => {
-  const pool = await lib.init({ db: server.endpoint, groups: { default: { connection_count: 3 }, tx: { connection_count: 1, autocommit: false } } })
+  const pool = await lib.init({ db: endpoint(), groups: groupsFor({ default: { connection_count: 3 }, tx: { connection_count: 1, autocommit: false } }) })
   t.true(pool instanceof Pool)
   t.is(lib.Connection.init, lib.init)
 
@@ -126,7 +170,7 @@ test('Python defect: an exception inside a handler rolls back (withHandler and d
 })
 
 test('module-level withHandler commits on success and rolls back on error', async (t) => {
-  await lib.init({ type: 'non-threaded', db: { ...server.endpoint, application_name: 'wh' }, groups: { w: { connection_count: 1, autocommit: false } } })
+  await lib.init({ type: 'non-threaded', db: { ...endpoint(), application_name: 'wh' }, groups: groupsFor({ w: { connection_count: 1, autocommit: false } }) })
   const id = 3000 + seq
   await lib.withHandler('w', (db) => db.query('INSERT INTO items VALUES ($1, $2)', [id, 'c']))
   await t.throwsAsync(
@@ -149,14 +193,18 @@ test('Python defect: a SQL error keeps the connection (no reconnect), also insid
   t.is(err.severity, 'ERROR')
   t.is(err.code, 'DB_QUERY')
   await db.rollback()
-  t.is((await db.query('SELECT pg_backend_pid() AS pid')).rows[0].pid, pid)
+  // Through PgBouncer each transaction may get another server session; connects/disconnects below still hold.
+  const pidAfter = (await db.query('SELECT pg_backend_pid() AS pid')).rows[0].pid
+  if (!viaBouncer) t.is(pidAfter, pid)
   await db.release()
   const stats = pool.stats().groups.tx
   t.is(stats.connects, 1)
   t.is(stats.disconnects, 0)
   // The next handler gets the same healthy connection.
   const db2 = pool.handler('tx')
-  t.is((await db2.query('SELECT pg_backend_pid() AS pid')).rows[0].pid, pid)
+  const pid2 = (await db2.query('SELECT pg_backend_pid() AS pid')).rows[0].pid
+  if (!viaBouncer) t.is(pid2, pid) // same reason as above
+  t.is(pool.stats().groups.tx.connects, 1)
   await db2.release()
   await pool.close()
 })
@@ -207,6 +255,9 @@ test('Python defect: waiting is FIFO and bounded by acquire_timeout', async (t) 
   await Promise.all(waiters)
   t.deepEqual(order, [1, 2, 3])
 
+  // `busy` takes the group's only connection, opened by init; under load (and through PgBouncer,
+  // one more login) it may still be opening, and waiting for it must not eat the 150 ms.
+  await pool.ready
   const busy = pool.handler('short')
   await busy.acquire()
   const started = Date.now()
@@ -239,11 +290,15 @@ test('max_waiting fails fast', async (t) => {
 })
 
 test('Python defect: a backend killed mid-query fails that query only, and the slot is reused', async (t) => {
-  const { pool } = makePool({ default: { connection_count: 1, acquire_timeout: 5000 } })
+  const { pool, app } = makePool({ default: { connection_count: 1, acquire_timeout: 5000 } })
   const db = pool.handler()
-  const pid = (await db.query('SELECT pg_backend_pid() AS pid')).rows[0].pid
+  let pid = (await db.query('SELECT pg_backend_pid() AS pid')).rows[0].pid
   const slow = db.query('SELECT pg_sleep(30)')
   slow.catch(() => {}) // handled below, after the kill
+  if (viaBouncer) {
+    // Through PgBouncer the next autocommit statement may run on another server session: kill the one sleeping.
+    pid = await waitFor(async () => (await server.sql("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE '%pg_sleep(30)%'", [app])).rows[0]?.pid)
+  }
   await waitFor(async () => (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'", [pid])).rows[0].n === 1)
   await server.sql('SELECT pg_terminate_backend($1)', [pid])
   const err = await t.throwsAsync(slow)
@@ -264,7 +319,11 @@ test('Python defect: a backend killed mid-query fails that query only, and the s
 })
 
 test('Python defect: killed backends never make two handlers share a connection', async (t) => {
-  const { pool, app } = makePool({ default: { connection_count: 4, acquire_timeout: 20000, ping_after_idle: 0 } })
+  // Through PgBouncer a backend pid names a handler's connection only inside a transaction, so
+  // each handler runs in one (autocommit: false); and the test gets a database, hence a
+  // PgBouncer server pool, of its own, so the backends it kills serve no other test.
+  const group = { connection_count: 4, acquire_timeout: 20000, ping_after_idle: 0, ...(viaBouncer && { autocommit: false }) }
+  const { pool, app } = makePool({ default: group }, viaBouncer ? { name: 'pgdbpool_kill' } : {})
   const inUse = new Set()
   let shared = 0
   let completed = 0
@@ -303,12 +362,15 @@ test('Python defect: killed backends never make two handlers share a connection'
   t.is(shared, 0)
   t.true(completed > 0)
   t.log(`completed ${completed}, failed ${failed}`)
+  // A handler released inside a transaction (autocommit: false, through PgBouncer) is rolled
+  // back in the background first, and its connection counts as in use until that is done.
+  if (viaBouncer) await waitFor(() => pool.stats().groups.default.inUse === 0, { what: 'inUse = 0' })
   const s = pool.stats().groups.default
   t.is(s.inUse, 0)
   t.true(s.size <= 4)
-  await waitFor(async () => (await server.sessions(app)) <= 4, { what: 'sessions <= 4' })
+  await waitFor(async () => (await sessions(app)) <= 4, { what: 'sessions <= 4' })
   await pool.close()
-  await waitFor(async () => (await server.sessions(app)) === 0, { what: 'sessions closed' })
+  await waitFor(async () => (await sessions(app)) === 0, { what: 'sessions closed' })
   t.pass()
 })
 
@@ -316,23 +378,33 @@ test('Python defect: query_timeout and session_tmp_buffer apply per endpoint, no
   const pool = new Pool({
     type: 'non-threaded',
     db: [
-      { ...server.endpoint, id: 'fast', query_timeout: 1234, session_tmp_buffer: 16 },
-      { ...server.endpoint, id: 'slow', query_timeout: 4321, session_tmp_buffer: 32 },
+      { ...endpoint(), id: 'fast', query_timeout: 1234, session_tmp_buffer: 16 },
+      { ...endpoint(), id: 'slow', query_timeout: 4321, session_tmp_buffer: 32 },
     ],
-    groups: { fast: { connection_count: 1, endpoints: ['fast'] }, slow: { connection_count: 1, endpoints: ['slow'] } },
+    groups: groupsFor({ fast: { connection_count: 1, endpoints: ['fast'] }, slow: { connection_count: 1, endpoints: ['slow'] } }),
   })
+  t.is(process.env.PGOPTIONS, undefined)
+  if (viaBouncer) {
+    // They travel as startup `options`, which PgBouncer is told to ignore: its shared server sessions keep the server's values.
+    const direct = (await server.sql("SELECT current_setting('statement_timeout') AS st, current_setting('temp_buffers') AS tb")).rows[0]
+    t.is((await pool.query('SHOW statement_timeout', [], { group: 'fast' })).rows[0].statement_timeout, direct.st)
+    t.is((await pool.query('SHOW temp_buffers', [], { group: 'slow' })).rows[0].temp_buffers, direct.tb)
+    // The client-side check (no answer within query_timeout + 1 s) still holds: cancelled, connection dropped.
+    await t.throwsAsync(pool.query('SELECT pg_sleep(3)', [], { group: 'fast' }), { instanceOf: DBConnectionError })
+    await pool.close()
+    return
+  }
   t.is((await pool.query('SHOW statement_timeout', [], { group: 'fast' })).rows[0].statement_timeout, '1234ms')
   t.is((await pool.query('SHOW statement_timeout', [], { group: 'slow' })).rows[0].statement_timeout, '4321ms')
   t.is((await pool.query('SHOW temp_buffers', [], { group: 'fast' })).rows[0].temp_buffers, '16MB')
   t.is((await pool.query('SHOW temp_buffers', [], { group: 'slow' })).rows[0].temp_buffers, '32MB')
-  t.is(process.env.PGOPTIONS, undefined)
   const err = await t.throwsAsync(pool.query('SELECT pg_sleep(3)', [], { group: 'fast' }), { instanceOf: DBQueryError })
   t.is(err.sqlState, '57014')
   await pool.close()
 })
 
 test('URL configuration, port, and application_name', async (t) => {
-  const pool = new Pool({ type: 'non-threaded', db: `${server.url}?application_name=from-url`, groups: { default: { connection_count: 1 } } })
+  const pool = new Pool({ type: 'non-threaded', db: `${viaBouncer ? targetUrl() : server.url}?application_name=from-url`, groups: groupsFor({ default: { connection_count: 1 } }) })
   const r = await pool.query("SELECT current_setting('application_name') AS app, inet_server_port() AS port")
   t.is(r.rows[0].app, 'from-url')
   t.is(r.rows[0].port, server.port)
@@ -340,11 +412,12 @@ test('URL configuration, port, and application_name', async (t) => {
 })
 
 test('Python defect: passwords do not leak into connection errors', async (t) => {
-  const pool = new Pool({ type: 'non-threaded', db: { ...server.endpoint, pass: 'wrong-password-xyz' }, groups: { default: { connection_count: 1, acquire_timeout: 2000 } } })
+  const pool = new Pool({ type: 'non-threaded', db: { ...endpoint(), pass: 'wrong-password-xyz' }, groups: groupsFor({ default: { connection_count: 1, acquire_timeout: 2000 } }) })
   const err = await t.throwsAsync(pool.ready, { instanceOf: DBOfflineError })
   t.false(err.message.includes('wrong-password-xyz'))
   t.false(err.message.includes(PASSWORD))
-  t.regex(err.message, /password authentication failed/)
+  // PgBouncer words a failed SCRAM login its own way.
+  t.regex(err.message, viaBouncer ? /SASL authentication failed/ : /password authentication failed/)
   t.false(inspect(err, { depth: 5 }).includes('wrong-password-xyz'))
   await pool.close()
 })
@@ -359,7 +432,13 @@ test('sqlprepare runs PrepareQueries on each new connection; queryPrepared calls
   const { pool } = makePool({ prep: { connection_count: 1, sqlprepare: true } })
   const db = pool.handler('prep')
   const result = await db.queryPrepared(['Test_Query_1', 21])
-  t.deepEqual(result, { query: 'Test_Query_1', result: 42, prepared: true })
+  const expected = { query: 'Test_Query_1', result: 42, prepared: true }
+  if (viaBouncer) {
+    // PrepareQueries ran at connect, through PgBouncer on whichever server session served it: maybe not this one.
+    t.true((await server.sql('SELECT count(*)::int AS n FROM "SQLPrepare".calls')).rows[0].n >= 1)
+    expected.prepared = result.prepared
+  }
+  t.deepEqual(result, expected)
   await db.release()
   await pool.close()
 })
@@ -406,7 +485,7 @@ test('close waits for checked-out handlers, then rejects new work; past the time
   await db.release()
   await closing
   t.true(closed)
-  await waitFor(async () => (await server.sessions(app)) === 0, { what: 'sessions closed' })
+  await waitFor(async () => (await sessions(app)) === 0, { what: 'sessions closed' })
 
   const { pool: p2 } = makePool({ default: { connection_count: 1 } })
   const stuck = p2.handler()
@@ -423,8 +502,8 @@ test('close waits for checked-out handlers, then rejects new work; past the time
 test('target_session_attrs: a read-only group finds no standby, a read-write group works', async (t) => {
   const pool = new Pool({
     type: 'non-threaded',
-    db: server.endpoint,
-    groups: { write: { connection_count: 1, target_session_attrs: 'read-write' }, read: { connection_count: 1, target_session_attrs: 'standby', acquire_timeout: 2000 } },
+    db: endpoint(),
+    groups: groupsFor({ write: { connection_count: 1, target_session_attrs: 'read-write' }, read: { connection_count: 1, target_session_attrs: 'standby', acquire_timeout: 2000 } }),
   })
   const err = await t.throwsAsync(pool.ready, { instanceOf: DBOfflineError })
   t.regex(err.message, /group 'read'/)

@@ -90,10 +90,13 @@ const KEEP_QUEUE: usize = 1 << 20;
 const TAKE_WAIT: Duration = Duration::from_secs(60);
 
 impl Completions {
-    /// Completes `id`; for a large result, waits until JS has taken it, so that the caller's
-    /// connection is not reused while results pile up faster than JS decodes them.
-    async fn deliver(&self, id: u32, bytes: Vec<u8>) {
+    /// Completes `id`, then lets go of `hold` (what keeps the caller's connection); for a large
+    /// result, waits until JS has taken it, so that the connection is not reused while results
+    /// pile up faster than JS decodes them. A small result lets go first: JS must not hear of
+    /// it while its connection still counts as in use.
+    async fn deliver<T>(&self, id: u32, bytes: Vec<u8>, hold: T) {
         if bytes.len() < LARGE_RESULT {
+            drop(hold);
             return self.complete(id, Ok(bytes));
         }
         let taken = self.taken.notified();
@@ -101,6 +104,7 @@ impl Completions {
         taken.as_mut().enable();
         self.complete(id, Ok(bytes));
         let _ = tokio::time::timeout(TAKE_WAIT, taken).await;
+        drop(hold);
     }
 
     /// Queues lifecycle events (a JSON array) as record id 0 with status 2.
@@ -210,15 +214,26 @@ impl HandlerSlot {
                 HandlerOp::Rollback(id) => (id, end_transaction(lease.as_mut(), false).await),
             };
             // Put the lease back before JS hears of the result, so that a synchronous call made
-            // from the result's continuation sees it.
-            {
+            // from the result's continuation sees it. With nothing more queued the task ends
+            // here too, for the same reason: a `release()` from that continuation must find the
+            // slot idle and check the connection in itself, not leave it to this task a moment
+            // later (meanwhile `stats()` said in use and the hand-over to a waiter was missed).
+            let finished = {
                 let mut state = self.state.lock();
                 if state.canceller.is_none() {
                     state.canceller = lease.as_ref().and_then(Lease::canceller);
                 }
                 state.lease = lease;
-            }
+                let finished = state.queue.is_empty() && !state.released;
+                if finished {
+                    state.running = false;
+                }
+                finished
+            };
             completions.complete(id, result);
+            if finished {
+                return;
+            }
         }
     }
 }
@@ -412,10 +427,7 @@ impl NativePool {
                                 return completions.complete(id, Err(PoolError::Query("query text is not valid UTF-8".into())));
                             };
                             match shot.run(text, &params).await {
-                                Ok((bytes, ticket)) => {
-                                    completions.deliver(id, bytes).await;
-                                    drop(ticket);
-                                }
+                                Ok((bytes, ticket)) => completions.deliver(id, bytes, ticket).await,
                                 Err(err) => completions.complete(id, Err(err)),
                             }
                         });

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
-use crate::error::PoolError;
+use crate::error::{pg_error_text, PoolError};
 use crate::protocol::{command_of, decode_params, Param, ResultWriter};
 
 /// Transaction state as tracked from the statements we ran.
@@ -255,6 +255,13 @@ async fn execute_unnamed(client: &Client, sql: &str, params: &[Param<'_>], comma
     let failed = |e: tokio_postgres::Error| {
         if params.is_empty() && is_multi_statement_error(&e) {
             Unnamed::MultiStatement
+        } else if is_lost_type_lookup(&e) {
+            Unnamed::Failed(PoolError::Query(format!(
+                "{}: a result column has a type that is not built in (enum, composite, extension type); looking it \
+                 up takes a prepared statement, which a transaction-mode pooler such as PgBouncer may have left on \
+                 another server session. Cast such columns to text (or to a built-in type) when statement_cache_size is 0",
+                pg_error_text(&e)
+            )))
         } else {
             // An error answer before the rows (Parse or Bind failed) means nothing ran; a lost
             // connection here may have lost the server's answers, so it may have run.
@@ -278,6 +285,20 @@ async fn execute_unnamed(client: &Client, sql: &str, params: &[Param<'_>], comma
 /// exclusive path's fallback instead).
 pub fn pipelinable(sql: &str) -> bool {
     matches!(command_of(sql).as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "MERGE")
+}
+
+/// Whether `e` says one of tokio-postgres's own statements (`s0`, `s1`, ...) is missing. With
+/// `statement_cache_size: 0` we prepare none, but tokio-postgres still prepares one to look up
+/// a result type it does not know, the first time it meets it (and keeps it for later lookups).
+fn is_lost_type_lookup(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code().code() == "26000"
+            && db
+                .message()
+                .strip_prefix("prepared statement \"s")
+                .and_then(|rest| rest.strip_suffix("\" does not exist"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 fn is_multi_statement_error(e: &tokio_postgres::Error) -> bool {

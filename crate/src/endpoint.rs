@@ -1,8 +1,11 @@
 //! One PostgreSQL server: how to open a session on it (TCP, TLS, startup settings), its
 //! health and its role as seen by every group that uses it.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -11,7 +14,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
 use tokio_postgres::{Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -285,8 +289,24 @@ impl Endpoint {
     /// Asks the server to cancel the statement running on a session. Cancel requests go in
     /// plain TCP (servers that allow non-TLS connections accept them); a failed cancel is
     /// harmless.
+    ///
+    /// Like libpq, we keep the cancel connection open until the other side closes it.
+    /// tokio-postgres's own `cancel_query` half-closes the socket right after the request, and
+    /// PgBouncer (1.18 at least) takes that EOF as the client giving up: it drops the request
+    /// without passing it on, so the statement is never cancelled, and now and then it dies on
+    /// it (`FATAL ... disconnect_client(): bad client state: 0`, pgbouncer issue #801).
     pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
-        let _ = token.cancel_query(NoTls).await;
+        if self.config.host.starts_with('/') {
+            // A Unix-domain socket directory: left to tokio-postgres.
+            let _ = token.cancel_query(NoTls).await;
+            return;
+        }
+        let Ok(socket) = TcpStream::connect((self.config.host.as_str(), self.config.port)).await else { return };
+        let mut socket = NoShutdown(socket);
+        if token.cancel_query_raw(&mut socket, NoTls).await.is_ok() {
+            let mut sink = [0u8; 64];
+            while matches!(socket.0.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
     }
 
     async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<(Client, Option<Role>), tokio_postgres::Error> {
@@ -513,5 +533,28 @@ impl ServerCertVerifier for ChainOnly {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+/// A socket whose write side is never shut down (see [`Endpoint::cancel`]).
+struct NoShutdown(TcpStream);
+
+impl AsyncRead for NoShutdown {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoShutdown {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
