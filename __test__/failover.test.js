@@ -98,6 +98,36 @@ test.serial('roles come from the cluster; a standby group reads only from standb
   await pool.close()
 })
 
+test.serial('reads spread over the standbys by weight (within ±10 %), counted by the server that answered', async (t) => {
+  if (external) return t.pass('needs embedded servers')
+  const [, s1, s2] = cluster.nodes
+  const cfg = config({ read: { connection_count: 8, target_session_attrs: 'standby' } })
+  cfg.db[1].weight = 1
+  cfg.db[2].weight = 3
+  const pool = new Pool(cfg)
+  await pool.ready
+  const counts = new Map([
+    [s1.port, 0],
+    [s2.port, 0],
+  ])
+  const total = 800
+  // In waves of 8 concurrent one-shot reads and handler reads, so connections on both nodes
+  // are in play; each statement reports the port of the server that ran it.
+  for (let done = 0; done < total; done += 8) {
+    const wave = Array.from({ length: 8 }, (_, i) =>
+      i % 2 ? pool.query('SELECT inet_server_port() AS port', [], { group: 'read' }) : pool.withHandler('read', (db) => db.query('SELECT inet_server_port() AS port')),
+    )
+    for (const r of await Promise.all(wave)) counts.set(r.rows[0].port, counts.get(r.rows[0].port) + 1)
+  }
+  const share1 = counts.get(s1.port) / total
+  const share2 = counts.get(s2.port) / total
+  t.log(`node1 ${share1}, node2 ${share2}`)
+  t.is(counts.get(s1.port) + counts.get(s2.port), total, 'no read on the primary')
+  t.true(Math.abs(share1 - 0.25) <= 0.025, `node1 share ${share1} (weight 1 of 4)`)
+  t.true(Math.abs(share2 - 0.75) <= 0.1 * 0.75, `node2 share ${share2} (weight 3 of 4)`)
+  await pool.close()
+})
+
 test.serial('prefer-standby falls back to the primary while no standby is up, and returns to the standbys', async (t) => {
   if (external) return t.pass('needs embedded servers')
   const [p, s1, s2] = cluster.nodes
