@@ -309,11 +309,24 @@ impl Endpoint {
         }
     }
 
-    /// Asks the server to cancel the statement running on a session. Cancel requests go in
-    /// plain TCP (servers that allow non-TLS connections accept them); a failed cancel is
-    /// harmless.
+    /// Asks the server to cancel the statement running on a session, and returns once the
+    /// server has processed the request (it closes the cancel connection when it has signalled
+    /// the backend). Cancel requests go in plain TCP (servers that allow non-TLS connections
+    /// accept them); a failed cancel is harmless.
+    ///
+    /// Waiting for the close matters: the server cancels whatever statement runs when the
+    /// request arrives, so a request still on its way when the statement it was meant for ended
+    /// would cancel the next statement on that session (the soak test saw this). Callers run
+    /// nothing more on the session until this returns; it is a best effort (a proxy may close
+    /// the cancel connection before the server has it), so a cancelled session is also never
+    /// handed to another user.
     pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
-        let _ = token.cancel_query(NoTls).await;
+        let Ok(mut stream) = tokio::net::TcpStream::connect((self.config.host.as_str(), self.config.port)).await else { return };
+        let _ = stream.set_nodelay(true);
+        if token.cancel_query_raw(&mut stream, NoTls).await.is_ok() {
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await;
+        }
     }
 
     async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<(Client, Option<Role>), tokio_postgres::Error> {

@@ -1220,6 +1220,11 @@ impl Lease {
         ok
     }
 
+    /// Closes the session at release instead of pooling it.
+    pub fn discard(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
     /// A handle that cancels the statement running on this session from elsewhere.
     pub fn canceller(&self) -> Option<Canceller> {
         let conn = self.conn.as_ref()?;
