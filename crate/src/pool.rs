@@ -532,6 +532,10 @@ impl Group {
                 state.slots[e].opening -= 1;
                 if state.closed {
                     state.total -= 1;
+                    drop(state);
+                    // `close` waits for this open to end: without the wake-up it slept until
+                    // its timeout (5 s by default) whenever a connect was in flight.
+                    self.returned.notify_waiters();
                     return Err((e, "pool closed while connecting".into()));
                 }
                 state.slots[e].in_use += 1;
