@@ -162,6 +162,20 @@ struct HandlerState {
     running: bool,
     /// JS let go of the handler: the task drops the lease when the queue is done.
     released: bool,
+    /// Cancel requests (from aborted queries) still on their way to the server: the handler's
+    /// next statement waits for them, or a late one would cancel it (see `Endpoint::cancel`).
+    cancels: Vec<tokio::task::JoinHandle<()>>,
+    /// A cancel request was sent for this session. It never goes back to the pool: nothing
+    /// tells when a cancel request has reached the server (a proxy may close the cancel
+    /// connection before passing it on), and a late one would cancel another user's statement.
+    cancelled: bool,
+}
+
+/// Waits until the server has processed each cancel request (each gives up after 2 s).
+async fn cancels_done(cancels: Vec<tokio::task::JoinHandle<()>>) {
+    for cancel in cancels {
+        let _ = cancel.await;
+    }
 }
 
 /// The core side of one JS `Handler` while it holds (or is getting) a connection.
@@ -173,7 +187,7 @@ struct HandlerSlot {
 impl HandlerSlot {
     fn new(group: Arc<Group>, lease: Option<Lease>) -> Arc<Self> {
         let canceller = lease.as_ref().and_then(Lease::canceller);
-        Arc::new(Self { group, state: Mutex::new(HandlerState { lease, canceller, queue: VecDeque::new(), running: false, released: false }) })
+        Arc::new(Self { group, state: Mutex::new(HandlerState { lease, canceller, queue: VecDeque::new(), running: false, released: false, cancels: Vec::new(), cancelled: false }) })
     }
 
     /// Queues `op`; returns true when the caller must start the task that runs the queue.
@@ -185,19 +199,23 @@ impl HandlerSlot {
 
     async fn run_queue(self: Arc<Self>, completions: Arc<Completions>) {
         loop {
-            let (op, mut lease) = {
+            let (op, mut lease, cancels) = {
                 let mut state = self.state.lock();
                 match state.queue.pop_front() {
-                    Some(op) => (op, state.lease.take()),
+                    Some(op) => (op, state.lease.take(), std::mem::take(&mut state.cancels)),
                     None => {
                         state.running = false;
                         let done = if state.released { state.lease.take() } else { None };
+                        if state.cancelled {
+                            done.iter().for_each(Lease::discard);
+                        }
                         drop(state);
                         drop(done);
                         return;
                     }
                 }
             };
+            cancels_done(cancels).await;
             let (id, result) = match op {
                 HandlerOp::Acquire(id) => {
                     let result = match lease {
@@ -465,7 +483,7 @@ impl NativePool {
         let mut handlers = self.handlers.lock();
         let Some(slot) = handlers.get(&handler).cloned() else { return false };
         let mut state = slot.state.lock();
-        if !state.running && hand_over && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
+        if !state.running && hand_over && !state.cancelled && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
             // Same slot, same number: the next checkout takes it as it is.
             return true;
         }
@@ -477,6 +495,9 @@ impl NativePool {
             return false;
         }
         let lease = state.lease.take();
+        if state.cancelled {
+            lease.iter().for_each(Lease::discard);
+        }
         drop(state);
         drop(lease);
         false
@@ -487,9 +508,10 @@ impl NativePool {
     #[napi]
     pub fn cancel(&self, handler: u32) {
         let Some(slot) = self.handlers.lock().get(&handler).cloned() else { return };
-        let canceller = slot.state.lock().canceller.clone();
-        if let Some(canceller) = canceller {
-            napi::bindgen_prelude::spawn(canceller.cancel());
+        let mut state = slot.state.lock();
+        if let Some(canceller) = state.canceller.clone() {
+            state.cancels.push(napi::bindgen_prelude::spawn(canceller.cancel()));
+            state.cancelled = true;
         }
     }
 

@@ -54,6 +54,9 @@ pub struct Health {
     pub failures: u32,
     /// Last failure, for `stats()` and `DBOfflineError`.
     pub last_error: Option<String>,
+    /// When a checkout last connected here although the endpoint was banned (see
+    /// [`Endpoint::claim_forced_attempt`]).
+    pub forced_at: Option<Instant>,
 }
 
 /// A configured server.
@@ -82,6 +85,9 @@ const BAN_BASE: Duration = Duration::from_millis(200);
 // Short enough that a node that comes back gets traffic again within a few seconds; a probe
 // of a node that is down costs one refused connect.
 const BAN_MAX: Duration = Duration::from_secs(2);
+/// Least time between two connects to a banned endpoint made because every endpoint of a group
+/// was banned (see [`Endpoint::claim_forced_attempt`]).
+const FORCED_GAP: Duration = BAN_BASE;
 
 impl Endpoint {
     /// Prepares connection settings; fails only on an unusable TLS configuration.
@@ -148,6 +154,27 @@ impl Endpoint {
     /// Whether new connections should avoid this endpoint now.
     pub fn is_banned(&self, now: Instant) -> bool {
         self.health.lock().banned_until.is_some_and(|until| until > now)
+    }
+
+    /// Claims a connect attempt on this banned endpoint for a checkout that found every endpoint
+    /// of its group banned ("trying beats failing blind"). One such attempt per `FORCED_GAP`,
+    /// whoever asks: without the limit each checkout made its own attempt, and with the only
+    /// server down a crowd of callers turned into thousands of refused connects a second (the
+    /// pool spinning while its server restarts). Checkouts that get no attempt fail at once
+    /// with `DBOfflineError`.
+    pub fn claim_forced_attempt(&self, now: Instant) -> bool {
+        let mut health = self.health.lock();
+        if health.forced_at.is_some_and(|t| now.saturating_duration_since(t) < FORCED_GAP) {
+            return false;
+        }
+        health.forced_at = Some(now);
+        true
+    }
+
+    /// `label: last error` of a banned endpoint, for `DBOfflineError`.
+    pub fn banned_cause(&self) -> String {
+        let health = self.health.lock();
+        format!("{}: {} (banned)", self.label(), health.last_error.as_deref().unwrap_or("unreachable"))
     }
 
     /// Records a failed attempt and bans the endpoint with jittered exponential backoff.
@@ -295,6 +322,13 @@ impl Endpoint {
     /// PgBouncer (1.18 at least) takes that EOF as the client giving up: it drops the request
     /// without passing it on, so the statement is never cancelled, and now and then it dies on
     /// it (`FATAL ... disconnect_client(): bad client state: 0`, pgbouncer issue #801).
+    ///
+    /// Waiting for the close matters too: the server cancels whatever statement runs when the
+    /// request arrives, so a request still on its way when the statement it was meant for ended
+    /// would cancel the next statement on that session (the soak test saw this). Callers run
+    /// nothing more on the session until this returns; it is a best effort (a proxy may close
+    /// the cancel connection before the server has it), so a cancelled session is also never
+    /// handed to another user.
     pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
         if self.config.host.starts_with('/') {
             // A Unix-domain socket directory: left to tokio-postgres.

@@ -140,6 +140,8 @@ enum Plan {
     Wait(u64, oneshot::Receiver<Grant>),
     /// No endpoint is left that could serve the group (wrong role, or failed just now).
     NoEndpoint,
+    /// Every endpoint is banned, was tried moments ago, and has no idle connection left.
+    Offline,
 }
 
 /// How a connection comes back to the group.
@@ -246,6 +248,26 @@ impl Group {
         balancer::choose(self.config.balance, &candidates, tick)
     }
 
+    /// Where to open a new connection, given the endpoint `e` that `choose` picked: `e` itself
+    /// unless it is banned (picked because every endpoint is), in which case only an endpoint
+    /// whose forced attempt can be claimed now (see [`Endpoint::claim_forced_attempt`]).
+    fn open_target(&self, e: usize, now: Instant, exclude: &[usize]) -> Option<usize> {
+        let may_open = |i: usize| !self.endpoints[i].is_banned(now) || self.endpoints[i].claim_forced_attempt(now);
+        if may_open(e) {
+            return Some(e);
+        }
+        (0..self.endpoints.len()).find(|&i| i != e && !exclude.contains(&i) && self.eligible(i) && may_open(i))
+    }
+
+    /// The last error of each endpoint that could serve the group, for a checkout refused
+    /// because all of them are banned.
+    fn banned_causes(&self, exclude: &[usize]) -> Vec<String> {
+        (0..self.endpoints.len())
+            .filter(|&i| !exclude.contains(&i) && self.eligible(i))
+            .map(|i| self.endpoints[i].banned_cause())
+            .collect()
+    }
+
     /// Why a connection must not be (re)used now, if it must not.
     fn unfit(&self, conn: &PgConn, now: Instant) -> Option<DisconnectReason> {
         if conn.is_broken() {
@@ -294,9 +316,19 @@ impl Group {
                     return Ok(Plan::Ready(conn));
                 }
                 if state.total < self.config.connection_count {
-                    state.total += 1;
-                    state.slots[e].opening += 1;
-                    return Ok(Plan::Open(e));
+                    if let Some(e) = self.open_target(e, now, exclude) {
+                        state.total += 1;
+                        state.slots[e].opening += 1;
+                        return Ok(Plan::Open(e));
+                    }
+                    // Every endpoint is banned and was tried a moment ago: an idle connection
+                    // left on one of them, else fail now rather than connect once per checkout.
+                    for i in (0..state.slots.len()).filter(|&i| !exclude.contains(&i) && self.eligible(i)) {
+                        if let Some(conn) = self.take_idle(&mut state, i, now, retired) {
+                            return Ok(Plan::Ready(conn));
+                        }
+                    }
+                    return Ok(Plan::Offline);
                 }
                 // At capacity: an idle connection on a healthy endpoint beats waiting.
                 let usable = |i: usize, banned: bool| self.eligible(i) && self.endpoints[i].is_banned(now) == banned;
@@ -322,9 +354,11 @@ impl Group {
                 }
                 // Retiring unusable connections may have freed capacity.
                 if state.total < self.config.connection_count && state.waiters.is_empty() {
-                    state.total += 1;
-                    state.slots[e].opening += 1;
-                    return Ok(Plan::Open(e));
+                    if let Some(e) = self.open_target(e, now, exclude) {
+                        state.total += 1;
+                        state.slots[e].opening += 1;
+                        return Ok(Plan::Open(e));
+                    }
                 }
             }
         }
@@ -379,7 +413,9 @@ impl Group {
     /// Reserves an endpoint for a capacity unit granted to a waiter.
     fn reserve_open(&self, exclude: &[usize]) -> Option<usize> {
         let mut state = self.state.lock();
-        let e = self.choose(&state, Instant::now(), exclude)?;
+        let now = Instant::now();
+        let e = self.choose(&state, now, exclude)?;
+        let e = self.open_target(e, now, exclude)?;
         state.slots[e].opening += 1;
         Some(e)
     }
@@ -496,6 +532,10 @@ impl Group {
                 state.slots[e].opening -= 1;
                 if state.closed {
                     state.total -= 1;
+                    drop(state);
+                    // `close` waits for this open to end: without the wake-up it slept until
+                    // its timeout (5 s by default) whenever a connect was in flight.
+                    self.returned.notify_waiters();
                     return Err((e, "pool closed while connecting".into()));
                 }
                 state.slots[e].in_use += 1;
@@ -595,6 +635,10 @@ impl Group {
             self.retire(retired);
             let mut conn = match plan? {
                 Plan::NoEndpoint => return Err(self.no_endpoint_error(causes)),
+                Plan::Offline => {
+                    causes.extend(self.banned_causes(&failed));
+                    return Err(self.no_endpoint_error(causes));
+                }
                 Plan::Ready(conn) => conn,
                 Plan::Open(e) => match self.open_until(e, deadline).await? {
                     Ok(conn) => conn,
@@ -611,6 +655,7 @@ impl Group {
                             let mut state = self.state.lock();
                             self.pass_capacity(&mut state);
                             drop(state);
+                            causes.extend(self.banned_causes(&failed));
                             return Err(self.no_endpoint_error(causes));
                         };
                         match self.open_until(e, deadline).await? {
@@ -778,7 +823,7 @@ impl Group {
             }
             // Refill up to min_idle.
             while state.total < min_idle.min(self.config.connection_count) && state.waiters.is_empty() {
-                let Some(e) = self.choose(&state, now, &[]) else { break };
+                let Some(e) = self.choose(&state, now, &[]).and_then(|e| self.open_target(e, now, &[])) else { break };
                 state.total += 1;
                 state.slots[e].opening += 1;
                 to_open.push(e);
@@ -1177,6 +1222,11 @@ impl Lease {
             }
         }
         ok
+    }
+
+    /// Closes the session at release instead of pooling it.
+    pub fn discard(&self) {
+        self.broken.store(true, Ordering::Relaxed);
     }
 
     /// A handle that cancels the statement running on this session from elsewhere.
