@@ -17,6 +17,8 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use napi::bindgen_prelude::{Buffer, BufferSlice, Function, PromiseRaw};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Result, Status};
@@ -310,6 +312,23 @@ enum Job {
     RunHandler(Arc<HandlerSlot>),
 }
 
+impl Job {
+    fn run(self, completions: Arc<Completions>) -> BoxFuture<'static, ()> {
+        match self {
+            Job::Query { id, shot, sql, params } => Box::pin(async move {
+                let Ok(text) = std::str::from_utf8(&sql) else {
+                    return completions.complete(id, Err(PoolError::Query("query text is not valid UTF-8".into())));
+                };
+                match shot.run(text, &params).await {
+                    Ok((bytes, ticket)) => completions.deliver(id, bytes, ticket).await,
+                    Err(err) => completions.complete(id, Err(err)),
+                }
+            }),
+            Job::RunHandler(slot) => Box::pin(slot.run_queue(completions)),
+        }
+    }
+}
+
 /// A pool as seen from one JS thread.
 #[napi]
 pub struct NativePool {
@@ -434,27 +453,13 @@ impl NativePool {
             return Ok(());
         }
         let completions = self.completions.clone();
-        // One wake-up of the runtime for the whole batch; the jobs then start as local tasks.
+        // One wake-up of the runtime for the whole batch, and one task that drives every job of
+        // it. All jobs get their first poll before the task yields, so each statement is already
+        // queued on its connection when that connection's task runs: the statements of one
+        // batch that share a connection go out in one write, not one write each.
         napi::bindgen_prelude::spawn(async move {
-            for job in jobs {
-                match job {
-                    Job::Query { id, shot, sql, params } => {
-                        let completions = completions.clone();
-                        tokio::spawn(async move {
-                            let Ok(text) = std::str::from_utf8(&sql) else {
-                                return completions.complete(id, Err(PoolError::Query("query text is not valid UTF-8".into())));
-                            };
-                            match shot.run(text, &params).await {
-                                Ok((bytes, ticket)) => completions.deliver(id, bytes, ticket).await,
-                                Err(err) => completions.complete(id, Err(err)),
-                            }
-                        });
-                    }
-                    Job::RunHandler(slot) => {
-                        tokio::spawn(slot.run_queue(completions.clone()));
-                    }
-                }
-            }
+            let mut running: FuturesUnordered<BoxFuture<'static, ()>> = jobs.into_iter().map(|job| job.run(completions.clone())).collect();
+            while running.next().await.is_some() {}
         });
         Ok(())
     }
