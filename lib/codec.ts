@@ -40,6 +40,23 @@ const enum Kind {
 
 const PG_EPOCH_MS = 946_684_800_000
 
+// Node's own decoders behind `buf.toString(encoding, start, end)`: that wrapper's argument
+// checks cost as much as decoding a short cell. Runtimes without them get an equivalent.
+declare global {
+  interface Buffer {
+    utf8Slice(start: number, end: number): string
+    latin1Slice(start: number, end: number): string
+  }
+}
+if (typeof Buffer.prototype.utf8Slice !== 'function' || typeof Buffer.prototype.latin1Slice !== 'function') {
+  Buffer.prototype.utf8Slice = function (this: Buffer, start: number, end: number) {
+    return this.toString('utf8', start, end)
+  }
+  Buffer.prototype.latin1Slice = function (this: Buffer, start: number, end: number) {
+    return this.toString('latin1', start, end)
+  }
+}
+
 // ---------- parameters ----------
 
 function pad(n: number, width = 2): string {
@@ -329,13 +346,13 @@ class Decoder {
       case Kind.Float8:
         return buf.readDoubleBE(pos)
       case Kind.Text:
-        return buf.toString('utf8', pos, pos + len)
+        return buf.utf8Slice(pos, pos + len)
       case Kind.Json:
-        return JSON.parse(buf.toString('utf8', pos, pos + len))
+        return JSON.parse(buf.utf8Slice(pos, pos + len))
       case Kind.Bytea:
         return Buffer.from(buf.subarray(pos, pos + len))
       case Kind.Int8: {
-        const text = buf.toString('latin1', pos, pos + len)
+        const text = buf.latin1Slice(pos, pos + len)
         return this.types.int8 === 'string' ? text : this.types.int8 === 'bigint' ? BigInt(text) : Number(text)
       }
       case Kind.Timestamptz:
@@ -360,7 +377,7 @@ class Decoder {
       case Kind.Circle:
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8), radius: buf.readDoubleBE(pos + 16) }
       case Kind.Number:
-        return parseFloat(buf.toString('latin1', pos, pos + len))
+        return parseFloat(buf.latin1Slice(pos, pos + len))
       case Kind.Array:
         return this.array(pos)
       default:
