@@ -16,6 +16,8 @@ export const enum Op {
 }
 
 interface Pending {
+  /** False once the promise settled early (aborted); the slot waits for the core's answer. */
+  waiting: boolean
   resolve: (value: any) => void
   reject: (error: Error) => void
   /** How to decode the result Buffer; `null` for operations without a result. */
@@ -27,14 +29,25 @@ interface Pending {
 /** Largest submission buffer kept between ticks; a bigger one is dropped after use. */
 const KEEP_BUFFER = 1 << 20
 
+/** Bytes of results decoded in one go before the callers' continuations get to run. */
+const YIELD_BYTES = 4096
+
 /**
  * Queues operations for the core and matches its batched completions to their promises. While
  * anything is pending a ref'd timer keeps the event loop alive (the core's wake-up is weak, so
  * an idle pool never holds the process open).
  */
 export class Core {
-  #next = 0
-  readonly #pending = new Map<number, Pending>()
+  /**
+   * In-flight operations by slot; an operation's id is its slot + 1 (id 0 is the core's events).
+   * A slot is reused only after the core answered its id, so ids never collide. An array, not
+   * a Map: a Map's discarded hash tables keep pointing at settled operations, and through their
+   * promises whole results stayed alive through every scavenge (30 % survival on 100-row results).
+   */
+  readonly #slots: Array<Pending | undefined> = []
+  readonly #freeSlots: number[] = []
+  /** Promises not settled yet; while there are any the event loop stays alive. */
+  #unsettled = 0
   readonly #keepAlive = setInterval(() => {}, 0x7fffffff)
   readonly #writer = new ByteWriter()
   /** Ids written since the last flush, to fail them if the core refuses the batch. */
@@ -70,7 +83,8 @@ export class Core {
         reject(new AbortError(signal.reason))
         return
       }
-      const id = (this.#next = (this.#next + 1) >>> 0)
+      const slot = this.#freeSlots.length > 0 ? this.#freeSlots.pop()! : this.#slots.length
+      const id = slot + 1
       const w = this.#writer
       const mark = w.pos
       try {
@@ -84,27 +98,34 @@ export class Core {
         }
       } catch (e) {
         w.pos = mark
+        if (slot < this.#slots.length) this.#freeSlots.push(slot)
         reject(e as Error)
         return
       }
-      if (this.#pending.size === 0) this.#keepAlive.ref()
-      const pending: Pending = { resolve, reject, rowMode }
+      if (this.#unsettled++ === 0) this.#keepAlive.ref()
+      const pending: Pending = { waiting: true, resolve, reject, rowMode }
       if (signal) {
         const aborted = () => {
           // The promise settles now; the core's late answer finds no one waiting and is dropped.
-          this.#fail(id, new AbortError(signal.reason))
+          this.#settle(pending)
+          pending.reject(new AbortError(signal.reason))
           onAbort?.()
         }
         signal.addEventListener('abort', aborted, { once: true })
         pending.detach = () => signal.removeEventListener('abort', aborted)
       }
-      this.#pending.set(id, pending)
+      this.#slots[slot] = pending
       this.#batch.push(id)
       if (!this.#scheduled) {
         this.#scheduled = true
-        queueMicrotask(this.flush)
+        queueMicrotask(this.#scheduledFlush)
       }
     })
+  }
+
+  /** While completions are being settled, their callers' next operations wait to go as one batch. */
+  readonly #scheduledFlush = (): void => {
+    if (this.#completions === null) this.flush()
   }
 
   /** Hands the queued operations to the core now (before a synchronous call that must see them). */
@@ -119,24 +140,33 @@ export class Core {
       this.native.submit(w.buf.subarray(0, w.pos))
     } catch (e) {
       const error = new PgDbPoolError('INTERNAL', `the native core refused a submission: ${(e as Error).message}`, { cause: e })
-      for (const id of batch) this.#fail(id, error)
+      // The core saw none of these ids: their slots are free again.
+      for (const id of batch) {
+        const op = this.#answered(id)
+        if (op !== undefined && this.#settle(op)) op.reject(error)
+      }
     } finally {
       w.pos = 0
       if (w.buf.length > KEEP_BUFFER) w.buf = Buffer.allocUnsafe(16 * 1024)
     }
   }
 
-  #fail(id: number, error: Error) {
-    const op = this.#pending.get(id)
-    if (op === undefined) return
-    this.#settled(id)
-    op.reject(error)
+  /** Frees the slot of an id the core has answered; returns its operation. */
+  #answered(id: number): Pending | undefined {
+    const op = this.#slots[id - 1]
+    if (op === undefined) return undefined
+    this.#slots[id - 1] = undefined
+    this.#freeSlots.push(id - 1)
+    return op
   }
 
-  #settled(id: number) {
-    this.#pending.get(id)?.detach?.()
-    this.#pending.delete(id)
-    if (this.#pending.size === 0) this.#keepAlive.unref()
+  /** Marks the operation settled; false if it already was. The caller settles its promise. */
+  #settle(op: Pending): boolean {
+    if (!op.waiting) return false
+    op.waiting = false
+    op.detach?.()
+    if (--this.#unsettled === 0) this.#keepAlive.unref()
+    return true
   }
 
   /**
@@ -145,7 +175,30 @@ export class Core {
    */
   readonly drain = (): void => {
     const buf = this.native.takeCompletions()
-    let pos = 0
+    if (this.#completions === null) {
+      this.#completions = buf
+      this.#completionsPos = 0
+      this.#settleCompletions()
+    } else {
+      // A batch is still being settled over microtasks; this one queues behind it.
+      this.#completions = Buffer.concat([this.#completions.subarray(this.#completionsPos), buf])
+      this.#completionsPos = 0
+    }
+  }
+
+  /** Completions taken from the core and not settled yet, from `#completionsPos` on. */
+  #completions: Buffer | null = null
+  #completionsPos = 0
+
+  /**
+   * Settles completions in order. After decoding YIELD_BYTES of results it lets the callers'
+   * continuations run before decoding more, so each caller's rows can die young: decoding a
+   * whole batch first kept megabytes alive through every scavenge.
+   */
+  readonly #settleCompletions = (): void => {
+    const buf = this.#completions!
+    let pos = this.#completionsPos
+    let decoded = 0
     while (pos < buf.length) {
       const id = buf.readUInt32BE(pos)
       const failed = buf[pos + 4] === 1
@@ -156,9 +209,8 @@ export class Core {
         this.onEvents(buf.toString('utf8', start, pos))
         continue
       }
-      const op = this.#pending.get(id)
-      if (op === undefined) continue
-      this.#settled(id)
+      const op = this.#answered(id)
+      if (op === undefined || !this.#settle(op)) continue
       if (failed) {
         op.reject(fromWire(buf.toString('utf8', start, pos)))
       } else if (op.rowMode === null) {
@@ -169,7 +221,15 @@ export class Core {
         } catch (e) {
           op.reject(e as Error)
         }
+        decoded += len
+        if (decoded >= YIELD_BYTES && pos < buf.length) {
+          this.#completionsPos = pos
+          queueMicrotask(this.#settleCompletions)
+          return
+        }
       }
     }
+    this.#completions = null
+    if (this.#scheduled) this.flush()
   }
 }
