@@ -173,6 +173,17 @@ struct HandlerState {
     cancelled: bool,
 }
 
+impl HandlerState {
+    /// How to cancel on this session, worked out the first time it is needed (most handlers
+    /// never cancel, and a cancel token costs an allocation per checkout).
+    fn canceller(&mut self) -> Option<Canceller> {
+        if self.canceller.is_none() {
+            self.canceller = self.lease.as_ref().and_then(Lease::canceller);
+        }
+        self.canceller.clone()
+    }
+}
+
 /// Waits until the server has processed each cancel request (each gives up after 2 s).
 async fn cancels_done(cancels: Vec<tokio::task::JoinHandle<()>>) {
     for cancel in cancels {
@@ -188,8 +199,7 @@ struct HandlerSlot {
 
 impl HandlerSlot {
     fn new(group: Arc<Group>, lease: Option<Lease>) -> Arc<Self> {
-        let canceller = lease.as_ref().and_then(Lease::canceller);
-        Arc::new(Self { group, state: Mutex::new(HandlerState { lease, canceller, queue: VecDeque::new(), running: false, released: false, cancels: Vec::new(), cancelled: false }) })
+        Arc::new(Self { group, state: Mutex::new(HandlerState { lease, canceller: None, queue: VecDeque::new(), running: false, released: false, cancels: Vec::new(), cancelled: false }) })
     }
 
     /// Queues `op`; returns true when the caller must start the task that runs the queue.
@@ -204,7 +214,11 @@ impl HandlerSlot {
             let (op, mut lease, cancels) = {
                 let mut state = self.state.lock();
                 match state.queue.pop_front() {
-                    Some(op) => (op, state.lease.take(), std::mem::take(&mut state.cancels)),
+                    Some(op) => {
+                        // Known before the lease leaves the slot, so a cancel while it runs works.
+                        state.canceller();
+                        (op, state.lease.take(), std::mem::take(&mut state.cancels))
+                    }
                     None => {
                         state.running = false;
                         let done = if state.released { state.lease.take() } else { None };
@@ -240,9 +254,6 @@ impl HandlerSlot {
             // later (meanwhile `stats()` said in use and the hand-over to a waiter was missed).
             let finished = {
                 let mut state = self.state.lock();
-                if state.canceller.is_none() {
-                    state.canceller = lease.as_ref().and_then(Lease::canceller);
-                }
                 state.lease = lease;
                 let finished = state.queue.is_empty() && !state.released;
                 if finished {
@@ -336,7 +347,30 @@ pub struct NativePool {
     completions: Arc<Completions>,
     detached: Arc<AtomicBool>,
     oneshots: Vec<Arc<OneShot>>,
-    handlers: Mutex<HashMap<u32, Arc<HandlerSlot>>>,
+    handlers: Mutex<HandlerTable>,
+}
+
+/// Handler slots by the JS handler number. JS hands out small numbers and reuses freed ones,
+/// so a vector indexed by number does what a hash map did, without hashing on every checkout.
+#[derive(Default)]
+struct HandlerTable(Vec<Option<Arc<HandlerSlot>>>);
+
+impl HandlerTable {
+    fn get(&self, handler: u32) -> Option<&Arc<HandlerSlot>> {
+        self.0.get(handler as usize).and_then(Option::as_ref)
+    }
+
+    fn insert(&mut self, handler: u32, slot: Arc<HandlerSlot>) {
+        let i = handler as usize;
+        if i >= self.0.len() {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i] = Some(slot);
+    }
+
+    fn remove(&mut self, handler: u32) -> Option<Arc<HandlerSlot>> {
+        self.0.get_mut(handler as usize).and_then(Option::take)
+    }
 }
 
 #[napi]
@@ -364,7 +398,7 @@ impl NativePool {
         let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new() });
         listen(&pool, &completions);
         let oneshots = pool.groups.iter().map(|g| OneShot::new(g.clone(), g.config.pipeline)).collect();
-        Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)), oneshots, handlers: Mutex::new(HashMap::new()) })
+        Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)), oneshots, handlers: Mutex::new(HandlerTable::default()) })
     }
 
     /// Every result queued since the last call, as one Buffer (see [`Completions`]). Copied into
@@ -434,7 +468,7 @@ impl NativePool {
                         op::COMMIT => HandlerOp::Commit(id),
                         _ => HandlerOp::Rollback(id),
                     };
-                    let slot = self.handlers.lock().get(&a).cloned();
+                    let slot = self.handlers.lock().get(a).cloned();
                     match slot {
                         Some(slot) => {
                             if slot.push(handler_op) {
@@ -486,13 +520,13 @@ impl NativePool {
     #[napi]
     pub fn release(&self, handler: u32, hand_over: bool, own_waiting: u32) -> bool {
         let mut handlers = self.handlers.lock();
-        let Some(slot) = handlers.get(&handler).cloned() else { return false };
+        let Some(slot) = handlers.get(handler).cloned() else { return false };
         let mut state = slot.state.lock();
         if !state.running && hand_over && !state.cancelled && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
             // Same slot, same number: the next checkout takes it as it is.
             return true;
         }
-        handlers.remove(&handler);
+        handlers.remove(handler);
         drop(handlers);
         state.released = true;
         if state.running {
@@ -512,9 +546,9 @@ impl NativePool {
     /// query); the statement then fails with SQLSTATE 57014.
     #[napi]
     pub fn cancel(&self, handler: u32) {
-        let Some(slot) = self.handlers.lock().get(&handler).cloned() else { return };
+        let Some(slot) = self.handlers.lock().get(handler).cloned() else { return };
         let mut state = slot.state.lock();
-        if let Some(canceller) = state.canceller.clone() {
+        if let Some(canceller) = state.canceller() {
             state.cancels.push(napi::bindgen_prelude::spawn(canceller.cancel()));
             state.cancelled = true;
         }
@@ -523,7 +557,7 @@ impl NativePool {
     /// Whether a transaction is open on `handler` (true while a statement is running on it).
     #[napi]
     pub fn in_transaction(&self, handler: u32) -> bool {
-        let Some(slot) = self.handlers.lock().get(&handler).cloned() else { return false };
+        let Some(slot) = self.handlers.lock().get(handler).cloned() else { return false };
         let state = slot.state.lock();
         match &state.lease {
             Some(lease) => lease.in_transaction(),

@@ -2,13 +2,14 @@
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{CancelToken, Client, Statement};
 
 use crate::error::{pg_error_text, PoolError};
 use crate::protocol::{command_of, decode_params, Param, ResultWriter};
@@ -24,10 +25,29 @@ pub enum TxState {
     Failed,
 }
 
-/// A session owned by the pool.
-pub struct PgConn {
+/// A session owned by the pool. Boxed: the pool moves sessions in and out of its idle lists
+/// and leases on every checkout, and the client alone is hundreds of bytes.
+pub struct PgConn(Box<Session>);
+
+impl std::ops::Deref for PgConn {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.0
+    }
+}
+
+/// What a `PgConn` holds.
+pub struct Session {
     /// The tokio-postgres client.
     pub client: Client,
+    /// How to cancel what runs on this session; shared, not rebuilt, on every checkout.
+    pub cancel_token: Arc<CancelToken>,
     /// Index of its endpoint within the group.
     pub endpoint: usize,
     /// When it was last returned to the pool by a user (for `idle_timeout`).
@@ -48,6 +68,12 @@ pub struct PgConn {
 impl PgConn {
     /// Wraps a fresh session.
     pub fn new(client: Client, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
+        Self(Box::new(Session::new(client, endpoint, cache_size, max_lifetime_ms)))
+    }
+}
+
+impl Session {
+    fn new(client: Client, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
         let now = Instant::now();
         let expires = (max_lifetime_ms > 0).then(|| {
             // Up to 10% jitter so connections opened together are not all replaced together.
@@ -55,6 +81,7 @@ impl PgConn {
             now + Duration::from_millis(max_lifetime_ms).mul_f64(jitter)
         });
         Self {
+            cancel_token: Arc::new(client.cancel_token()),
             client,
             endpoint,
             last_used: now,

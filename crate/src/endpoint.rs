@@ -329,7 +329,7 @@ impl Endpoint {
     /// nothing more on the session until this returns; it is a best effort (a proxy may close
     /// the cancel connection before the server has it), so a cancelled session is also never
     /// handed to another user.
-    pub async fn cancel(&self, token: tokio_postgres::CancelToken) {
+    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) {
         if self.config.host.starts_with('/') {
             // A Unix-domain socket directory: left to tokio-postgres.
             let _ = token.cancel_query(NoTls).await;

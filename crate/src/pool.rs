@@ -12,6 +12,7 @@
 //! and takes it back once the monitor sees its role fit again (a promoted standby).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -130,7 +131,7 @@ struct GroupState {
     total: usize,
     waiters: VecDeque<Waiter>,
     next_id: u64,
-    leased: HashMap<u64, (usize, CancelToken)>,
+    leased: HashMap<u64, (usize, Arc<CancelToken>), BuildHasherDefault<IdHasher>>,
     closed: bool,
 }
 
@@ -157,6 +158,27 @@ enum Return {
 
 /// Connections being closed, with why; they are counted and dropped outside the state lock.
 type Retired = Vec<(PgConn, DisconnectReason)>;
+
+/// Hashes lease ids (a counter) with one multiplication: the default SipHash cost more than
+/// the rest of a checkout's bookkeeping.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// A group of connections.
 pub struct Group {
@@ -189,7 +211,7 @@ impl Group {
                 total: 0,
                 waiters: VecDeque::new(),
                 next_id: 0,
-                leased: HashMap::new(),
+                leased: HashMap::default(),
                 closed: false,
             }),
             tick: AtomicUsize::new(0),
@@ -912,11 +934,11 @@ impl Group {
     }
 
     fn cancel_leased(&self) {
-        let leased: Vec<(usize, CancelToken)> = self.state.lock().leased.values().cloned().collect();
+        let leased: Vec<(usize, Arc<CancelToken>)> = self.state.lock().leased.values().cloned().collect();
         for (e, token) in leased {
             let endpoint = self.endpoints[e].clone();
             napi::bindgen_prelude::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.cancel(token)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.cancel(&token)).await;
             });
         }
     }
@@ -978,13 +1000,13 @@ impl Group {
 #[derive(Clone)]
 pub struct Canceller {
     endpoint: Arc<Endpoint>,
-    token: CancelToken,
+    token: Arc<CancelToken>,
 }
 
 impl Canceller {
     /// Sends the cancel request; gives up after 2 s.
     pub async fn cancel(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.cancel(self.token)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.cancel(&self.token)).await;
     }
 }
 
@@ -1011,7 +1033,7 @@ pub struct Lease {
 impl Lease {
     fn new(group: Arc<Group>, mut conn: PgConn) -> Self {
         *conn.uses.get_mut() += 1;
-        let token = conn.client.cancel_token();
+        let token = conn.cancel_token.clone();
         let id = {
             let mut state = group.state.lock();
             let id = state.next_id;
@@ -1054,10 +1076,10 @@ impl Lease {
         let text = format!("no answer within {} ms (query_timeout, checked client-side)", limit.as_millis());
         self.group.record(EventKind::Error, conn.endpoint, Some(text.clone()));
         let message = format!("{}: {text}; the statement was cancelled and may have run", endpoint.label());
-        let token = conn.client.cancel_token();
+        let token = conn.cancel_token.clone();
         let canceller = endpoint.clone();
         napi::bindgen_prelude::spawn(async move {
-            let _ = tokio::time::timeout(canceller.connect_timeout(), canceller.cancel(token)).await;
+            let _ = tokio::time::timeout(canceller.connect_timeout(), canceller.cancel(&token)).await;
         });
         if endpoint.begin_check() {
             napi::bindgen_prelude::spawn(async move {
@@ -1232,7 +1254,7 @@ impl Lease {
     /// A handle that cancels the statement running on this session from elsewhere.
     pub fn canceller(&self) -> Option<Canceller> {
         let conn = self.conn.as_ref()?;
-        Some(Canceller { endpoint: self.group.endpoints[conn.endpoint].clone(), token: conn.client.cancel_token() })
+        Some(Canceller { endpoint: self.group.endpoints[conn.endpoint].clone(), token: conn.cancel_token.clone() })
     }
 
     /// Whether a transaction is open on this lease.
