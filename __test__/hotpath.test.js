@@ -46,6 +46,34 @@ test('one-shot queries pipeline on the connections they have: every result is it
   await pool.close()
 })
 
+test('past every connection\'s pipeline depth, one-shot statements wait for a freed slot: all are answered, each its own, on the configured sessions', async (t) => {
+  const { pool, app } = makePool({ default: { connection_count: 1, pipeline: 4 } })
+  await pool.query('SELECT 1')
+  const n = 300
+  const results = await Promise.all(Array.from({ length: n }, (_, i) => pool.query('SELECT $1::int AS i', [i])))
+  results.forEach((r, i) => t.is(r.rows[0].i, i))
+  t.true((await server.sessions(app)) <= 1)
+  const g = pool.stats().groups.default
+  t.true(g.waits >= n - 4, `${g.waits} statements counted as waiting`)
+  t.is(g.waiting, 0)
+  t.is(g.inUse, 0)
+  await pool.close()
+})
+
+test('a one-shot statement waiting for a pipeline slot keeps acquire_timeout and max_waiting', async (t) => {
+  const { pool } = makePool({ default: { connection_count: 1, pipeline: 1, acquire_timeout: 300, max_waiting: 2 } })
+  await pool.query('SELECT 1')
+  const slow = pool.query('SELECT pg_sleep(1.5) AS slept')
+  const waiters = [pool.query('SELECT 1'), pool.query('SELECT 2')]
+  await waitFor(() => pool.stats().groups.default.waiting === 2, { what: 'two statements waiting for the slot' })
+  await t.throwsAsync(pool.query('SELECT 3'), { instanceOf: PoolTimeoutError, message: /max_waiting/ })
+  for (const w of waiters) await t.throwsAsync(w, { instanceOf: PoolTimeoutError, message: /acquire_timeout/ })
+  t.is((await slow).rowCount, 1)
+  t.is(pool.stats().groups.default.waiting, 0)
+  t.is((await pool.query('SELECT 4 AS v')).rows[0].v, 4)
+  await pool.close()
+})
+
 test('a handler checkout is not starved by a stream of pipelined one-shot queries', async (t) => {
   const { pool } = makePool({ default: { connection_count: 2, pipeline: 8, acquire_timeout: 10000 } })
   await pool.ready

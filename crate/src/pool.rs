@@ -192,6 +192,8 @@ pub struct Group {
     returned: Notify,
     /// Set when `close` gave up waiting: leases still out fail their next statement.
     pub revoked: AtomicBool,
+    /// One-shot statements waiting for a pipeline slot (see `oneshot.rs`), over every thread.
+    slot_waiting: AtomicUsize,
     counters: Counters,
     events: Arc<Events>,
 }
@@ -217,6 +219,7 @@ impl Group {
             tick: AtomicUsize::new(0),
             returned: Notify::new(),
             revoked: AtomicBool::new(false),
+            slot_waiting: AtomicUsize::new(0),
             counters: Counters::default(),
             events,
         }
@@ -611,7 +614,31 @@ impl Group {
         }
     }
 
-    fn timeout_error(&self, detail: &str) -> PoolError {
+    /// Counts a one-shot statement that waits for a pipeline slot; refused past `max_waiting`,
+    /// like a checkout. Pair with [`Group::slot_wait_ended`].
+    pub fn slot_wait_begins(&self) -> Result<(), PoolError> {
+        let waiting = self.state.lock().waiters.len() + self.slot_waiting.load(Ordering::Relaxed);
+        if waiting >= self.config.max_waiting {
+            bump(&self.counters.timeouts);
+            return Err(PoolError::Timeout(format!("group '{}': {waiting} checkouts already waiting (max_waiting)", self.config.name)));
+        }
+        self.slot_waiting.fetch_add(1, Ordering::Relaxed);
+        bump(&self.counters.waits);
+        Ok(())
+    }
+
+    /// Ends a wait counted by [`Group::slot_wait_begins`].
+    pub fn slot_wait_ended(&self) {
+        self.slot_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether the group may open another connection (it is below `connection_count`).
+    pub fn can_grow(&self) -> bool {
+        self.state.lock().total < self.config.connection_count
+    }
+
+    /// The error of a checkout that waited out `acquire_timeout` (counted as a timeout).
+    pub fn timeout_error(&self, detail: &str) -> PoolError {
         bump(&self.counters.timeouts);
         PoolError::Timeout(format!(
             "group '{}': no connection within acquire_timeout ({} ms): {detail}",
@@ -981,7 +1008,7 @@ impl Group {
             idle: state.slots.iter().map(|s| s.idle.len() + s.checking).sum(),
             in_use: state.slots.iter().map(|s| s.in_use).sum(),
             opening: state.slots.iter().map(|s| s.opening).sum(),
-            waiting: state.waiters.len(),
+            waiting: state.waiters.len() + self.slot_waiting.load(Ordering::Relaxed),
             acquires: load(&c.acquires),
             waits: load(&c.waits),
             timeouts: load(&c.timeouts),
