@@ -58,18 +58,22 @@ export class Checkout {
   }
 
   /**
-   * A handler number holding a connection when one is idle right now; otherwise -1, and later
-   * exactly one of `resolve` (with the handler number) or `reject` is called.
+   * A handler number holding a connection when one is idle right now and nobody waits before
+   * this caller; otherwise -1, and the caller goes on with `wait`.
    */
-  acquire(resolve: (handler: number) => void, reject: (error: Error) => void, signal?: AbortSignal): number {
+  take(signal?: AbortSignal): number {
     if (signal?.aborted) throw new AbortError(signal.reason)
     if (this.#closed) throw new PoolClosedError()
+    if (this.#live > 0) return -1
     const core = this.#core
-    if (this.#live === 0) {
-      const handler = core.handler()
-      if (core.native.tryAcquire(this.#limits.index, handler)) return handler
-      core.freeHandler(handler)
-    }
+    const handler = core.handler()
+    if (core.tryAcquire(this.#limits.index, handler)) return handler
+    core.freeHandler(handler)
+    return -1
+  }
+
+  /** Queues a checkout that `take` could not serve: exactly one of `resolve` or `reject` follows. */
+  wait(resolve: (handler: number) => void, reject: (error: Error) => void, signal?: AbortSignal): void {
     if (this.#live >= this.#limits.maxWaiting) {
       this.timeouts++
       throw new PoolTimeoutError(`group '${this.#limits.name}': ${this.#live} checkouts already waiting (max_waiting)`)
@@ -85,7 +89,6 @@ export class Checkout {
     this.waits++
     if (this.#timer === undefined) this.#arm()
     if (this.#requested < this.#live) this.#request()
-    return -1
   }
 
   /**
@@ -95,9 +98,9 @@ export class Checkout {
   release(handler: number): void {
     const core = this.#core
     core.flush()
-    if (core.native.release(handler, this.#live > 0, this.#requested)) {
+    if (core.release(handler, this.#live > 0, this.#requested)) {
       if (this.#serve(handler)) return
-      core.native.release(handler, false, 0)
+      core.release(handler, false, 0)
     }
     core.freeHandler(handler)
   }
@@ -122,14 +125,14 @@ export class Checkout {
         this.#requested--
         if (!this.#serve(handler)) {
           core.flush()
-          core.native.release(handler, false, 0)
+          core.release(handler, false, 0)
           core.freeHandler(handler)
         }
       },
       (error: Error) => {
         this.#requested--
         core.flush()
-        core.native.release(handler, false, 0)
+        core.release(handler, false, 0)
         core.freeHandler(handler)
         // Waiters keep their own deadlines; a request that timed out in the core is renewed.
         if (error instanceof PoolTimeoutError) {

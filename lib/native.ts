@@ -6,6 +6,8 @@ import { AbortError, PgDbPoolError, fromWire } from './errors'
 
 export type NativePool = import('../binding').NativePool
 
+const binding: typeof import('../binding') = require('../binding.js')
+
 /** Operation codes of the submission format (crate/src/bindings.rs, `mod op`). */
 export const enum Op {
   Query = 1,
@@ -56,12 +58,32 @@ export class Core {
   #nextHandler = 0
   readonly #freeHandlers: number[] = []
   native!: NativePool
+  /** The native object's number, for the checkout calls that skip napi-rs's class lookup. */
+  #id = 0
   /** Receives the core's lifecycle events (a JSON array). */
   onEvents: (json: string) => void = () => {}
   decode!: <R>(buf: Buffer, rowMode: RowMode) => QueryResult<R>
 
   constructor() {
     this.#keepAlive.unref()
+  }
+
+  attach(native: NativePool): void {
+    this.native = native
+    this.#id = native.id
+  }
+
+  /** Gives `handler` an idle connection of group `group` now, if one is at hand. */
+  tryAcquire(group: number, handler: number): boolean {
+    return binding.tryAcquireHandler(this.#id, group, handler)
+  }
+
+  /**
+   * Lets go of `handler`; with `handOver`, true when its clean connection stays under the same
+   * number for this thread's next waiting checkout (nobody but `ownWaiting` queued in the core).
+   */
+  release(handler: number, handOver: boolean, ownWaiting: number): boolean {
+    return binding.releaseHandler(this.#id, handler, handOver, ownWaiting)
   }
 
   /** A handler number for the core; give it back with `freeHandler` once released. */

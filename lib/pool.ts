@@ -159,7 +159,7 @@ export class Pool extends EventEmitter {
     } catch (e) {
       throw fromNative(e)
     }
-    this.#core.native = this.#native
+    this.#core.attach(this.#native)
     this.#core.decode = (buf, rowMode) => decodeResult(buf, rowMode, this.#config.types)
     this.#core.onEvents = (json) => {
       for (const event of JSON.parse(json) as PoolEvent[]) this.notify(event.type, event)
@@ -323,12 +323,24 @@ export class Handler implements AsyncDisposable {
     if (this.#released) return Promise.reject(new PoolClosedError('this handler was already released'))
     // Taken here, where the caller is on the stack (a wait ends in a callback from the core).
     const stack = this.#ctx.leakThreshold > 0 ? (new Error('handler taken here').stack ?? '').replace(/^Error: /, '') : ''
+    const checkout = this.#ctx.checkout
+    const signal = options?.signal
+    let handler: number
+    try {
+      handler = checkout.take(signal)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    if (handler >= 0) {
+      this.#acquired(handler, stack)
+      return RESOLVED
+    }
     let settle!: () => void
     let fail!: (e: Error) => void
     const granted = (handler: number) => {
       this.#acquiring = undefined
       if (this.#released) {
-        this.#ctx.checkout.release(handler)
+        checkout.release(handler)
         fail(new PoolClosedError('this handler was released while it waited for a connection'))
         return
       }
@@ -339,16 +351,12 @@ export class Handler implements AsyncDisposable {
       this.#acquiring = undefined
       fail(e)
     }
-    let handler: number
     try {
-      handler = this.#ctx.checkout.acquire(granted, failed, options?.signal)
+      checkout.wait(granted, failed, signal)
     } catch (e) {
       return Promise.reject(e)
     }
-    if (handler >= 0) {
-      this.#acquired(handler, stack)
-      return RESOLVED
-    }
+    // `granted` and `failed` are only ever called later, from the core, a timer or the signal.
     this.#acquiring = new Promise<void>((resolve, reject) => {
       settle = resolve
       fail = reject

@@ -23,7 +23,7 @@ use napi::bindgen_prelude::{Buffer, BufferSlice, Function, PromiseRaw};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Result, Status};
 use napi_derive::napi;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
 use crate::config::PoolConfig;
@@ -343,6 +343,12 @@ impl Job {
 /// A pool as seen from one JS thread.
 #[napi]
 pub struct NativePool {
+    core: Arc<Core>,
+    id: u32,
+}
+
+/// What a [`NativePool`] holds; also reachable by number through [`CORES`].
+pub struct Core {
     pool: Arc<Pool>,
     completions: Arc<Completions>,
     detached: Arc<AtomicBool>,
@@ -373,6 +379,48 @@ impl HandlerTable {
     }
 }
 
+impl std::ops::Deref for NativePool {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// The cores of live JS pool objects, by number. `try_acquire_handler` and `release_handler`
+/// run on every checkout, and napi-rs registers a borrow of the class instance on every method
+/// call, a sixth of a whole checkout/release cycle; a number costs a read lock.
+static CORES: LazyLock<RwLock<Vec<Option<Arc<Core>>>>> = LazyLock::new(|| RwLock::new(Vec::new()));
+
+fn register(core: Arc<Core>) -> u32 {
+    let mut cores = CORES.write();
+    let id = cores.iter().position(Option::is_none).unwrap_or_else(|| {
+        cores.push(None);
+        cores.len() - 1
+    });
+    cores[id] = Some(core);
+    id as u32
+}
+
+/// Gives handler `handler` of pool object `core` an idle connection of group `group` if one is
+/// at hand right now. `false` means submit an acquire instead.
+#[napi]
+pub fn try_acquire_handler(core: u32, group: u32, handler: u32) -> Result<bool> {
+    let cores = CORES.read();
+    let core = cores.get(core as usize).and_then(Option::as_ref).ok_or(PoolError::Closed)?;
+    Ok(core.try_acquire(group, handler)?)
+}
+
+/// Lets go of `handler` of pool object `core`. Synchronous: an open transaction is rolled back
+/// in the background, and the connection is not handed to anyone before that is done. With
+/// `hand_over`, a clean connection stays under the same handler number for the caller's next
+/// waiting checkout (returns true), provided no checkout other than the caller's `own_waiting`
+/// ones is queued in the core.
+#[napi]
+pub fn release_handler(core: u32, handler: u32, hand_over: bool, own_waiting: u32) -> bool {
+    let cores = CORES.read();
+    cores.get(core as usize).and_then(Option::as_ref).is_some_and(|core| core.release(handler, hand_over, own_waiting))
+}
+
 #[napi]
 impl NativePool {
     /// Creates (or, with `shared`, joins) a pool. No I/O happens here. `on_complete` is called
@@ -398,7 +446,15 @@ impl NativePool {
         let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new() });
         listen(&pool, &completions);
         let oneshots = pool.groups.iter().map(|g| OneShot::new(g.clone(), g.config.pipeline)).collect();
-        Ok(Self { pool, completions, detached: Arc::new(AtomicBool::new(false)), oneshots, handlers: Mutex::new(HandlerTable::default()) })
+        let core = Arc::new(Core { pool, completions, detached: Arc::new(AtomicBool::new(false)), oneshots, handlers: Mutex::new(HandlerTable::default()) });
+        let id = register(core.clone());
+        Ok(Self { core, id })
+    }
+
+    /// This object's number for `tryAcquireHandler` and `releaseHandler`.
+    #[napi(getter)]
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// Every result queued since the last call, as one Buffer (see [`Completions`]). Copied into
@@ -498,50 +554,6 @@ impl NativePool {
         Ok(())
     }
 
-    /// Gives handler `handler` an idle connection of group `group` if one is at hand right now.
-    /// `false` means submit an acquire instead.
-    #[napi]
-    pub fn try_acquire(&self, group: u32, handler: u32) -> Result<bool> {
-        let group = self.group(group)?;
-        Ok(match group.try_acquire_now() {
-            Some(lease) => {
-                self.handlers.lock().insert(handler, HandlerSlot::new(group, Some(lease)));
-                true
-            }
-            None => false,
-        })
-    }
-
-    /// Lets go of `handler`. Synchronous: an open transaction is rolled back in the background,
-    /// and the connection is not handed to anyone before that is done. With `hand_over`, a clean
-    /// connection stays under the same handler number for the caller's next waiting checkout
-    /// (returns true), provided no checkout other than the caller's `own_waiting` ones is queued
-    /// in the core.
-    #[napi]
-    pub fn release(&self, handler: u32, hand_over: bool, own_waiting: u32) -> bool {
-        let mut handlers = self.handlers.lock();
-        let Some(slot) = handlers.get(handler).cloned() else { return false };
-        let mut state = slot.state.lock();
-        if !state.running && hand_over && !state.cancelled && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
-            // Same slot, same number: the next checkout takes it as it is.
-            return true;
-        }
-        handlers.remove(handler);
-        drop(handlers);
-        state.released = true;
-        if state.running {
-            // Its task lets go of the connection once the queued statements are done.
-            return false;
-        }
-        let lease = state.lease.take();
-        if state.cancelled {
-            lease.iter().for_each(Lease::discard);
-        }
-        drop(state);
-        drop(lease);
-        false
-    }
-
     /// Asks the server to cancel the statement running on `handler`'s connection (for an aborted
     /// query); the statement then fails with SQLSTATE 57014.
     #[napi]
@@ -584,6 +596,46 @@ impl NativePool {
         })
     }
 
+}
+
+impl Core {
+    /// See [`try_acquire_handler`].
+    fn try_acquire(&self, group: u32, handler: u32) -> std::result::Result<bool, PoolError> {
+        let group = self.group(group)?;
+        Ok(match group.try_acquire_now() {
+            Some(lease) => {
+                self.handlers.lock().insert(handler, HandlerSlot::new(group, Some(lease)));
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// See [`release_handler`].
+    fn release(&self, handler: u32, hand_over: bool, own_waiting: u32) -> bool {
+        let mut handlers = self.handlers.lock();
+        let Some(slot) = handlers.get(handler).cloned() else { return false };
+        let mut state = slot.state.lock();
+        if !state.running && hand_over && !state.cancelled && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
+            // Same slot, same number: the next checkout takes it as it is.
+            return true;
+        }
+        handlers.remove(handler);
+        drop(handlers);
+        state.released = true;
+        if state.running {
+            // Its task lets go of the connection once the queued statements are done.
+            return false;
+        }
+        let lease = state.lease.take();
+        if state.cancelled {
+            lease.iter().for_each(Lease::discard);
+        }
+        drop(state);
+        drop(lease);
+        false
+    }
+
     fn group(&self, index: u32) -> std::result::Result<Arc<Group>, PoolError> {
         if self.pool.is_closed() {
             return Err(PoolError::Closed);
@@ -594,6 +646,7 @@ impl NativePool {
 
 impl Drop for NativePool {
     fn drop(&mut self) {
+        CORES.write()[self.id as usize] = None;
         if !self.detached.swap(true, Ordering::SeqCst) {
             self.pool.users.fetch_sub(1, Ordering::SeqCst);
         }

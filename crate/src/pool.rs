@@ -408,7 +408,7 @@ impl Group {
     pub fn try_acquire_now(self: &Arc<Self>) -> Option<Lease> {
         let now = Instant::now();
         let ping_after = Duration::from_millis(self.config.ping_after_idle);
-        let conn = {
+        let (conn, id) = {
             let mut state = self.state.lock();
             if state.closed || !state.waiters.is_empty() {
                 return None;
@@ -429,10 +429,11 @@ impl Group {
             let conn = state.slots[e].idle.pop()?;
             state.slots[e].in_use += 1;
             self.tick.fetch_add(1, Ordering::Relaxed);
-            conn
+            let id = register_lease(&mut state, &conn);
+            (conn, id)
         };
         bump(&self.counters.acquires);
-        Some(Lease::new(self.clone(), conn))
+        Some(Lease::registered(self.clone(), conn, id))
     }
 
     /// Reserves an endpoint for a capacity unit granted to a waiter.
@@ -465,19 +466,27 @@ impl Group {
 
     /// Returns a checked-out connection (or closes it); see [`Group::give_back`].
     fn check_in(self: &Arc<Self>, conn: PgConn, how: Return) {
-        self.give_back(conn, how, false);
+        self.give_back(conn, how, false, None);
+    }
+
+    /// [`Group::check_in`] of a lease's connection, ending the lease under the same lock.
+    fn check_in_leased(self: &Arc<Self>, conn: PgConn, how: Return, lease: u64) {
+        self.give_back(conn, how, false, Some(lease));
     }
 
     /// Returns a connection that was checked out (or `borrowed` by the health monitor), or
     /// closes it, serving the first waiter if there is one. A connection retired for its age or
     /// use count is replaced in the background.
-    fn give_back(self: &Arc<Self>, mut conn: PgConn, how: Return, borrowed: bool) {
+    fn give_back(self: &Arc<Self>, mut conn: PgConn, how: Return, borrowed: bool, lease: Option<u64>) {
         let now = Instant::now();
         let e = conn.endpoint;
         let mut retired = Retired::new();
         let mut replace = None;
         {
             let mut state = self.state.lock();
+            if let Some(id) = lease {
+                state.leased.remove(&id);
+            }
             if borrowed {
                 state.slots[e].checking -= 1;
             } else {
@@ -1057,17 +1066,23 @@ pub struct Lease {
     recheck: AtomicBool,
 }
 
+/// Records a session as leased (so that `close` can cancel what runs on it); returns the id.
+fn register_lease(state: &mut GroupState, conn: &PgConn) -> u64 {
+    let id = state.next_id;
+    state.next_id += 1;
+    state.leased.insert(id, (conn.endpoint, conn.cancel_token.clone()));
+    id
+}
+
 impl Lease {
-    fn new(group: Arc<Group>, mut conn: PgConn) -> Self {
+    fn new(group: Arc<Group>, conn: PgConn) -> Self {
+        let id = register_lease(&mut group.state.lock(), &conn);
+        Self::registered(group, conn, id)
+    }
+
+    /// A lease on `conn`, already recorded under `id` by [`register_lease`].
+    fn registered(group: Arc<Group>, mut conn: PgConn, id: u64) -> Self {
         *conn.uses.get_mut() += 1;
-        let token = conn.cancel_token.clone();
-        let id = {
-            let mut state = group.state.lock();
-            let id = state.next_id;
-            state.next_id += 1;
-            state.leased.insert(id, (conn.endpoint, token));
-            id
-        };
         if group.events.hot() {
             group.record(EventKind::Acquire, conn.endpoint, None);
         }
@@ -1292,16 +1307,20 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.group.state.lock().leased.remove(&self.id);
-        let Some(mut conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            self.group.state.lock().leased.remove(&self.id);
+            return;
+        };
         let group = self.group.clone();
         if group.events.hot() {
             group.record(EventKind::Release, conn.endpoint, None);
         }
         if self.broken.load(Ordering::Relaxed) || conn.is_broken() {
             let reason = if conn.is_broken() { DisconnectReason::Broken } else { DisconnectReason::Error };
-            group.check_in(conn, Return::Discard(reason));
+            group.check_in_leased(conn, Return::Discard(reason), self.id);
         } else if conn.tx != TxState::Idle || self.recheck.load(Ordering::Relaxed) {
+            // No longer cancellable by `close` once its rollback runs in the background.
+            group.state.lock().leased.remove(&self.id);
             // The slot stays taken until the rollback and role check are done, so nobody gets
             // a connection that is still inside someone else's transaction or on a server that
             // can no longer serve the group.
@@ -1319,7 +1338,7 @@ impl Drop for Lease {
                 group.check_in(conn, if ok { Return::Reuse } else { Return::Discard(DisconnectReason::Error) });
             });
         } else {
-            group.check_in(conn, Return::Reuse);
+            group.check_in_leased(conn, Return::Reuse, self.id);
         }
     }
 }
@@ -1520,7 +1539,7 @@ async fn check_endpoint(endpoint: Arc<Endpoint>, groups: Vec<Arc<Group>>) {
                 Answer::Alive => Return::Checked,
                 Answer::Dead | Answer::Silent => Return::Discard(DisconnectReason::Broken),
             };
-            group.give_back(conn, how, true);
+            group.give_back(conn, how, true, None);
         }
         None => {
             if groups.iter().any(|g| g.rejects(&endpoint)) {
