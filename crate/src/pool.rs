@@ -387,14 +387,7 @@ impl Group {
                 }
             }
         }
-        if state.waiters.len() >= self.config.max_waiting {
-            bump(&self.counters.timeouts);
-            return Err(PoolError::Timeout(format!(
-                "group '{}': {} checkouts already waiting (max_waiting)",
-                self.config.name,
-                state.waiters.len()
-            )));
-        }
+        self.check_max_waiting(&state)?;
         let (tx, rx) = oneshot::channel();
         let id = state.next_id;
         state.next_id += 1;
@@ -626,14 +619,21 @@ impl Group {
     /// Counts a one-shot statement that waits for a pipeline slot; refused past `max_waiting`,
     /// like a checkout. Pair with [`Group::slot_wait_ended`].
     pub fn slot_wait_begins(&self) -> Result<(), PoolError> {
-        let waiting = self.state.lock().waiters.len() + self.slot_waiting.load(Ordering::Relaxed);
-        if waiting >= self.config.max_waiting {
-            bump(&self.counters.timeouts);
-            return Err(PoolError::Timeout(format!("group '{}': {waiting} checkouts already waiting (max_waiting)", self.config.name)));
-        }
+        self.check_max_waiting(&self.state.lock())?;
         self.slot_waiting.fetch_add(1, Ordering::Relaxed);
         bump(&self.counters.waits);
         Ok(())
+    }
+
+    /// Refuses one more waiter once `max_waiting` checkouts (queued here or waiting for a
+    /// pipeline slot) already wait.
+    fn check_max_waiting(&self, state: &GroupState) -> Result<(), PoolError> {
+        let waiting = state.waiters.len() + self.slot_waiting.load(Ordering::Relaxed);
+        if waiting < self.config.max_waiting {
+            return Ok(());
+        }
+        bump(&self.counters.timeouts);
+        Err(PoolError::Timeout(format!("group '{}': {waiting} checkouts already waiting (max_waiting)", self.config.name)))
     }
 
     /// Ends a wait counted by [`Group::slot_wait_begins`].
