@@ -66,6 +66,11 @@ export interface GroupConfig {
   pipeline?: number
   /** Milliseconds a handler may hold a connection before it is reported as a leak (0: off). */
   leak_threshold?: number
+  /**
+   * Undo what a user changed on a session (settings, role, temp tables, advisory locks, LISTEN,
+   * cursors, prepared statements) before the next user gets it; default true.
+   */
+  reset_on_release?: boolean
 }
 
 export interface TypeOptions {
@@ -110,6 +115,7 @@ export const GROUP_DEFAULTS = {
   statement_cache_size: 256,
   pipeline: 8,
   leak_threshold: 0,
+  reset_on_release: true,
 }
 
 export interface NormalizedEndpoint extends Required<Omit<EndpointConfig, 'pass' | 'ssl_ca' | 'ssl_cert' | 'ssl_key'>> {
@@ -196,7 +202,7 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
 }
 
 const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
-const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold'] as const
+const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold', 'reset_on_release'] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
 /** Parses `postgres://user:pass@host:port/db?sslmode=...&application_name=...`. */
@@ -375,6 +381,7 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
     statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, 0, GROUP_DEFAULTS.statement_cache_size),
     pipeline: integer(raw.pipeline, `${path}.pipeline`, 1, GROUP_DEFAULTS.pipeline),
     leak_threshold: integer(raw.leak_threshold, `${path}.leak_threshold`, 0, GROUP_DEFAULTS.leak_threshold),
+    reset_on_release: boolean(raw.reset_on_release, `${path}.reset_on_release`, GROUP_DEFAULTS.reset_on_release),
   }
 }
 

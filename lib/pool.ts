@@ -77,6 +77,10 @@ export interface GroupStats {
   /** One-shot statements retried on another connection because they had not been sent. */
   retries: number
   queryErrors: number
+  /** Sessions reset for a new user (`reset_on_release`) because the last one may have changed session state. */
+  resets: number
+  /** Sessions released inside a transaction (open or failed), rolled back before anyone else got them. */
+  releaseRollbacks: number
   endpoints: EndpointStats[]
 }
 

@@ -616,7 +616,7 @@ impl Core {
         let mut handlers = self.handlers.lock();
         let Some(slot) = handlers.get(handler).cloned() else { return false };
         let mut state = slot.state.lock();
-        if !state.running && hand_over && !state.cancelled && state.lease.as_ref().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
+        if !state.running && hand_over && !state.cancelled && state.lease.as_mut().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
             // Same slot, same number: the next checkout takes it as it is.
             return true;
         }

@@ -190,6 +190,9 @@ pub struct GroupConfig {
     /// How many one-shot statements may be in flight on one connection once every connection
     /// is busy (1 turns pipelining off).
     pub pipeline: usize,
+    /// Undo what a user changed on a session (settings, role, temp tables, locks, LISTEN,
+    /// cursors, prepared statements) before the next user gets it.
+    pub reset_on_release: bool,
 }
 
 /// The whole pool.

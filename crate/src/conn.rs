@@ -1,29 +1,22 @@
-//! One pooled session: the client, its statement cache and its transaction state.
+//! One pooled session: the client, its statement cache, what the server reports on it, and
+//! the reset that keeps one user's session state from reaching the next.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, TryStreamExt};
 use lru::LruCache;
 use parking_lot::Mutex;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{CancelToken, Client, Statement};
+use tokio_postgres::{Client, Statement};
 
+use crate::endpoint::{CancelTarget, Opened};
 use crate::error::{pg_error_text, PoolError};
 use crate::protocol::{command_of, decode_params, Param, ResultWriter};
-
-/// Transaction state as tracked from the statements we ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxState {
-    /// No transaction open.
-    Idle,
-    /// A transaction is open and healthy.
-    Open,
-    /// A statement failed inside the transaction; only ROLLBACK can end it.
-    Failed,
-}
+use crate::status::{SessionStatus, TxStatus};
 
 /// A session owned by the pool. Boxed: the pool moves sessions in and out of its idle lists
 /// and leases on every checkout, and the client alone is hundreds of bytes.
@@ -46,8 +39,10 @@ impl std::ops::DerefMut for PgConn {
 pub struct Session {
     /// The tokio-postgres client.
     pub client: Client,
+    /// Transaction status and reported settings, as the server last said (see `status.rs`).
+    pub status: Arc<SessionStatus>,
     /// How to cancel what runs on this session; shared, not rebuilt, on every checkout.
-    pub cancel_token: Arc<CancelToken>,
+    pub cancel_token: Arc<CancelTarget>,
     /// Index of its endpoint within the group.
     pub endpoint: usize,
     /// When it was last returned to the pool by a user (for `idle_timeout`).
@@ -59,21 +54,43 @@ pub struct Session {
     pub uses: AtomicU64,
     /// When it must be replaced (`max_lifetime`, jittered).
     pub expires: Option<Instant>,
-    /// Transaction state.
-    pub tx: TxState,
+    /// Its user ran something that may have changed session state (anything but a plain
+    /// one-shot read or write): reset it before the next user. Atomic because a script can
+    /// turn up on the shared (pipelined) path.
+    used: AtomicBool,
+    /// The reset to send in front of the next statement (see [`Session::end_of_user`]).
+    reset_due: Option<&'static str>,
     /// Behind a lock because pipelined one-shot queries share the session (see `query_shared`).
     statements: Option<Mutex<LruCache<String, Statement>>>,
 }
 
+/// Everything a user can leave on a session, undone, except the pool's own prepared
+/// statements (as Npgsql and PgBouncer do when they keep prepared statements; `DISCARD ALL`
+/// would drop those too). One simple query, pipelined in front of the next user's statement.
+const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD SEQUENCES; DISCARD TEMP";
+/// The same, after the user ran an SQL-level `PREPARE`: every prepared statement goes, ours
+/// too (the cache is emptied with it).
+const RESET_AND_DEALLOCATE: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD SEQUENCES; DISCARD TEMP; DEALLOCATE ALL";
+
+/// How long to wait for the ReadyForQuery that follows an error before giving up on the session.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Whether a statement is transaction control that needs no `BEGIN` of ours in front of it on
+/// an `autocommit: false` group (it would only turn the user's own `BEGIN ISOLATION LEVEL ...`
+/// into a warning). Only a hint for what to send: the transaction state itself is the server's.
+fn is_transaction_control(command: &str) -> bool {
+    matches!(command, "BEGIN" | "COMMIT" | "ROLLBACK")
+}
+
 impl PgConn {
     /// Wraps a fresh session.
-    pub fn new(client: Client, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
-        Self(Box::new(Session::new(client, endpoint, cache_size, max_lifetime_ms)))
+    pub fn new(opened: Opened, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
+        Self(Box::new(Session::new(opened, endpoint, cache_size, max_lifetime_ms)))
     }
 }
 
 impl Session {
-    fn new(client: Client, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
+    fn new(opened: Opened, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
         let now = Instant::now();
         let expires = (max_lifetime_ms > 0).then(|| {
             // Up to 10% jitter so connections opened together are not all replaced together.
@@ -81,14 +98,16 @@ impl Session {
             now + Duration::from_millis(max_lifetime_ms).mul_f64(jitter)
         });
         Self {
-            cancel_token: Arc::new(client.cancel_token()),
-            client,
+            cancel_token: Arc::new(opened.cancel),
+            client: opened.client,
+            status: opened.status,
             endpoint,
             last_used: now,
             last_alive: now,
             uses: AtomicU64::new(0),
             expires,
-            tx: TxState::Idle,
+            used: AtomicBool::new(false),
+            reset_due: None,
             statements: NonZeroUsize::new(cache_size).map(|n| Mutex::new(LruCache::new(n))),
         }
     }
@@ -96,6 +115,67 @@ impl Session {
     /// Whether the socket is gone.
     pub fn is_broken(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// The server's transaction status after the last statement.
+    pub fn tx(&self) -> TxStatus {
+        self.status.tx()
+    }
+
+    /// An error reaches us before the ReadyForQuery that follows it: wait for that (and for any
+    /// other answer still due) so that [`Session::tx`] is current, then pass `result` on.
+    async fn settle<T>(&self, result: Result<T, PoolError>) -> Result<T, PoolError> {
+        if result.is_ok() {
+            return result;
+        }
+        match tokio::time::timeout(SETTLE_LIMIT, self.status.settled()).await {
+            Ok(()) => result,
+            Err(_) => Err(PoolError::Connection(format!(
+                "the server did not finish its answer within {} s of an error; the connection is dropped",
+                SETTLE_LIMIT.as_secs()
+            ))),
+        }
+    }
+
+    /// Its user is done with it: if they may have changed session state, the reset goes out in
+    /// front of the next statement (of whoever gets the session next). Returns whether a reset
+    /// is now due.
+    pub fn end_of_user(&mut self) -> bool {
+        let settings = self.status.take_settings_changed();
+        let prepared = self.status.take_prepared();
+        let used = std::mem::take(self.used.get_mut());
+        if !(used || settings || prepared || self.reset_due.is_some()) {
+            return false;
+        }
+        if prepared || self.reset_due == Some(RESET_AND_DEALLOCATE) {
+            // The server forgets every prepared statement; so must we.
+            if let Some(cache) = &self.statements {
+                cache.lock().clear();
+            }
+            self.reset_due = Some(RESET_AND_DEALLOCATE);
+        } else {
+            self.reset_due = Some(RESET);
+        }
+        true
+    }
+
+    /// Whether a reset is waiting for the next statement.
+    pub fn reset_due(&self) -> bool {
+        self.reset_due.is_some()
+    }
+
+    /// Sends the due reset on its own now (rolling back first when `rollback`), for a session
+    /// that must be clean before it goes back to the pool.
+    pub async fn reset_now(&mut self, rollback: bool) -> Result<(), PoolError> {
+        let reset = self.reset_due.take();
+        let text = match (rollback, reset) {
+            (true, Some(reset)) => format!("ROLLBACK; {reset}"),
+            (true, None) => "ROLLBACK".to_string(),
+            (false, Some(reset)) => reset.to_string(),
+            (false, None) => return Ok(()),
+        };
+        let result = self.client.batch_execute(&text).await.map_err(|e| PoolError::from_pg(&e));
+        self.settle(result).await
     }
 
     async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
@@ -109,9 +189,20 @@ impl Session {
         Ok(stmt)
     }
 
+    /// Forgets the cached statement of `sql` if `result` says the server no longer has it as
+    /// prepared (26000, after `DEALLOCATE` / `DISCARD`) or its result shape changed (0A000,
+    /// after `ALTER TABLE`); returns whether it did, so that the caller may run it again.
+    fn forget_stale(&self, sql: &str, result: &Result<Vec<u8>, PoolError>) -> bool {
+        let Err(PoolError::Db(db)) = result else { return false };
+        let stale = *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+            || (*db.code() == SqlState::FEATURE_NOT_SUPPORTED && db.message().contains("cached plan must not change result type"));
+        stale && self.statements.as_ref().is_some_and(|cache| cache.lock().pop(sql).is_some())
+    }
+
     /// Runs a stand-alone statement on a session that other stand-alone statements may be using
     /// at the same time: tokio-postgres pipelines them on the socket. Only for statements that
-    /// leave no session state behind (see [`pipelinable`]).
+    /// leave no session state behind (see [`pipelinable`]), on a session outside any
+    /// transaction with no reset due.
     /// `Ok(None)`: the text holds several statements, which must run on an exclusive session.
     pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
         if self.client.is_closed() {
@@ -122,36 +213,87 @@ impl Session {
             return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
                 Err(Unnamed::MultiStatement) => Ok(None),
                 Err(Unnamed::Failed(e)) => Err(e),
-                Ok(bytes) => Ok(Some(bytes)),
+                Ok(bytes) => self.check_encoding(Ok(bytes)).await.map(Some),
             };
         }
-        let stmt = match self.statement(sql).await {
-            Ok(stmt) => stmt,
-            Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
-            Err(e) => return Err(PoolError::before_run(&e)),
-        };
-        execute(&self.client, &stmt, &params, command_of(sql).as_str()).await.map(Some)
+        let command = command_of(sql);
+        let mut healed = false;
+        loop {
+            let stmt = match self.statement(sql).await {
+                Ok(stmt) => stmt,
+                Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
+                Err(e) => return Err(PoolError::before_run(&e)),
+            };
+            let result = execute(&self.client, &stmt, &params, &command).await;
+            // Shared sessions run outside transactions: a stale statement may run again at once.
+            if !healed && self.forget_stale(sql, &result) {
+                healed = true;
+                continue;
+            }
+            return self.check_encoding(result).await.map(Some);
+        }
     }
 
     /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in
-    /// the same pipeline first (one round trip for both).
+    /// the same pipeline first (one round trip for both), unless the statement is transaction
+    /// control itself. `plain`: a one-shot read or write that leaves no session state (no reset
+    /// needed for it). A due reset goes out in front of it, in the same pipeline.
     ///
     /// A failure from before the statement could run is [`PoolError::Unsent`]; a lost
     /// connection after that is a [`PoolError::Connection`] that says it may have run.
-    pub async fn query(&mut self, sql: &str, params: &[u8], begin: bool) -> Result<Vec<u8>, PoolError> {
+    pub async fn query(&mut self, sql: &str, params: &[u8], begin: bool, plain: bool) -> Result<Vec<u8>, PoolError> {
         if self.client.is_closed() {
             // tokio-postgres would fail this at once without writing anything.
             return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
         }
+        if !plain {
+            *self.used.get_mut() = true;
+        }
         let command = command_of(sql);
-        let result = self.run(sql, params, &command, begin).await;
-        self.track_tx(&command, result.is_ok());
-        result
+        let begin = begin && !is_transaction_control(&command);
+        let result = match self.reset_due.take() {
+            None => self.run(sql, params, &command, begin).await,
+            Some(reset) => {
+                let (reset, result) = tokio::join!(self.client.batch_execute(reset), self.run(sql, params, &command, begin));
+                match (reset, result) {
+                    (Ok(()), result) => result,
+                    // The session died under both: the statement's own error says whether it ran.
+                    (Err(_), Err(e)) if e.is_connection_fault() => Err(e),
+                    // The statement ran on a session that kept the last user's state: say so,
+                    // and the connection error makes the caller discard the session.
+                    (Err(e), _) => Err(PoolError::Connection(format!(
+                        "resetting the session for a new user failed ({}); the statement may have run",
+                        pg_error_text(&e)
+                    ))),
+                }
+            }
+        };
+        let result = self.settle(result).await;
+        // Outside a transaction a stale cached statement may simply run again.
+        let result = if self.forget_stale(sql, &result) && self.tx() == TxStatus::Idle {
+            let again = self.run(sql, params, &command, false).await;
+            self.settle(again).await
+        } else {
+            result
+        };
+        self.check_encoding(result).await
     }
 
-    async fn run(&mut self, sql: &str, params: &[u8], command: &str, begin: bool) -> Result<Vec<u8>, PoolError> {
+    /// Results are decoded as UTF-8, which is what the session was opened with: a statement
+    /// that changed `client_encoding` fails, and the setting goes back to UTF8 at once.
+    async fn check_encoding(&self, result: Result<Vec<u8>, PoolError>) -> Result<Vec<u8>, PoolError> {
+        if !self.status.foreign_encoding() {
+            return result;
+        }
+        self.client.batch_execute("SET client_encoding TO 'UTF8'").await.map_err(|e| PoolError::from_pg(&e))?;
+        Err(PoolError::Query(
+            "client_encoding must stay UTF8 (results are decoded as UTF-8); it has been set back to UTF8".into(),
+        ))
+    }
+
+    async fn run(&self, sql: &str, params: &[u8], command: &str, begin: bool) -> Result<Vec<u8>, PoolError> {
         let params = decode_params(params).map_err(PoolError::Query)?;
-        if command == "COMMIT" && self.tx == TxState::Failed {
+        if command == "COMMIT" && self.tx() == TxStatus::Failed {
             // The server would answer ROLLBACK without an error; a lost commit must be loud.
             let _ = self.client.batch_execute("ROLLBACK").await;
             return Err(PoolError::Query(
@@ -165,7 +307,6 @@ impl Session {
             let result = if begin {
                 let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), run);
                 began.map_err(|e| PoolError::while_running(&e))?;
-                self.tx = TxState::Open;
                 result
             } else {
                 run.await
@@ -173,10 +314,7 @@ impl Session {
             return match result {
                 Ok(bytes) => Ok(bytes),
                 Err(Unnamed::Failed(e)) => Err(e),
-                Err(Unnamed::MultiStatement) => {
-                    self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
-                    Ok(ResultWriter::new(command, &[]).finish(None))
-                }
+                Err(Unnamed::MultiStatement) => self.run_script(sql, command).await,
             };
         }
         let stmt = match self.statement(sql).await {
@@ -184,10 +322,9 @@ impl Session {
             // Scripts with several statements cannot be prepared; run them as a simple query.
             Err(e) if params.is_empty() && is_multi_statement_error(&e) => {
                 if begin {
-                    self.begin().await?;
+                    self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
                 }
-                self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
-                return Ok(ResultWriter::new(command, &[]).finish(None));
+                return self.run_script(sql, command).await;
             }
             // Parse and Describe never run anything.
             Err(e) => return Err(PoolError::before_run(&e)),
@@ -195,59 +332,46 @@ impl Session {
         if begin {
             let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), execute(&self.client, &stmt, &params, command));
             began.map_err(|e| PoolError::while_running(&e))?;
-            self.tx = TxState::Open;
             result
         } else {
             execute(&self.client, &stmt, &params, command).await
         }
     }
 
-    async fn begin(&mut self) -> Result<(), PoolError> {
-        self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
-        self.tx = TxState::Open;
-        Ok(())
+    /// Runs a text of several statements through the simple protocol.
+    async fn run_script(&self, sql: &str, command: &str) -> Result<Vec<u8>, PoolError> {
+        self.used.store(true, Ordering::Relaxed);
+        self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
+        Ok(ResultWriter::new(command, &[]).finish(None))
     }
 
-    fn track_tx(&mut self, command: &str, ok: bool) {
-        self.tx = match (command, ok, self.tx) {
-            ("BEGIN", true, _) => TxState::Open,
-            ("COMMIT" | "ROLLBACK", _, _) => TxState::Idle,
-            (_, false, TxState::Open) => TxState::Failed,
-            (_, _, state) => state,
-        };
-    }
-
-    /// Commits; an aborted transaction or a failing COMMIT is an error.
+    /// Commits; an aborted transaction or a failing COMMIT is an error. Outside a transaction
+    /// (the user ended it in SQL, or never began one) there is nothing to send.
     pub async fn commit(&mut self) -> Result<(), PoolError> {
-        match self.tx {
-            TxState::Idle => Ok(()),
-            TxState::Failed => {
-                let rolled_back = self.client.batch_execute("ROLLBACK").await;
-                self.tx = TxState::Idle;
-                rolled_back.map_err(|e| PoolError::from_pg(&e))?;
+        match self.tx() {
+            TxStatus::Idle => Ok(()),
+            TxStatus::Failed => {
+                let rolled_back = self.client.batch_execute("ROLLBACK").await.map_err(|e| PoolError::from_pg(&e));
+                self.settle(rolled_back).await?;
                 Err(PoolError::Query(
                     "commit failed: the transaction was aborted by an earlier error and has been rolled back".into(),
                 ))
             }
-            TxState::Open => {
-                let result = self.client.batch_execute("COMMIT").await;
-                // Whatever happened, the server has ended the transaction (or the socket is gone).
-                self.tx = TxState::Idle;
-                result.map_err(|e| PoolError::while_running(&e))
+            TxStatus::InTransaction => {
+                let committed = self.client.batch_execute("COMMIT").await.map_err(|e| PoolError::while_running(&e));
+                self.settle(committed).await
             }
         }
     }
 
     /// Rolls back an open or failed transaction.
     pub async fn rollback(&mut self) -> Result<(), PoolError> {
-        if self.tx == TxState::Idle {
+        if self.tx() == TxStatus::Idle {
             return Ok(());
         }
-        let result = self.client.batch_execute("ROLLBACK").await;
-        self.tx = TxState::Idle;
-        result.map_err(|e| PoolError::from_pg(&e))
+        let result = self.client.batch_execute("ROLLBACK").await.map_err(|e| PoolError::from_pg(&e));
+        self.settle(result).await
     }
-
 }
 
 async fn execute(client: &Client, stmt: &Statement, params: &[Param<'_>], command: &str) -> Result<Vec<u8>, PoolError> {

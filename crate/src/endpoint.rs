@@ -2,6 +2,7 @@
 //! health and its role as seen by every group that uses it.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,16 +15,37 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
-use tokio_postgres::{Client, Connection, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{CancelToken, Client, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{ChannelBinding, EndpointConfig, SslMode, TargetSessionAttrs};
 use crate::error::pg_error_text;
 use crate::events::{EventKind, Events};
 use crate::role::{self, Role, RoleCell};
+use crate::status::{SessionStatus, Watched, WatchedTls};
+
+/// A session just opened: its client, what the server reports on it, and where it went.
+pub struct Opened {
+    /// The tokio-postgres client.
+    pub client: Client,
+    /// Transaction status and reported settings, kept current by the connection task.
+    pub status: Arc<SessionStatus>,
+    /// How to cancel what runs on it.
+    pub cancel: CancelTarget,
+    role: Option<Role>,
+}
+
+/// What a cancel request needs: the session's key, and the address the session reached (so
+/// the request goes to the same server even if the host name now resolves elsewhere).
+pub struct CancelTarget {
+    token: CancelToken,
+    address: Option<SocketAddr>,
+}
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
@@ -99,13 +121,6 @@ impl Endpoint {
             .dbname(&config.name)
             .user(&config.user)
             .application_name(&config.application_name)
-            .connect_timeout(Duration::from_secs_f64(config.connect_timeout))
-            // A peer that vanished without a FIN is noticed in about a minute, not the
-            // kernel's default of two hours plus eleven minutes.
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30))
-            .keepalives_interval(Duration::from_secs(10))
-            .keepalives_retries(3)
             .options(format!(
                 "-c statement_timeout={} -c temp_buffers={}MB",
                 config.query_timeout, config.session_tmp_buffer
@@ -236,14 +251,15 @@ impl Endpoint {
     }
 
     /// Opens a session set up for a group that wants `wanted`, within the connect timeout.
-    pub async fn connect(self: &Arc<Self>, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Client, ConnectError> {
+    pub async fn connect(self: &Arc<Self>, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Opened, ConnectError> {
         self.connect_with(&self.pg, wanted, sqlprepare).await
     }
 
-    async fn connect_with(self: &Arc<Self>, pg: &tokio_postgres::Config, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Client, ConnectError> {
+    async fn connect_with(self: &Arc<Self>, pg: &tokio_postgres::Config, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Opened, ConnectError> {
         let attempt = async {
-            let (client, reported) = self.open(pg).await.map_err(|e| ConnectError::Unreachable(connect_error_text(&e, &self.config)))?;
-            let role = match reported {
+            let opened = self.open(pg).await.map_err(ConnectError::Unreachable)?;
+            let client = &opened.client;
+            let role = match opened.role {
                 Some(role) => Some(role),
                 None if wanted != TargetSessionAttrs::Any || self.role_needed => {
                     Some(role::query_role(&client).await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?)
@@ -266,7 +282,7 @@ impl Endpoint {
                     .await
                     .map_err(|e| ConnectError::Unreachable(format!("sqlprepare failed: {}", pg_error_text(&e))))?;
             }
-            Ok(client)
+            Ok(opened)
         };
         match tokio::time::timeout(self.connect_timeout(), attempt).await {
             Ok(result) => result,
@@ -278,8 +294,8 @@ impl Endpoint {
     /// way); bans or re-admits the endpoint accordingly.
     pub async fn probe(self: &Arc<Self>) -> bool {
         match self.connect_with(&self.probe_pg, TargetSessionAttrs::Any, false).await {
-            Ok(client) => {
-                drop(client);
+            Ok(opened) => {
+                drop(opened);
                 self.record_success();
                 true
             }
@@ -313,9 +329,9 @@ impl Endpoint {
         }
     }
 
-    /// Asks the server to cancel the statement running on a session. Cancel requests go in
-    /// plain TCP (servers that allow non-TLS connections accept them); a failed cancel is
-    /// harmless.
+    /// Asks the server to cancel the statement running on a session. The request goes to the
+    /// address the session reached, over TLS when the endpoint uses TLS (servers accept an
+    /// SSLRequest on a cancel connection), and a failed cancel is harmless.
     ///
     /// Like libpq, we keep the cancel connection open until the other side closes it.
     /// tokio-postgres's own `cancel_query` half-closes the socket right after the request, and
@@ -327,33 +343,68 @@ impl Endpoint {
     /// request arrives, so a request still on its way when the statement it was meant for ended
     /// would cancel the next statement on that session (the soak test saw this). Callers run
     /// nothing more on the session until this returns; it is a best effort (a proxy may close
-    /// the cancel connection before the server has it), so a cancelled session is also never
+    /// the cancel connection before passing it on), so a cancelled session is also never
     /// handed to another user.
-    pub async fn cancel(&self, token: &tokio_postgres::CancelToken) {
-        if self.config.host.starts_with('/') {
-            // A Unix-domain socket directory: left to tokio-postgres.
-            let _ = token.cancel_query(NoTls).await;
-            return;
-        }
-        let Ok(socket) = TcpStream::connect((self.config.host.as_str(), self.config.port)).await else { return };
-        let mut socket = NoShutdown(socket);
-        if token.cancel_query_raw(&mut socket, NoTls).await.is_ok() {
-            let mut sink = [0u8; 64];
-            while matches!(socket.0.read(&mut sink).await, Ok(n) if n > 0) {}
-        }
+    pub async fn cancel(&self, target: &CancelTarget) {
+        let socket = match target.address {
+            Some(address) => TcpStream::connect(address).await.map(Socket::Tcp),
+            None if self.config.host.starts_with('/') => {
+                UnixStream::connect(format!("{}/.s.PGSQL.{}", self.config.host, self.config.port)).await.map(Socket::Unix)
+            }
+            None => TcpStream::connect((self.config.host.as_str(), self.config.port)).await.map(Socket::Tcp),
+        };
+        let Ok(socket) = socket else { return };
+        let socket = WaitForClose(socket);
+        let _ = match &self.tls {
+            None => target.token.cancel_query_raw(socket, NoTls).await,
+            Some(tls) => match MakeTlsConnect::<WaitForClose>::make_tls_connect(&mut tls.clone(), &self.config.host) {
+                Ok(connector) => target.token.cancel_query_raw(socket, connector).await,
+                Err(never) => match never {},
+            },
+        };
     }
 
-    async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<(Client, Option<Role>), tokio_postgres::Error> {
-        match &self.tls {
+    /// Opens the socket and runs the startup through `connect_raw`, with the byte stream
+    /// watched (see `status.rs`) below TLS, or above it when the session is encrypted.
+    async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<Opened, String> {
+        let (socket, address) = self.socket().await?;
+        let status = Arc::new(SessionStatus::default());
+        let failed = |e: tokio_postgres::Error| connect_error_text(&e, &self.config);
+        let (client, role) = match &self.tls {
             None => {
-                let (client, connection) = pg.connect(NoTls).await?;
-                Ok((client, self.drive(connection)))
+                let (client, connection) = pg.connect_raw(Watched::new(socket, status.clone(), false), NoTls).await.map_err(failed)?;
+                (client, self.drive(connection))
             }
             Some(tls) => {
-                let (client, connection) = pg.connect(tls.clone()).await?;
-                Ok((client, self.drive(connection)))
+                let connector = MakeTlsConnect::<Watched<Socket>>::make_tls_connect(&mut tls.clone(), &self.config.host)
+                    .map_err(|e| format!("TLS setup for {}: {e}", self.label()))?;
+                let watched = Watched::new(socket, status.clone(), true);
+                let (client, connection) = pg.connect_raw(watched, WatchedTls::new(connector, status.clone())).await.map_err(failed)?;
+                (client, self.drive(connection))
             }
+        };
+        let cancel = CancelTarget { token: client.cancel_token(), address };
+        Ok(Opened { client, role, status, cancel })
+    }
+
+    /// A connected socket to the server and the address it reached (`None` for a Unix-domain
+    /// socket): keepalives on, Nagle off, as tokio-postgres's own connect does.
+    async fn socket(&self) -> Result<(Socket, Option<SocketAddr>), String> {
+        let host = self.config.host.as_str();
+        let port = self.config.port;
+        let refused = |e: io::Error| format!("error connecting to server: {e}");
+        if host.starts_with('/') {
+            let path = format!("{host}/.s.PGSQL.{port}");
+            return Ok((Socket::Unix(UnixStream::connect(path).await.map_err(refused)?), None));
         }
+        let tcp = TcpStream::connect((host, port)).await.map_err(refused)?;
+        tcp.set_nodelay(true).map_err(refused)?;
+        // A peer that vanished without a FIN is noticed in about a minute, not the kernel's
+        // default of two hours plus eleven minutes.
+        let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10)).with_retries(3);
+        SockRef::from(&tcp).set_tcp_keepalive(&keepalive).map_err(refused)?;
+        let address = tcp.peer_addr().ok();
+        Ok((Socket::Tcp(tcp), address))
     }
 
     /// Spawns the session's connection task, which keeps this endpoint's role current from
@@ -570,16 +621,72 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// A socket whose write side is never shut down (see [`Endpoint::cancel`]).
-struct NoShutdown(TcpStream);
+/// A session's transport.
+#[derive(Debug)]
+pub enum Socket {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A Unix-domain socket (`host` is a directory).
+    Unix(UnixStream),
+}
 
-impl AsyncRead for NoShutdown {
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A socket whose shutdown, instead of closing the write side, waits for the peer to close
+/// the connection (see [`Endpoint::cancel`]). Under TLS the close_notify goes out first.
+struct WaitForClose(Socket);
+
+impl AsyncRead for WaitForClose {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for NoShutdown {
+impl AsyncWrite for WaitForClose {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
@@ -588,7 +695,16 @@ impl AsyncWrite for NoShutdown {
         Pin::new(&mut self.0).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut sink = [0u8; 64];
+        loop {
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut self.0).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // Closed (or failed): the server is done with the request.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@ mod pool;
 mod pgtext;
 mod protocol;
 mod role;
+mod status;
 #[cfg(test)]
 mod server_tests;
 

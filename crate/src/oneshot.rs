@@ -53,6 +53,9 @@ impl Drop for SlotWait<'_> {
 /// Where a statement gets its connection.
 enum Pick {
     Now(Arc<Lease>),
+    /// A connection whose reset is due (its last user changed session state): the statement
+    /// runs on it alone, behind the reset, before it is shared.
+    Own(Lease),
     /// A held connection will free a slot.
     Slot(oneshot::Receiver<Option<Arc<Lease>>>),
     /// Nothing is held, or the group can open more: wait in the group's FIFO.
@@ -100,16 +103,23 @@ impl OneShot {
         if pipelinable(sql) && !self.large.lock().contains(sql) {
             let lease = match self.pick()? {
                 Pick::Now(lease) => lease,
+                Pick::Own(lease) => return self.run_alone(Some(lease), sql, params).await,
                 Pick::Slot(slot) => {
                     let _counted = SlotWait(&self.group);
                     let limit = Duration::from_millis(self.group.config.acquire_timeout);
                     match tokio::time::timeout(limit, slot).await {
                         Ok(Ok(Some(lease))) => lease,
-                        Ok(_) => self.hold(self.group.acquire().await?),
+                        Ok(_) => match self.hold(self.group.acquire().await?) {
+                            Ok(lease) => lease,
+                            Err(lease) => return self.run_alone(Some(lease), sql, params).await,
+                        },
                         Err(_) => return Err(self.group.timeout_error("every connection was busy")),
                     }
                 }
-                Pick::Group => self.hold(self.group.acquire().await?),
+                Pick::Group => match self.hold(self.group.acquire().await?) {
+                    Ok(lease) => lease,
+                    Err(lease) => return self.run_alone(Some(lease), sql, params).await,
+                },
             };
             let ticket = Ticket::Shared(self.clone(), lease.clone());
             if let Some(bytes) = lease.query_shared(sql, params).await? {
@@ -120,7 +130,12 @@ impl OneShot {
             }
             // Several statements in one text: they need a session of their own.
         }
-        let mut lease = match self.group.try_acquire_now() {
+        self.run_alone(None, sql, params).await
+    }
+
+    /// Runs a statement on a connection of its own (`lease`, or one from the group).
+    async fn run_alone(&self, lease: Option<Lease>, sql: &str, params: &[u8]) -> Result<(Vec<u8>, Ticket), PoolError> {
+        let mut lease = match lease.or_else(|| self.group.try_acquire_now()) {
             Some(lease) => lease,
             None => self.group.acquire().await?,
         };
@@ -136,6 +151,9 @@ impl OneShot {
     fn pick(&self) -> Result<Pick, PoolError> {
         let mut held = self.held.lock();
         if let Some(lease) = self.group.try_acquire_now() {
+            if lease.reset_due() {
+                return Ok(Pick::Own(lease));
+            }
             let lease = Arc::new(lease);
             held.conns.push(Held { lease: lease.clone(), inflight: 1 });
             return Ok(Pick::Now(lease));
@@ -160,10 +178,14 @@ impl OneShot {
         Ok(Pick::Slot(rx))
     }
 
-    fn hold(&self, lease: Lease) -> Arc<Lease> {
+    /// Shares `lease` from now on; a lease whose reset is due comes back, to run alone first.
+    fn hold(&self, lease: Lease) -> Result<Arc<Lease>, Lease> {
+        if lease.reset_due() {
+            return Err(lease);
+        }
         let lease = Arc::new(lease);
         self.held.lock().conns.push(Held { lease: lease.clone(), inflight: 1 });
-        lease
+        Ok(lease)
     }
 
     fn finish(&self, lease: &Arc<Lease>) {

@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
-use tokio_postgres::CancelToken;
 
 use crate::balancer::{self, Candidate};
 use crate::config::{GroupConfig, PoolConfig, TargetSessionAttrs};
-use crate::conn::{PgConn, TxState};
-use crate::endpoint::{Answer, ConnectError, Endpoint};
+use crate::conn::{pipelinable, PgConn};
+use crate::endpoint::{Answer, CancelTarget, ConnectError, Endpoint};
 use crate::error::PoolError;
 use crate::events::{EventKind, Events};
+use crate::status::TxStatus;
 
 /// Past `query_timeout`, how long the client waits for the server's own `statement_timeout`
 /// error before it gives up on the server.
@@ -94,6 +94,8 @@ pub struct Counters {
     disconnects: [AtomicU64; DisconnectReason::ALL.len()],
     query_errors: AtomicU64,
     retries: AtomicU64,
+    resets: AtomicU64,
+    release_rollbacks: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -131,7 +133,7 @@ struct GroupState {
     total: usize,
     waiters: VecDeque<Waiter>,
     next_id: u64,
-    leased: HashMap<u64, (usize, Arc<CancelToken>), BuildHasherDefault<IdHasher>>,
+    leased: HashMap<u64, (usize, Arc<CancelTarget>), BuildHasherDefault<IdHasher>>,
     closed: bool,
 }
 
@@ -551,10 +553,10 @@ impl Group {
     async fn open(self: &Arc<Self>, e: usize) -> Result<PgConn, (usize, String)> {
         let endpoint = &self.endpoints[e];
         match endpoint.connect(self.config.target_session_attrs, self.config.sqlprepare).await {
-            Ok(client) => {
+            Ok(opened) => {
                 endpoint.record_success();
                 bump(&self.counters.connects);
-                let conn = PgConn::new(client, e, self.config.statement_cache_size, self.config.max_lifetime);
+                let conn = PgConn::new(opened, e, self.config.statement_cache_size, self.config.max_lifetime);
                 let mut state = self.state.lock();
                 state.slots[e].opening -= 1;
                 if state.closed {
@@ -970,7 +972,7 @@ impl Group {
     }
 
     fn cancel_leased(&self) {
-        let leased: Vec<(usize, Arc<CancelToken>)> = self.state.lock().leased.values().cloned().collect();
+        let leased: Vec<(usize, Arc<CancelTarget>)> = self.state.lock().leased.values().cloned().collect();
         for (e, token) in leased {
             let endpoint = self.endpoints[e].clone();
             napi::bindgen_prelude::spawn(async move {
@@ -1027,6 +1029,8 @@ impl Group {
             disconnects_by_reason: by_reason.into_iter().collect(),
             query_errors: load(&c.query_errors),
             retries: load(&c.retries),
+            resets: load(&c.resets),
+            release_rollbacks: load(&c.release_rollbacks),
             endpoints,
         }
     }
@@ -1036,7 +1040,7 @@ impl Group {
 #[derive(Clone)]
 pub struct Canceller {
     endpoint: Arc<Endpoint>,
-    token: Arc<CancelToken>,
+    token: Arc<CancelTarget>,
 }
 
 impl Canceller {
@@ -1048,7 +1052,7 @@ impl Canceller {
 
 /// One operation on a lease's connection.
 enum Op<'a> {
-    Query { sql: &'a str, params: &'a [u8], begin: bool },
+    Query { sql: &'a str, params: &'a [u8], begin: bool, plain: bool },
     Commit,
     Rollback,
 }
@@ -1162,7 +1166,7 @@ impl Lease {
         let conn = self.conn()?;
         let work = async {
             match op {
-                Op::Query { sql, params, begin } => conn.query(sql, params, begin).await,
+                Op::Query { sql, params, begin, plain } => conn.query(sql, params, begin, plain).await,
                 Op::Commit => conn.commit().await.map(|()| Vec::new()),
                 Op::Rollback => conn.rollback().await.map(|()| Vec::new()),
             }
@@ -1189,10 +1193,12 @@ impl Lease {
     /// retried (its `DBConnectionError` says it may have run).
     pub async fn query(&mut self, sql: &str, params: &[u8], standalone: bool) -> Result<Vec<u8>, PoolError> {
         let autocommit = standalone || self.group.config.autocommit;
+        // A plain one-shot read or write leaves no session state for a reset to undo.
+        let plain = standalone && pipelinable(sql);
         let mut retries = 0;
         loop {
-            let begin = !autocommit && self.conn.as_ref().is_some_and(|c| c.tx == TxState::Idle);
-            let result = self.bounded(Op::Query { sql, params, begin }).await;
+            let begin = !autocommit && self.conn.as_ref().is_some_and(|c| c.tx() == TxStatus::Idle);
+            let result = self.bounded(Op::Query { sql, params, begin, plain }).await;
             match result {
                 Err(PoolError::Unsent(_)) if standalone && retries < self.group.endpoints.len() + 2 => {
                     retries += 1;
@@ -1258,7 +1264,11 @@ impl Lease {
         !self.broken.load(Ordering::Relaxed)
             && !self.recheck.load(Ordering::Relaxed)
             && self.conn.as_ref().is_some_and(|c| {
-                !c.is_broken() && self.group.eligible(c.endpoint) && c.expires.is_none_or(|t| t > now)
+                !c.is_broken()
+                    && c.tx() == TxStatus::Idle
+                    && !c.reset_due()
+                    && self.group.eligible(c.endpoint)
+                    && c.expires.is_none_or(|t| t > now)
             })
             && self.group.state.lock().waiters.is_empty()
     }
@@ -1268,16 +1278,21 @@ impl Lease {
     /// up), the pool is not revoked, and no checkout other than the caller's own `own_waiting`
     /// ones is queued in the core (so other threads and one-shot queries are not starved).
     /// Counts as an acquire, and as a use for `max_uses`.
-    pub fn hand_over(&self, own_waiting: usize) -> bool {
+    pub fn hand_over(&mut self, own_waiting: usize) -> bool {
         let now = Instant::now();
         let Some(conn) = self.conn.as_ref() else { return false };
         let ok = !self.broken.load(Ordering::Relaxed)
             && !self.recheck.load(Ordering::Relaxed)
             && !self.group.revoked.load(Ordering::Relaxed)
-            && conn.tx == TxState::Idle
+            && conn.tx() == TxStatus::Idle
             && self.group.unfit(conn, now).is_none()
             && self.group.state.lock().waiters.len() <= own_waiting;
         if ok {
+            let Some(conn) = self.conn.as_mut() else { return false };
+            // A new user: what the last one changed is reset in front of its first statement.
+            if self.group.config.reset_on_release && conn.end_of_user() {
+                bump(&self.group.counters.resets);
+            }
             conn.uses.fetch_add(1, Ordering::Relaxed);
             bump(&self.group.counters.acquires);
             if self.group.events.hot() {
@@ -1299,9 +1314,14 @@ impl Lease {
         Some(Canceller { endpoint: self.group.endpoints[conn.endpoint].clone(), token: conn.cancel_token.clone() })
     }
 
+    /// Whether a reset for a new user is waiting for this session's next statement.
+    pub fn reset_due(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.reset_due())
+    }
+
     /// Whether a transaction is open on this lease.
     pub fn in_transaction(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.tx != TxState::Idle)
+        self.conn.as_ref().is_some_and(|c| c.tx() != TxStatus::Idle)
     }
 }
 
@@ -1318,17 +1338,27 @@ impl Drop for Lease {
         if self.broken.load(Ordering::Relaxed) || conn.is_broken() {
             let reason = if conn.is_broken() { DisconnectReason::Broken } else { DisconnectReason::Error };
             group.check_in_leased(conn, Return::Discard(reason), self.id);
-        } else if conn.tx != TxState::Idle || self.recheck.load(Ordering::Relaxed) {
+            return;
+        }
+        if group.config.reset_on_release && conn.end_of_user() {
+            bump(&group.counters.resets);
+        }
+        let in_transaction = conn.tx() != TxStatus::Idle;
+        if in_transaction || self.recheck.load(Ordering::Relaxed) {
             // No longer cancellable by `close` once its rollback runs in the background.
             group.state.lock().leased.remove(&self.id);
-            // The slot stays taken until the rollback and role check are done, so nobody gets
-            // a connection that is still inside someone else's transaction or on a server that
-            // can no longer serve the group.
+            // The slot stays taken until the rollback (with the reset, in one round trip) and
+            // the role check are done, so nobody gets a session that is still inside someone
+            // else's transaction or on a server that can no longer serve the group.
             let recheck = self.recheck.load(Ordering::Relaxed);
+            if in_transaction {
+                bump(&group.counters.release_rollbacks);
+            }
             napi::bindgen_prelude::spawn(async move {
                 let mut ok = true;
-                if conn.tx != TxState::Idle {
-                    ok = tokio::time::timeout(RELEASE_ROLLBACK_LIMIT, conn.rollback()).await.is_ok_and(|r| r.is_ok());
+                if in_transaction {
+                    let cleaned = tokio::time::timeout(RELEASE_ROLLBACK_LIMIT, conn.reset_now(true)).await;
+                    ok = cleaned.is_ok_and(|r| r.is_ok()) && conn.tx() == TxStatus::Idle;
                 }
                 if ok && recheck {
                     let endpoint = group.endpoints[conn.endpoint].clone();
@@ -1338,6 +1368,7 @@ impl Drop for Lease {
                 group.check_in(conn, if ok { Return::Reuse } else { Return::Discard(DisconnectReason::Error) });
             });
         } else {
+            // A due reset goes out in front of the next user's first statement.
             group.check_in_leased(conn, Return::Reuse, self.id);
         }
     }
@@ -1382,6 +1413,8 @@ pub struct GroupStats {
     disconnects_by_reason: std::collections::BTreeMap<&'static str, u64>,
     query_errors: u64,
     retries: u64,
+    resets: u64,
+    release_rollbacks: u64,
     endpoints: Vec<EndpointStats>,
 }
 

@@ -64,6 +64,7 @@ fn group(name: &str, endpoints: Vec<usize>, max_uses: u64) -> GroupConfig {
         ping_after_idle: 10_000,
         statement_cache_size: 16,
         pipeline: 1,
+        reset_on_release: true,
     }
 }
 
