@@ -15,6 +15,7 @@ mod pool;
 mod pgtext;
 mod protocol;
 mod role;
+mod slots;
 mod status;
 #[cfg(test)]
 mod server_tests;

@@ -11,7 +11,7 @@
 //! role fits its `target_session_attrs`, never hands out a connection on one that does not,
 //! and takes it back once the monitor sees its role fit again (a promoted standby).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,6 +27,7 @@ use crate::conn::{pipelinable, PgConn};
 use crate::endpoint::{Answer, CancelTarget, ConnectError, Endpoint};
 use crate::error::PoolError;
 use crate::events::{EventKind, Events};
+use crate::slots::{self, Holder, Slots};
 use crate::status::TxStatus;
 
 /// Past `query_timeout`, how long the client waits for the server's own `statement_timeout`
@@ -102,39 +103,13 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-struct Slot {
-    idle: Vec<PgConn>,
-    in_use: usize,
-    opening: usize,
-    /// Borrowed from `idle` by the health monitor.
-    checking: usize,
-}
-
-impl Slot {
-    fn size(&self) -> usize {
-        self.idle.len() + self.in_use + self.opening + self.checking
-    }
-}
-
-enum Grant {
-    Conn(PgConn),
-    /// A unit of capacity was reserved for the waiter; it opens a connection itself.
-    Open,
-    Closed,
-}
-
-struct Waiter {
-    id: u64,
-    tx: oneshot::Sender<Grant>,
-}
+type Grant = slots::Grant<PgConn>;
 
 struct GroupState {
-    slots: Vec<Slot>,
-    total: usize,
-    waiters: VecDeque<Waiter>,
-    next_id: u64,
+    /// Capacity and idle sessions; changed only through its transitions.
+    slots: Slots<PgConn>,
+    /// Sessions lent to users, so that `close` can cancel what runs on them.
     leased: HashMap<u64, (usize, Arc<CancelTarget>), BuildHasherDefault<IdHasher>>,
-    closed: bool,
 }
 
 enum Plan {
@@ -202,22 +177,12 @@ pub struct Group {
 
 impl Group {
     fn new(config: GroupConfig, endpoints: Vec<Arc<Endpoint>>, events: Arc<Events>) -> Self {
-        let slots = endpoints
-            .iter()
-            .map(|_| Slot { idle: Vec::new(), in_use: 0, opening: 0, checking: 0 })
-            .collect();
+        let slots = Slots::new(endpoints.len(), config.connection_count);
         Self {
             name: Arc::from(config.name.as_str()),
             config,
             endpoints,
-            state: Mutex::new(GroupState {
-                slots,
-                total: 0,
-                waiters: VecDeque::new(),
-                next_id: 0,
-                leased: HashMap::default(),
-                closed: false,
-            }),
+            state: Mutex::new(GroupState { slots, leased: HashMap::default() }),
             tick: AtomicUsize::new(0),
             returned: Notify::new(),
             revoked: AtomicBool::new(false),
@@ -258,7 +223,7 @@ impl Group {
                 .map(|(i, ep)| Candidate {
                     index: i,
                     weight: ep.config.weight,
-                    busy: state.slots[i].in_use + state.slots[i].opening,
+                    busy: state.slots.at(i).in_use + state.slots.at(i).opening,
                 })
                 .collect()
         };
@@ -313,44 +278,32 @@ impl Group {
     /// Pops a usable idle connection of endpoint `e`; unusable ones met on the way are retired
     /// and their capacity freed.
     fn take_idle(&self, state: &mut GroupState, e: usize, now: Instant, retired: &mut Retired) -> Option<PgConn> {
-        while let Some(conn) = state.slots[e].idle.pop() {
-            match self.unfit(&conn, now) {
-                None => {
-                    state.slots[e].in_use += 1;
-                    return Some(conn);
-                }
-                Some(reason) => {
-                    retired.push((conn, reason));
-                    self.pass_capacity(state);
-                }
-            }
-        }
-        None
+        state.slots.lend(e, |conn| self.unfit(conn, now), retired)
     }
 
     fn plan(&self, exclude: &[usize], retired: &mut Retired) -> Result<Plan, PoolError> {
         let now = Instant::now();
         let mut state = self.state.lock();
-        if state.closed {
+        if state.slots.is_closed() {
             return Err(PoolError::Closed);
         }
         if !(0..self.endpoints.len()).any(|i| !exclude.contains(&i) && self.eligible(i)) {
             return Ok(Plan::NoEndpoint);
         }
-        if state.waiters.is_empty() {
+        let endpoints = self.endpoints.len();
+        if state.slots.waiting() == 0 {
             if let Some(e) = self.choose(&state, now, exclude) {
                 if let Some(conn) = self.take_idle(&mut state, e, now, retired) {
                     return Ok(Plan::Ready(conn));
                 }
-                if state.total < self.config.connection_count {
+                if state.slots.can_grow() {
                     if let Some(e) = self.open_target(e, now, exclude) {
-                        state.total += 1;
-                        state.slots[e].opening += 1;
+                        state.slots.reserve_open(e);
                         return Ok(Plan::Open(e));
                     }
                     // Every endpoint is banned and was tried a moment ago: an idle connection
                     // left on one of them, else fail now rather than connect once per checkout.
-                    for i in (0..state.slots.len()).filter(|&i| !exclude.contains(&i) && self.eligible(i)) {
+                    for i in (0..endpoints).filter(|&i| !exclude.contains(&i) && self.eligible(i)) {
                         if let Some(conn) = self.take_idle(&mut state, i, now, retired) {
                             return Ok(Plan::Ready(conn));
                         }
@@ -359,41 +312,36 @@ impl Group {
                 }
                 // At capacity: an idle connection on a healthy endpoint beats waiting.
                 let usable = |i: usize, banned: bool| self.eligible(i) && self.endpoints[i].is_banned(now) == banned;
-                for i in (0..state.slots.len()).filter(|&i| usable(i, false)) {
+                for i in (0..endpoints).filter(|&i| usable(i, false)) {
                     if let Some(conn) = self.take_idle(&mut state, i, now, retired) {
                         return Ok(Plan::Ready(conn));
                     }
                 }
                 // Idle capacity stuck on a banned endpoint moves to the healthy one chosen.
                 if !self.endpoints[e].is_banned(now) {
-                    if let Some(i) = (0..state.slots.len()).find(|&i| self.endpoints[i].is_banned(now) && !state.slots[i].idle.is_empty()) {
-                        if let Some(conn) = state.slots[i].idle.pop() {
+                    if let Some(i) = (0..endpoints).find(|&i| self.endpoints[i].is_banned(now) && !state.slots.at(i).idle.is_empty()) {
+                        if let Some(conn) = state.slots.move_idle(i, e) {
                             retired.push((conn, DisconnectReason::Rebalance));
-                            state.slots[e].opening += 1;
                             return Ok(Plan::Open(e));
                         }
                     }
                 }
-                for i in (0..state.slots.len()).filter(|&i| usable(i, true)) {
+                for i in (0..endpoints).filter(|&i| usable(i, true)) {
                     if let Some(conn) = self.take_idle(&mut state, i, now, retired) {
                         return Ok(Plan::Ready(conn));
                     }
                 }
                 // Retiring unusable connections may have freed capacity.
-                if state.total < self.config.connection_count && state.waiters.is_empty() {
+                if state.slots.can_grow() && state.slots.waiting() == 0 {
                     if let Some(e) = self.open_target(e, now, exclude) {
-                        state.total += 1;
-                        state.slots[e].opening += 1;
+                        state.slots.reserve_open(e);
                         return Ok(Plan::Open(e));
                     }
                 }
             }
         }
         self.check_max_waiting(&state)?;
-        let (tx, rx) = oneshot::channel();
-        let id = state.next_id;
-        state.next_id += 1;
-        state.waiters.push_back(Waiter { id, tx });
+        let (id, rx) = state.slots.enqueue();
         bump(&self.counters.waits);
         Ok(Plan::Wait(id, rx))
     }
@@ -405,7 +353,7 @@ impl Group {
         let ping_after = Duration::from_millis(self.config.ping_after_idle);
         let (conn, id) = {
             let mut state = self.state.lock();
-            if state.closed || !state.waiters.is_empty() {
+            if state.slots.is_closed() || state.slots.waiting() > 0 {
                 return None;
             }
             let usable = |c: &PgConn| self.unfit(c, now).is_none() && now.duration_since(c.last_alive) < ping_after;
@@ -413,16 +361,15 @@ impl Group {
             // to the asynchronous path does not skew the balance.
             let preferred = self.choose_at(&state, now, &[], self.tick.load(Ordering::Relaxed));
             let e = preferred
-                .filter(|&e| state.slots[e].idle.last().is_some_and(usable))
+                .filter(|&e| state.slots.at(e).idle.last().is_some_and(usable))
                 .or_else(|| {
                     // Only fall back to another endpoint when the preferred one cannot grow.
-                    if state.total < self.config.connection_count {
+                    if state.slots.can_grow() {
                         return None;
                     }
-                    (0..state.slots.len()).find(|&i| !self.endpoints[i].is_banned(now) && state.slots[i].idle.last().is_some_and(usable))
+                    (0..self.endpoints.len()).find(|&i| !self.endpoints[i].is_banned(now) && state.slots.at(i).idle.last().is_some_and(usable))
                 })?;
-            let conn = state.slots[e].idle.pop()?;
-            state.slots[e].in_use += 1;
+            let conn = state.slots.lend_now(e, usable)?;
             self.tick.fetch_add(1, Ordering::Relaxed);
             let id = register_lease(&mut state, &conn);
             (conn, id)
@@ -437,18 +384,8 @@ impl Group {
         let now = Instant::now();
         let e = self.choose(&state, now, exclude)?;
         let e = self.open_target(e, now, exclude)?;
-        state.slots[e].opening += 1;
+        state.slots.open_granted(e);
         Some(e)
-    }
-
-    /// Hands one unit of freed capacity to the first waiter still waiting, or gives it back.
-    fn pass_capacity(&self, state: &mut GroupState) {
-        while let Some(waiter) = state.waiters.pop_front() {
-            if waiter.tx.send(Grant::Open).is_ok() {
-                return;
-            }
-        }
-        state.total -= 1;
     }
 
     /// Counts and closes retired connections (outside the state lock).
@@ -475,6 +412,7 @@ impl Group {
     fn give_back(self: &Arc<Self>, mut conn: PgConn, how: Return, borrowed: bool, lease: Option<u64>) {
         let now = Instant::now();
         let e = conn.endpoint;
+        let holder = if borrowed { Holder::Monitor } else { Holder::User };
         let mut retired = Retired::new();
         let mut replace = None;
         {
@@ -482,50 +420,33 @@ impl Group {
             if let Some(id) = lease {
                 state.leased.remove(&id);
             }
-            if borrowed {
-                state.slots[e].checking -= 1;
-            } else {
-                state.slots[e].in_use -= 1;
-            }
             let reason = match how {
-                _ if state.closed => Some(DisconnectReason::Closed),
+                _ if state.slots.is_closed() => Some(DisconnectReason::Closed),
                 Return::Discard(reason) => Some(reason),
                 _ => self.unfit(&conn, now),
             };
-            if let Some(reason) = reason {
-                retired.push((conn, reason));
-                if state.closed {
-                    state.total -= 1;
-                } else if matches!(reason, DisconnectReason::MaxUses | DisconnectReason::MaxLifetime) && state.waiters.is_empty() {
-                    match self.choose(&state, now, &[]) {
+            match reason {
+                Some(reason) => {
+                    retired.push((conn, reason));
+                    // A session retired for its age or use count is replaced, unless its unit can
+                    // go to a waiter at once.
+                    let renew = matches!(reason, DisconnectReason::MaxUses | DisconnectReason::MaxLifetime)
+                        && state.slots.waiting() == 0
+                        && !state.slots.is_closed();
+                    match renew.then(|| self.choose(&state, now, &[])).flatten() {
                         Some(to) => {
-                            state.slots[to].opening += 1;
+                            state.slots.retire_and_replace(e, holder, to);
                             replace = Some(to);
                         }
-                        None => self.pass_capacity(&mut state),
+                        None => state.slots.retire(e, holder),
                     }
-                } else {
-                    self.pass_capacity(&mut state);
                 }
-            } else {
-                if how == Return::Reuse {
-                    conn.last_used = now;
-                }
-                conn.last_alive = now;
-                loop {
-                    let Some(waiter) = state.waiters.pop_front() else {
-                        state.slots[e].idle.push(conn);
-                        break;
-                    };
-                    state.slots[e].in_use += 1;
-                    match waiter.tx.send(Grant::Conn(conn)) {
-                        Ok(()) => break,
-                        Err(Grant::Conn(back)) => {
-                            state.slots[e].in_use -= 1;
-                            conn = back;
-                        }
-                        Err(_) => unreachable!("only Conn was sent"),
+                None => {
+                    if how == Return::Reuse {
+                        conn.last_used = now;
                     }
+                    conn.last_alive = now;
+                    state.slots.take_back(e, conn, holder);
                 }
             }
         }
@@ -538,14 +459,7 @@ impl Group {
 
     /// A reserved open failed or was abandoned: free its capacity.
     fn open_failed(&self, e: usize) {
-        let mut state = self.state.lock();
-        state.slots[e].opening -= 1;
-        if state.closed {
-            state.total -= 1;
-        } else {
-            self.pass_capacity(&mut state);
-        }
-        drop(state);
+        self.state.lock().slots.open_failed(e);
         self.returned.notify_waiters();
     }
 
@@ -557,18 +471,12 @@ impl Group {
                 endpoint.record_success();
                 bump(&self.counters.connects);
                 let conn = PgConn::new(opened, e, self.config.statement_cache_size, self.config.max_lifetime);
-                let mut state = self.state.lock();
-                state.slots[e].opening -= 1;
-                if state.closed {
-                    state.total -= 1;
-                    drop(state);
+                if !self.state.lock().slots.opened(e) {
                     // `close` waits for this open to end: without the wake-up it slept until
                     // its timeout (5 s by default) whenever a connect was in flight.
                     self.returned.notify_waiters();
                     return Err((e, "pool closed while connecting".into()));
                 }
-                state.slots[e].in_use += 1;
-                drop(state);
                 self.record(EventKind::Connect, e, None);
                 Ok(conn)
             }
@@ -630,7 +538,7 @@ impl Group {
     /// Refuses one more waiter once `max_waiting` checkouts (queued here or waiting for a
     /// pipeline slot) already wait.
     fn check_max_waiting(&self, state: &GroupState) -> Result<(), PoolError> {
-        let waiting = state.waiters.len() + self.slot_waiting.load(Ordering::Relaxed);
+        let waiting = state.slots.waiting() + self.slot_waiting.load(Ordering::Relaxed);
         if waiting < self.config.max_waiting {
             return Ok(());
         }
@@ -645,7 +553,7 @@ impl Group {
 
     /// Whether the group may open another connection (it is below `connection_count`).
     pub fn can_grow(&self) -> bool {
-        self.state.lock().total < self.config.connection_count
+        self.state.lock().slots.can_grow()
     }
 
     /// The error of a checkout that waited out `acquire_timeout` (counted as a timeout).
@@ -712,9 +620,7 @@ impl Group {
                     Grant::Closed => return Err(PoolError::Closed),
                     Grant::Open => {
                         let Some(e) = self.reserve_open(&failed) else {
-                            let mut state = self.state.lock();
-                            self.pass_capacity(&mut state);
-                            drop(state);
+                            self.state.lock().slots.pass_capacity();
                             causes.extend(self.banned_causes(&failed));
                             return Err(self.no_endpoint_error(causes));
                         };
@@ -771,8 +677,7 @@ impl Group {
         // Grants are sent under the lock: holding it, either we are still queued or the grant
         // is already in the channel — nothing can be lost in between.
         let mut state = self.state.lock();
-        if let Some(pos) = state.waiters.iter().position(|w| w.id == id) {
-            state.waiters.remove(pos);
+        if state.slots.dequeue(id) {
             drop(state);
             return Err(self.timeout_error("every connection stayed in use"));
         }
@@ -809,7 +714,7 @@ impl Group {
 
     /// Opens one connection per endpoint so that `init` can report unreachable endpoints.
     pub async fn warm_up(self: &Arc<Self>) -> Result<(), PoolError> {
-        if self.state.lock().total > 0 {
+        if self.state.lock().slots.total() > 0 {
             // Joined an already running (shared) pool.
             return Ok(());
         }
@@ -818,12 +723,10 @@ impl Group {
         {
             let mut state = self.state.lock();
             for k in 0..want {
-                if state.total >= self.config.connection_count {
+                let e = k % self.endpoints.len();
+                if !state.slots.reserve_open(e) {
                     break;
                 }
-                let e = k % self.endpoints.len();
-                state.total += 1;
-                state.slots[e].opening += 1;
                 reserved.push(e);
             }
         }
@@ -855,46 +758,27 @@ impl Group {
         let mut to_open = Vec::new();
         {
             let mut state = self.state.lock();
-            if state.closed {
+            if state.slots.is_closed() {
                 return;
             }
             let idle_timeout = Duration::from_millis(self.config.idle_timeout);
             let min_idle = self.config.min_idle;
-            let mut dropped = 0;
-            for e in 0..state.slots.len() {
-                let mut keep = Vec::new();
-                for conn in std::mem::take(&mut state.slots[e].idle) {
-                    let idle_too_long = self.config.idle_timeout > 0 && now.duration_since(conn.last_used) >= idle_timeout;
-                    let reason = self
-                        .unfit(&conn, now)
-                        .or_else(|| (idle_too_long && state.total - dropped > min_idle).then_some(DisconnectReason::IdleTimeout));
-                    match reason {
-                        Some(reason) => {
-                            dropped += 1;
-                            retired.push((conn, reason));
-                        }
-                        None => keep.push(conn),
-                    }
-                }
-                state.slots[e].idle = keep;
-            }
-            for _ in 0..dropped {
-                self.pass_capacity(&mut state);
-            }
+            retired.extend(state.slots.retire_idle(|_, conn, left| {
+                let idle_too_long = self.config.idle_timeout > 0 && now.duration_since(conn.last_used) >= idle_timeout;
+                self.unfit(conn, now).or_else(|| (idle_too_long && left > min_idle).then_some(DisconnectReason::IdleTimeout))
+            }));
             // Refill up to min_idle.
-            while state.total < min_idle.min(self.config.connection_count) && state.waiters.is_empty() {
+            while state.slots.total() < min_idle.min(self.config.connection_count) && state.slots.waiting() == 0 {
                 let Some(e) = self.choose(&state, now, &[]).and_then(|e| self.open_target(e, now, &[])) else { break };
-                state.total += 1;
-                state.slots[e].opening += 1;
+                state.slots.reserve_open(e);
                 to_open.push(e);
             }
             // Rebalance: one move per round from an over-share endpoint with idle connections
             // to a healthy under-share one (e.g. an endpoint that came back after an outage).
-            if to_open.is_empty() && state.total >= self.config.connection_count {
+            if to_open.is_empty() && !state.slots.can_grow() {
                 if let Some((from, to)) = self.rebalance_move(&state, now) {
-                    if let Some(conn) = state.slots[from].idle.pop() {
+                    if let Some(conn) = state.slots.move_idle(from, to) {
                         retired.push((conn, DisconnectReason::Rebalance));
-                        state.slots[to].opening += 1;
                         to_open.push(to);
                     }
                 }
@@ -920,29 +804,24 @@ impl Group {
         }
         let weight_sum: u32 = usable.iter().map(|&i| self.endpoints[i].config.weight.max(1)).sum();
         let share = |i: usize| self.config.connection_count as f64 * f64::from(self.endpoints[i].config.weight.max(1)) / f64::from(weight_sum);
-        let load = |i: usize| state.slots[i].size() as f64 / f64::from(self.endpoints[i].config.weight.max(1));
-        let has_idle = |i: &usize| !state.slots[*i].idle.is_empty();
+        let size = |i: usize| state.slots.at(i).size() as f64;
+        let load = |i: usize| size(i) / f64::from(self.endpoints[i].config.weight.max(1));
+        let has_idle = |i: &usize| !state.slots.at(*i).idle.is_empty();
         // Idle capacity on an endpoint the group should not use moves first, to the least loaded
         // usable one; between usable endpoints only a move that cannot bounce back is made.
         if let Some(from) = (0..self.endpoints.len()).filter(|i| !usable.contains(i)).find(has_idle) {
-            let to = usable.iter().copied().filter(|&i| (state.slots[i].size() as f64) < share(i).ceil()).min_by(|&a, &b| load(a).total_cmp(&load(b)))?;
+            let to = usable.iter().copied().filter(|&i| size(i) < share(i).ceil()).min_by(|&a, &b| load(a).total_cmp(&load(b)))?;
             return Some((from, to));
         }
-        let to = usable.iter().copied().find(|&i| (state.slots[i].size() as f64) < share(i).floor())?;
-        let from = usable.iter().copied().filter(has_idle).find(|&i| i != to && state.slots[i].size() as f64 > share(i).ceil())?;
+        let to = usable.iter().copied().find(|&i| size(i) < share(i).floor())?;
+        let from = usable.iter().copied().filter(has_idle).find(|&i| i != to && size(i) > share(i).ceil())?;
         Some((from, to))
     }
 
     /// Lends the health monitor the longest-idle connection on `endpoint`, if any.
     fn borrow_idle(&self, endpoint: &Arc<Endpoint>) -> Option<PgConn> {
         let e = self.endpoints.iter().position(|ep| Arc::ptr_eq(ep, endpoint))?;
-        let mut state = self.state.lock();
-        if state.closed || state.slots[e].idle.is_empty() {
-            return None;
-        }
-        let conn = state.slots[e].idle.remove(0);
-        state.slots[e].checking += 1;
-        Some(conn)
+        self.state.lock().slots.borrow_oldest(e)
     }
 
     /// Whether this group uses `endpoint` but its known role keeps the group away from it.
@@ -951,24 +830,13 @@ impl Group {
     }
 
     fn close(&self) {
-        let mut retired = Retired::new();
-        {
-            let mut state = self.state.lock();
-            state.closed = true;
-            for waiter in state.waiters.drain(..) {
-                let _ = waiter.tx.send(Grant::Closed);
-            }
-            for slot in state.slots.iter_mut() {
-                retired.extend(slot.idle.drain(..).map(|c| (c, DisconnectReason::Closed)));
-            }
-            state.total -= retired.len();
-        }
-        self.retire(retired);
+        let idle = self.state.lock().slots.close();
+        self.retire(idle.into_iter().map(|c| (c, DisconnectReason::Closed)).collect());
     }
 
     fn outstanding(&self) -> usize {
         let state = self.state.lock();
-        state.slots.iter().map(|s| s.in_use + s.opening).sum()
+        state.slots.all().iter().map(|s| s.in_use + s.opening).sum()
     }
 
     fn cancel_leased(&self) {
@@ -995,11 +863,11 @@ impl Group {
                     id: ep.config.id.clone(),
                     host: ep.config.host.clone(),
                     port: ep.config.port,
-                    size: state.slots[i].size(),
+                    size: state.slots.at(i).size(),
                     // A connection the monitor is checking is idle as far as users care.
-                    idle: state.slots[i].idle.len() + state.slots[i].checking,
-                    in_use: state.slots[i].in_use,
-                    opening: state.slots[i].opening,
+                    idle: state.slots.at(i).idle.len() + state.slots.at(i).checking,
+                    in_use: state.slots.at(i).in_use,
+                    opening: state.slots.at(i).opening,
                     banned: health.banned_until.is_some_and(|t| t > now),
                     wrong_role: !self.eligible(i),
                     role: role.map(|r| r.name()),
@@ -1015,11 +883,11 @@ impl Group {
         GroupStats {
             name: self.config.name.clone(),
             max: self.config.connection_count,
-            size: state.total,
-            idle: state.slots.iter().map(|s| s.idle.len() + s.checking).sum(),
-            in_use: state.slots.iter().map(|s| s.in_use).sum(),
-            opening: state.slots.iter().map(|s| s.opening).sum(),
-            waiting: state.waiters.len() + self.slot_waiting.load(Ordering::Relaxed),
+            size: state.slots.total(),
+            idle: state.slots.all().iter().map(|s| s.idle.len() + s.checking).sum(),
+            in_use: state.slots.all().iter().map(|s| s.in_use).sum(),
+            opening: state.slots.all().iter().map(|s| s.opening).sum(),
+            waiting: state.slots.waiting() + self.slot_waiting.load(Ordering::Relaxed),
             acquires: load(&c.acquires),
             waits: load(&c.waits),
             timeouts: load(&c.timeouts),
@@ -1072,8 +940,7 @@ pub struct Lease {
 
 /// Records a session as leased (so that `close` can cancel what runs on it); returns the id.
 fn register_lease(state: &mut GroupState, conn: &PgConn) -> u64 {
-    let id = state.next_id;
-    state.next_id += 1;
+    let id = state.slots.next_id();
     state.leased.insert(id, (conn.endpoint, conn.cancel_token.clone()));
     id
 }
@@ -1270,7 +1137,7 @@ impl Lease {
                     && self.group.eligible(c.endpoint)
                     && c.expires.is_none_or(|t| t > now)
             })
-            && self.group.state.lock().waiters.is_empty()
+            && self.group.state.lock().slots.waiting() == 0
     }
 
     /// Whether this lease may go straight to another checkout of the same JS thread instead of
@@ -1286,7 +1153,7 @@ impl Lease {
             && !self.group.revoked.load(Ordering::Relaxed)
             && conn.tx() == TxStatus::Idle
             && self.group.unfit(conn, now).is_none()
-            && self.group.state.lock().waiters.len() <= own_waiting;
+            && self.group.state.lock().slots.waiting() <= own_waiting;
         if ok {
             let Some(conn) = self.conn.as_mut() else { return false };
             // A new user: what the last one changed is reset in front of its first statement.
