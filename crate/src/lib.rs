@@ -20,7 +20,7 @@ mod status;
 #[cfg(test)]
 mod server_tests;
 
-pub use bindings::NativePool;
+pub use bindings::{NativePool, release_handler, try_acquire_handler};
 
 /// Half the cores for tokio workers (at least 1, at most 4): on 2 cores a single worker, so a
 /// connection's task and the queries waiting on it run on one thread and tokio-postgres's
