@@ -262,7 +262,7 @@ impl Endpoint {
             let role = match opened.role {
                 Some(role) => Some(role),
                 None if wanted != TargetSessionAttrs::Any || self.role_needed => {
-                    Some(role::query_role(&client).await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?)
+                    Some(role::query_role(client).await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?)
                 }
                 None => None,
             };

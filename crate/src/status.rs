@@ -217,11 +217,7 @@ impl Reader {
                     self.status.settings_changed.store(true, Ordering::Release);
                 }
             }
-            b'C' => {
-                if body.starts_with(b"PREPARE\0") {
-                    self.status.prepared.store(true, Ordering::Release);
-                }
-            }
+            b'C' if body.starts_with(b"PREPARE\0") => self.status.prepared.store(true, Ordering::Release),
             _ => {}
         }
     }
