@@ -40,6 +40,13 @@ pub struct Opened {
     role: Option<Role>,
 }
 
+/// Why a session could not be opened.
+struct OpenFailure {
+    text: String,
+    /// The server ended the starting session with 57P01 (terminated, or shutting down).
+    terminated: bool,
+}
+
 /// What a cancel request needs: the session's key, and the address the session reached (so
 /// the request goes to the same server even if the host name now resolves elsewhere).
 pub struct CancelTarget {
@@ -257,7 +264,17 @@ impl Endpoint {
 
     async fn connect_with(self: &Arc<Self>, pg: &tokio_postgres::Config, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Opened, ConnectError> {
         let attempt = async {
-            let opened = self.open(pg).await.map_err(ConnectError::Unreachable)?;
+            let mut retried = false;
+            let opened = loop {
+                match self.open(pg).await {
+                    Ok(opened) => break opened,
+                    // A session terminated while it started (pg_terminate_backend of a backend
+                    // still starting) says nothing about the server: once more. A server that
+                    // is shutting down refuses the second attempt.
+                    Err(failure) if failure.terminated && !retried => retried = true,
+                    Err(failure) => return Err(ConnectError::Unreachable(failure.text)),
+                }
+            };
             let client = &opened.client;
             let role = match opened.role {
                 Some(role) => Some(role),
@@ -366,18 +383,23 @@ impl Endpoint {
 
     /// Opens the socket and runs the startup through `connect_raw`, with the byte stream
     /// watched (see `status.rs`) below TLS, or above it when the session is encrypted.
-    async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<Opened, String> {
-        let (socket, address) = self.socket().await?;
+    async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<Opened, OpenFailure> {
+        let (socket, address) = self.socket().await.map_err(|text| OpenFailure { text, terminated: false })?;
         let status = Arc::new(SessionStatus::default());
-        let failed = |e: tokio_postgres::Error| connect_error_text(&e, &self.config);
+        let failed = |e: tokio_postgres::Error| OpenFailure {
+            terminated: e.as_db_error().is_some_and(|db| *db.code() == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN),
+            text: connect_error_text(&e, &self.config),
+        };
         let (client, role) = match &self.tls {
             None => {
                 let (client, connection) = pg.connect_raw(Watched::new(socket, status.clone(), false), NoTls).await.map_err(failed)?;
                 (client, self.drive(connection))
             }
             Some(tls) => {
-                let connector = MakeTlsConnect::<Watched<Socket>>::make_tls_connect(&mut tls.clone(), &self.config.host)
-                    .map_err(|e| format!("TLS setup for {}: {e}", self.label()))?;
+                let connector = match MakeTlsConnect::<Watched<Socket>>::make_tls_connect(&mut tls.clone(), &self.config.host) {
+                    Ok(connector) => connector,
+                    Err(never) => match never {},
+                };
                 let watched = Watched::new(socket, status.clone(), true);
                 let (client, connection) = pg.connect_raw(watched, WatchedTls::new(connector, status.clone())).await.map_err(failed)?;
                 (client, self.drive(connection))
