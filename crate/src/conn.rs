@@ -294,6 +294,12 @@ impl Session {
     async fn run(&self, sql: &str, params: &[u8], command: &str, begin: bool) -> Result<Vec<u8>, PoolError> {
         let params = decode_params(params).map_err(PoolError::Query)?;
         if command == "COMMIT" && self.tx() == TxStatus::Failed {
+            if crate::pgcompat::current().is_some() {
+                // pg's answer: the server's, a ROLLBACK tag and no error (Kysely and others
+                // look for that tag).
+                let rolled_back = self.client.batch_execute("ROLLBACK").await.map_err(|e| PoolError::while_running(&e));
+                return rolled_back.map(|()| ResultWriter::new("ROLLBACK", &[]).finish(None));
+            }
             // The server would answer ROLLBACK without an error; a lost commit must be loud.
             let _ = self.client.batch_execute("ROLLBACK").await;
             return Err(PoolError::Query(
@@ -341,8 +347,26 @@ impl Session {
     /// Runs a text of several statements through the simple protocol.
     async fn run_script(&self, sql: &str, command: &str) -> Result<Vec<u8>, PoolError> {
         self.used.store(true, Ordering::Relaxed);
+        if crate::pgcompat::current().is_some() {
+            return self.run_script_pg(sql).await;
+        }
         self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
         Ok(ResultWriter::new(command, &[]).finish(None))
+    }
+
+    /// A script for `pgdbpool/pg`: every statement's result, as pg returns them (text format),
+    /// read off the byte stream while the script runs (see `pgcompat`).
+    async fn run_script_pg(&self, sql: &str) -> Result<Vec<u8>, PoolError> {
+        // Whatever went out before (a failed prepare of this text, a reset) must be answered
+        // first, so that what is captured up to the next ReadyForQuery is the script's answer.
+        if tokio::time::timeout(SETTLE_LIMIT, self.status.settled()).await.is_err() {
+            return Err(PoolError::Connection("the server did not finish an earlier answer; the connection is dropped".into()));
+        }
+        self.status.pg.begin_capture();
+        let result = self.client.batch_execute(sql).await;
+        let captured = self.status.pg.end_capture();
+        result.map_err(|e| PoolError::while_running(&e))?;
+        crate::pgcompat::script_results(&captured).map_err(PoolError::Query)
     }
 
     /// Commits; an aborted transaction or a failing COMMIT is an error. Outside a transaction

@@ -1319,6 +1319,11 @@ impl Lease {
         self.conn.as_ref().is_some_and(|c| c.reset_due())
     }
 
+    /// What the server reports on this lease's session (for `pgdbpool/pg`).
+    pub fn session_status(&self) -> Option<Arc<crate::status::SessionStatus>> {
+        self.conn.as_ref().map(|c| c.status.clone())
+    }
+
     /// Whether a transaction is open on this lease.
     pub fn in_transaction(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| c.tx() != TxStatus::Idle)

@@ -12,7 +12,7 @@ use std::error::Error;
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, Format, FromSql, IsNull, Kind as PgKind, ToSql, Type};
 
-use crate::pgtext;
+use crate::{pgcompat, pgtext};
 
 /// How a column's payload is laid out for the TypeScript decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +180,8 @@ pub struct ResultWriter {
     kinds: Vec<(Kind, Type)>,
     rows: u32,
     counted: bool,
+    /// For a pg-mode statement (`pgdbpool/pg`), the fields' metadata for the trailer.
+    pg: Option<Vec<pgcompat::FieldMeta>>,
 }
 
 impl ResultWriter {
@@ -195,15 +197,25 @@ impl ResultWriter {
         buf.extend_from_slice(command);
         buf.extend_from_slice(&(columns.len() as u32).to_be_bytes());
         let mut kinds = Vec::with_capacity(columns.len());
+        let mode = pgcompat::current();
+        let mut pg = mode.as_ref().map(|_| Vec::with_capacity(columns.len()));
         for column in columns {
-            let kind = kind_of(column.type_());
+            let mut kind = kind_of(column.type_());
+            if let (Some(mode), Some(pg)) = (&mode, pg.as_mut()) {
+                // pg mode: types outside the fast set come as PostgreSQL's text.
+                let fast = mode.is_fast(column.type_().oid());
+                if !fast {
+                    kind = Kind::Text;
+                }
+                pg.push(pgcompat::FieldMeta::of(column, fast));
+            }
             buf.extend_from_slice(&(column.name().len() as u32).to_be_bytes());
             buf.extend_from_slice(column.name().as_bytes());
             buf.extend_from_slice(&column.type_().oid().to_be_bytes());
             buf.push(kind as u8);
             kinds.push((kind, pgtext::base_type(column.type_()).clone()));
         }
-        Self { buf, kinds, rows: 0, counted }
+        Self { buf, kinds, rows: 0, counted, pg }
     }
 
     /// Appends one row.
@@ -226,6 +238,9 @@ impl ResultWriter {
         self.buf[1..5].copy_from_slice(&self.rows.to_be_bytes());
         let affected = rows_affected.filter(|_| self.counted).map_or(-1f64, |n| n as f64);
         self.buf[5..13].copy_from_slice(&affected.to_be_bytes());
+        if let Some(fields) = &self.pg {
+            pgcompat::trailer(&mut self.buf, 0, fields);
+        }
         self.buf
     }
 }
