@@ -310,6 +310,15 @@ impl<S> Watched<S> {
     }
 }
 
+impl<S> Drop for Watched<S> {
+    /// The connection task ends without reading the end of the stream when tokio-postgres
+    /// gives up on it (an error message outside a query, such as the FATAL of a terminated
+    /// backend): no more answers will come either way.
+    fn drop(&mut self) {
+        self.reader.status.end();
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
