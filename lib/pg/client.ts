@@ -137,6 +137,8 @@ export class Client extends EventEmitter {
   constructor(config?: string | PgConfig, owner?: ClientOwner) {
     super()
     const c: PgConfig = typeof config === 'string' ? { connectionString: config } : { ...(config ?? {}) }
+    // A password may be a hidden (non-enumerable) property (Knex hides it): read it as pg does.
+    if (typeof config === 'object' && config !== null && config.password !== undefined) c.password = config.password
     this.#config = c
     this.#owner = owner ?? null
     this.#types = new TypeOverrides((c.types as TypeSource | undefined) ?? undefined)

@@ -49,6 +49,8 @@ export class Pool extends EventEmitter implements ClientOwner {
   constructor(options: PoolConfig = {}) {
     super()
     const o: PoolConfig = { ...options }
+    // A password may be a hidden (non-enumerable) property: read it as pg does.
+    if (options.password !== undefined) o.password = options.password
     const opts: Record<string, any> = { max: 10, idleTimeoutMillis: 10000, maxUses: Infinity, allowExitOnIdle: false, maxLifetimeSeconds: 0, ...o }
     delete opts.password
     Object.defineProperty(opts, 'password', { value: o.password, enumerable: false, writable: true, configurable: true })
