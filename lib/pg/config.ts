@@ -177,7 +177,7 @@ export function toPoolConfig(o: PgConfig, password: string | undefined, standalo
     application_name: pick<string>('application_name') ?? pick<string>('fallback_application_name') ?? 'pgdbpool',
     options: startup.join(' '),
   }
-  const pass = password ?? env('PGPASSWORD')
+  const pass = (typeof url.password === 'string' ? url.password : undefined) ?? password ?? env('PGPASSWORD')
   if (pass !== undefined) endpoint.pass = pass
   const max = o.max ?? 10
   if (!Number.isInteger(max) || max < 1) throw new ConfigError('max', `must be an integer >= 1 (got ${String(o.max)})`)
