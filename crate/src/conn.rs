@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::endpoint::{CancelTarget, Opened};
 use crate::error::{pg_error_text, PoolError};
-use crate::protocol::{command_of, decode_params, Param, ResultWriter};
+use crate::protocol::{command_of, decode_params, is_script, Param, ResultWriter};
 use crate::status::{SessionStatus, TxStatus};
 
 /// A session owned by the pool. Boxed: the pool moves sessions in and out of its idle lists
@@ -209,6 +209,9 @@ impl Session {
             return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
         }
         let params = decode_params(params).map_err(PoolError::Query)?;
+        if params.is_empty() && is_script(sql) {
+            return Ok(None);
+        }
         if self.statements.is_none() {
             return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
                 Err(Unnamed::MultiStatement) => Ok(None),
@@ -305,6 +308,14 @@ impl Session {
             return Err(PoolError::Query(
                 "COMMIT failed: the transaction was aborted by an earlier error and has been rolled back".into(),
             ));
+        }
+        if params.is_empty() && is_script(sql) {
+            // Several statements: the simple protocol at once (a failed prepare of the text would
+            // abort an open transaction).
+            if begin {
+                self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
+            }
+            return self.run_script(sql, command).await;
         }
         if self.statements.is_none() {
             // No named statements at all (PgBouncer in transaction mode): one unnamed

@@ -417,6 +417,123 @@ fn is_create_as(sql: &str) -> bool {
     words.any(|w| w == "AS")
 }
 
+/// Whether `sql` certainly holds more than one statement (something other than blanks and
+/// comments after a top-level `;`), read as PostgreSQL's lexer reads quotes, comments and dollar
+/// quotes. Such a text goes to the simple protocol at once: preparing it fails, and inside a
+/// transaction that failure aborts the transaction. When in doubt (an unterminated quote) it says
+/// no, and the server decides. (A `BEGIN ATOMIC` body counts as several: the simple protocol runs
+/// it as the one statement it is.)
+pub fn is_script(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    let mut seen_end = false;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    while i < n {
+        let c = b[i];
+        if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < n && b[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let mut depth = 1;
+            i += 2;
+            while i < n && depth > 0 {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+            if depth > 0 {
+                return false;
+            }
+            continue;
+        }
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if seen_end && c != b';' {
+            return true;
+        }
+        match c {
+            b';' => {
+                seen_end = true;
+                i += 1;
+            }
+            b'\'' => {
+                let escapes = i > 0 && (b[i - 1] == b'E' || b[i - 1] == b'e') && (i < 2 || !ident(b[i - 2]));
+                i += 1;
+                loop {
+                    if i >= n {
+                        return false;
+                    }
+                    if escapes && b[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    if i >= n {
+                        return false;
+                    }
+                    if b[i] == b'"' {
+                        if b.get(i + 1) == Some(&b'"') {
+                            i += 2;
+                            continue;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'$' if !(i > 0 && ident(b[i - 1])) => {
+                // `$tag$ ... $tag$` (tag empty or an identifier not starting with a digit); `$1` is a parameter.
+                let mut j = i + 1;
+                if j < n && b[j].is_ascii_digit() {
+                    i = j;
+                    continue;
+                }
+                while j < n && ident(b[j]) && b[j] != b'$' {
+                    j += 1;
+                }
+                if j >= n || b[j] != b'$' {
+                    i += 1;
+                    continue;
+                }
+                let tag = &b[i..=j];
+                let body = j + 1;
+                match b[body..].windows(tag.len()).position(|w| w == tag) {
+                    Some(at) => i = body + at + tag.len(),
+                    None => return false,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
 /// Whether node-postgres reports a row count for this command: only tags that carry one
 /// (`INSERT 0 n`, `UPDATE n`, `SELECT n`, ...); `CREATE TABLE`, `SHOW`, `EXPLAIN` give null.
 pub fn has_row_count(command: &str) -> bool {
@@ -426,6 +543,23 @@ pub fn has_row_count(command: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scripts_are_told_apart() {
+        assert!(!is_script("SELECT 1"));
+        assert!(!is_script("SELECT 1;"));
+        assert!(!is_script("SELECT 1; -- done\n /* really */ ;"));
+        assert!(is_script("SELECT 1; SELECT 2"));
+        assert!(is_script("--! breaking\ncreate table a (x int);\ncreate index on a (x);"));
+        assert!(!is_script("SELECT ';' AS a, \"x;y\" FROM t"));
+        assert!(!is_script("SELECT E'it\\'s; fine', 'a''; b'"));
+        assert!(!is_script("DO $$ BEGIN PERFORM 1; PERFORM 2; END $$"));
+        assert!(!is_script("CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql"));
+        assert!(is_script("DO $f$ BEGIN PERFORM 1; END $f$; SELECT 2"));
+        assert!(!is_script("SELECT $1::int; "));
+        assert!(!is_script("SELECT 'unterminated; SELECT 2"));
+        assert!(!is_script("SELECT 1 /* a; /* nested; */ still */"));
+    }
 
     #[test]
     fn commands() {
