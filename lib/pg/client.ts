@@ -14,6 +14,7 @@ import { DatabaseError, toPgError } from './errors'
 import { escapeIdentifier, escapeLiteral } from './escape'
 import { MESSAGE_END, MESSAGE_NOTICE, MESSAGE_NOTIFICATION, attach, detach, parseNotice, parseNotification, subscribe } from './session'
 import { TypeOverrides, fastSet, types as globalTypes, type TypeParser, type TypeSource } from './types'
+import type { QueryArrayConfig, QueryArrayResult, QueryConfig as PgQueryConfig, QueryConfigValues, QueryResult, QueryResultRow, Submittable, TransactionStatus } from './typings'
 import { prepareValue } from './utils'
 
 type Callback = (err: Error | null | undefined, result?: any) => void
@@ -108,15 +109,19 @@ export interface ClientOwner {
  * pool's group. Clients handed out by `pgdbpool/pg`'s Pool have `release()`.
  */
 export class Client extends EventEmitter {
-  readonly host: string | undefined
-  readonly port: number | undefined
-  readonly user: string | undefined
-  readonly database: string | undefined
-  readonly ssl: unknown
+  host: string
+  port: number
+  user?: string | undefined
+  database?: string | undefined
+  ssl: boolean
+  /** pg's pipelining flag: statements of a client are queued in the core (always). */
+  readonly pipeline = false
+  /** pg's wire connection: there is none in JS here (the core holds the socket). */
+  readonly connection: any = null
   /** The server process serving this client (pg's `processID`), null before it is connected. */
-  processID: number | null = null
+  processID?: number = undefined
   secretKey: number | null = null
-  declare readonly password: unknown
+  declare password?: string | undefined
   readonly connectionParameters: Record<string, unknown>
   /** pg's `release(err?)`, on clients handed out by a Pool. */
   declare release: (err?: unknown) => void
@@ -142,11 +147,11 @@ export class Client extends EventEmitter {
     this.#config = c
     this.#owner = owner ?? null
     this.#types = new TypeOverrides((c.types as TypeSource | undefined) ?? undefined)
-    this.host = c.host
-    this.port = c.port === undefined ? undefined : Number(c.port)
+    this.host = c.host ?? 'localhost'
+    this.port = c.port === undefined ? 5432 : Number(c.port)
     this.user = c.user
     this.database = c.database
-    this.ssl = c.ssl ?? false
+    this.ssl = Boolean(c.ssl)
     Object.defineProperty(this, 'password', { value: c.password, enumerable: false, writable: true, configurable: true })
     this.connectionParameters = { host: c.host, port: this.port, user: c.user, database: c.database, application_name: c.application_name }
     if (owner !== undefined) this.#state = State.Connected
@@ -196,7 +201,7 @@ export class Client extends EventEmitter {
   _bind(db: Handler, pid: number): void {
     this.#db = db
     this.#lost = false
-    this.processID = pid || null
+    this.processID = pid || undefined
     this.#state = State.Connected
     if (this.listenerCount('notification') + this.listenerCount('notice') + this.listenerCount('error') + this.listenerCount('end') > 0) this.#wantAsync()
   }
@@ -219,7 +224,9 @@ export class Client extends EventEmitter {
     db.release()
   }
 
-  connect(callback?: (err?: Error | null) => void): Promise<this> | undefined {
+  connect(): Promise<Client>
+  connect(callback: ((err: Error) => void) | ((err: null, c: Client) => void)): void
+  connect(callback?: any): Promise<Client> | undefined {
     if (this.#state !== State.New) {
       const err = new Error('Client has already been connected. You cannot reuse a client.')
       if (callback) {
@@ -243,7 +250,7 @@ export class Client extends EventEmitter {
     )
     if (callback) {
       done.then(
-        () => callback(null),
+        () => callback(null, this),
         (e) => callback(e),
       )
       return undefined
@@ -280,7 +287,7 @@ export class Client extends EventEmitter {
   #bindStandalone(db: Handler): void {
     const pid = attach(db._core, db._handler)
     this.#db = db
-    this.processID = pid || null
+    this.processID = pid || undefined
     if (this.listenerCount('notification') + this.listenerCount('notice') + this.listenerCount('error') + this.listenerCount('end') > 0) this.#wantAsync()
   }
 
@@ -291,7 +298,9 @@ export class Client extends EventEmitter {
   }
 
   /** Closes the connection (a standalone client's) and emits `end`. */
-  end(callback?: (err?: Error) => void): Promise<void> | undefined {
+  end(): Promise<void>
+  end(callback: (err: Error) => void): void
+  end(callback?: (err?: any) => void): Promise<void> | undefined {
     let p: Promise<void>
     if (this.#owner !== null) {
       // A pooled client: its connection is closed, not returned.
@@ -324,6 +333,13 @@ export class Client extends EventEmitter {
 
   // ---------- queries ----------
 
+  query<T extends Submittable>(queryStream: T): T
+  query<R extends any[] = any[], I = any[]>(queryConfig: QueryArrayConfig<I>, values?: QueryConfigValues<I>): Promise<QueryArrayResult<R>>
+  query<R extends QueryResultRow = any, I = any>(queryConfig: PgQueryConfig<I>): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | PgQueryConfig<I>, values?: QueryConfigValues<I>): Promise<QueryResult<R>>
+  query<R extends any[] = any[], I = any[]>(queryConfig: QueryArrayConfig<I>, callback: (err: Error, result: QueryArrayResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | PgQueryConfig<I>, callback: (err: Error, result: QueryResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(queryText: string, values: QueryConfigValues<I>, callback: (err: Error, result: QueryResult<R>) => void): void
   query(config: any, values?: any, callback?: any): any {
     if (config !== null && typeof config === 'object' && typeof config.submit === 'function') {
       if (!(config instanceof Cursor)) {
@@ -409,6 +425,24 @@ export class Client extends EventEmitter {
   escapeLiteral(text: string): string {
     return escapeLiteral(text)
   }
+
+  /** pg's transaction status: `'T'` in a transaction (open or failed), else `'I'`; null before connecting. */
+  getTransactionStatus(): TransactionStatus {
+    if (this.#db === null) return null
+    return this.#db.inTransaction ? 'T' : 'I'
+  }
+
+  /** COPY streams (pg-copy-streams) drive pg's socket: not available here. */
+  copyFrom(_queryText: string): never {
+    throw new Error('pgdbpool/pg does not support COPY streams (copyFrom)')
+  }
+
+  copyTo(_queryText: string): never {
+    throw new Error('pgdbpool/pg does not support COPY streams (copyTo)')
+  }
+
+  pauseDrain(): void {}
+  resumeDrain(): void {}
 
   /** Whether a transaction is open, as the server last said (not in pg). */
   get inTransaction(): boolean {

@@ -3,7 +3,7 @@
 export { Pool } from './pool'
 export type { PoolConfig, ListenArg } from './pool'
 export { Client } from './client'
-export type { QueryConfig } from './client'
+export type { QueryConfig } from './typings'
 export { Cursor } from './cursor'
 export { Result } from './decode'
 export type { FieldDef } from './decode'
@@ -14,6 +14,7 @@ export { types, TypeOverrides } from './types'
 export type { TypeParser, TypeSource } from './types'
 export type { Listener, Notification } from './listen'
 export type { PgConfig } from './config'
+export type { CustomTypesConfig, PoolOptions, QueryArrayConfig, QueryArrayResult, QueryConfigValues, QueryResult, QueryResultBase, QueryResultRow, Submittable, TransactionStatus } from './typings'
 
 /** pg-native is not offered: always undefined. */
 export const native = undefined

@@ -14,6 +14,7 @@ import { toPgError } from './errors'
 import { startListener, type Listener, type Notification } from './listen'
 import { attach } from './session'
 import { fastSet, realPg, types as globalTypes, type TypeSource } from './types'
+import type { PoolOptions, QueryArrayConfig, QueryArrayResult, QueryConfig, QueryConfigValues, QueryResult, QueryResultRow, Submittable } from './typings'
 
 export interface PoolConfig extends PgConfig {
   /** A pgdbpool Pool to take connections from (then the pg connection keys are not used). */
@@ -29,7 +30,7 @@ function noop(): void {}
 
 export class Pool extends EventEmitter implements ClientOwner {
   /** The settings given (the password is not enumerable), with pg-pool's defaults filled in. */
-  readonly options: Record<string, any>
+  readonly options: PoolOptions
   /** The client class (Kysely builds its control client from `pool.Client` and `pool.options`). */
   readonly Client = Client
   ending = false
@@ -51,7 +52,7 @@ export class Pool extends EventEmitter implements ClientOwner {
     const o: PoolConfig = { ...options }
     // A password may be a hidden (non-enumerable) property: read it as pg does.
     if (options.password !== undefined) o.password = options.password
-    const opts: Record<string, any> = { max: 10, idleTimeoutMillis: 10000, maxUses: Infinity, allowExitOnIdle: false, maxLifetimeSeconds: 0, ...o }
+    const opts: PoolOptions = { max: 10, idleTimeoutMillis: 10000, maxUses: Infinity, allowExitOnIdle: false, maxLifetimeSeconds: 0, ...o }
     delete opts.password
     Object.defineProperty(opts, 'password', { value: o.password, enumerable: false, writable: true, configurable: true })
     this.options = opts
@@ -94,7 +95,9 @@ export class Pool extends EventEmitter implements ClientOwner {
 
   // ---------- checkout ----------
 
-  connect(callback?: (err: Error | undefined, client?: Client, release?: (err?: unknown) => void) => void): Promise<Client> | undefined {
+  connect(): Promise<Client>
+  connect(callback: (err: Error | undefined, client: Client | undefined, done: (release?: any) => void) => void): void
+  connect(callback?: (err: Error | undefined, client: Client | undefined, done: (release?: any) => void) => void): Promise<Client> | undefined {
     const p = this.#checkout()
     if (callback) {
       p.then(
@@ -175,7 +178,7 @@ export class Pool extends EventEmitter implements ClientOwner {
     this.#out.delete(client)
     const pid = client.processID
     client._unbind(destroy)
-    if (destroy && pid !== null) this.#clients.delete(pid)
+    if (destroy && pid !== undefined) this.#clients.delete(pid)
     if (this.listenerCount('release') > 0) this.emit('release', destroy && err instanceof Error ? err : undefined, client)
     if (destroy && this.listenerCount('remove') > 0) this.emit('remove', client)
     if (this.#out.size === 0 && this.#drained !== null) this.#drained()
@@ -183,6 +186,13 @@ export class Pool extends EventEmitter implements ClientOwner {
 
   // ---------- queries ----------
 
+  query<T extends Submittable>(queryStream: T): T
+  query<R extends any[] = any[], I = any[]>(queryConfig: QueryArrayConfig<I>, values?: QueryConfigValues<I>): Promise<QueryArrayResult<R>>
+  query<R extends QueryResultRow = any, I = any[]>(queryConfig: QueryConfig<I>): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | QueryConfig<I>, values?: QueryConfigValues<I>): Promise<QueryResult<R>>
+  query<R extends any[] = any[], I = any[]>(queryConfig: QueryArrayConfig<I>, callback: (err: Error, result: QueryArrayResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | QueryConfig<I>, callback: (err: Error, result: QueryResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(queryText: string, values: QueryConfigValues<I>, callback: (err: Error, result: QueryResult<R>) => void): void
   query(config: any, values?: any, callback?: any): any {
     let q: ReturnType<typeof normalizeQuery>
     try {
@@ -201,7 +211,7 @@ export class Pool extends EventEmitter implements ClientOwner {
     let p: Promise<Result | Result[]>
     if (viaClient || inner === null || this.ending) {
       p = this.#checkout().then((client) => {
-        const done = client.query({ ...q, callback: undefined }) as Promise<Result | Result[]>
+        const done = (client as any).query({ ...q, callback: undefined }) as Promise<Result | Result[]>
         return done.then(
           (r) => {
             client.release()
@@ -258,6 +268,8 @@ export class Pool extends EventEmitter implements ClientOwner {
    * Stops taking work; waits for checked-out clients to be released (up to 30 s), then closes
    * the pgdbpool pool it made (never one it wraps).
    */
+  end(): Promise<void>
+  end(callback: (err?: Error) => void): void
   end(callback?: (err?: Error) => void): Promise<void> | undefined {
     if (this.ending) {
       const err = new Error('Called end on pool more than once')

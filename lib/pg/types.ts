@@ -9,7 +9,7 @@
 
 import { dirname, join } from 'node:path'
 
-export type TypeParser = (value: string) => unknown
+export type TypeParser = (value: any) => any
 
 /** What pg accepts as `types`: anything with pg-types' `getTypeParser`. */
 export interface TypeSource {
