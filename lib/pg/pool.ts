@@ -146,24 +146,20 @@ export class Pool extends EventEmitter implements ClientOwner {
     let client = pid !== 0 ? this.#clients.get(pid) : undefined
     const fresh = client === undefined
     if (client === undefined) {
-      const made = new Client(this.options as PgConfig, this)
-      let released = false
-      made.release = (err?: unknown) => {
-        if (released) throw new Error('Release called on client which has already been released to the pool.')
-        released = true
-        this._released(made, err)
-      }
-      ;(made as unknown as { _rearm: () => void })._rearm = () => {
-        released = false
-      }
-      client = made
+      client = new Client(this.options as PgConfig, this)
       if (pid !== 0) {
-        this.#clients.set(pid, made)
+        this.#clients.set(pid, client)
         // Connections come and go: keep a bounded number of remembered ones.
         if (this.#clients.size > 4 * (this.options.max ?? 10) + 16) this.#clients.delete(this.#clients.keys().next().value as number)
       }
-    } else {
-      ;(client as unknown as { _rearm: () => void })._rearm()
+    }
+    // A release function per checkout, as pg-pool's: a second call (or a stale one) throws.
+    const owned = client
+    let released = false
+    owned.release = (err?: unknown) => {
+      if (released) throw new Error('Release called on client which has already been released to the pool.')
+      released = true
+      this._released(owned, err)
     }
     client._bind(db, pid)
     this.#out.add(client)
