@@ -396,3 +396,34 @@ test('pg settings reach the session: options, statement_timeout, application_nam
   pools.push(bad)
   await t.throwsAsync(bad.query('SELECT 1'))
 })
+
+test('a BEGIN goes out with the next statement: its isolation level holds, an empty transaction and a release without statements leave nothing open', async (t) => {
+  const { ours } = pair({ max: 1 })
+  const client = await ours.connect()
+  try {
+    const begin = await client.query('START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY')
+    t.is(begin.command, 'BEGIN')
+    t.true(client.inTransaction)
+    t.is(client.getTransactionStatus(), 'T')
+    const r = await client.query("SELECT current_setting('transaction_isolation') AS iso, current_setting('transaction_read_only') AS ro, now() = statement_timestamp() AS fresh")
+    t.deepEqual(r.rows[0], { iso: 'serializable', ro: 'on', fresh: false })
+    await t.throwsAsync(client.query('CREATE TEMP TABLE pgb_ro (a int)'), { code: '25006' })
+    t.is((await client.query('ROLLBACK')).command, 'ROLLBACK')
+    await client.query('BEGIN')
+    t.is((await client.query('COMMIT')).command, 'COMMIT')
+    t.false(client.inTransaction)
+    await client.query('BEGIN')
+  } finally {
+    client.release()
+  }
+  // The same connection (max 1): the held-back BEGIN was never sent, nothing is open.
+  const again = await ours.connect()
+  try {
+    t.is(again.getTransactionStatus(), 'I')
+    const r = await again.query("SELECT current_setting('transaction_isolation') AS iso")
+    t.is(r.rows[0].iso, 'read committed')
+    t.false(again.inTransaction)
+  } finally {
+    again.release()
+  }
+})

@@ -296,6 +296,9 @@ impl Session {
 
     async fn run(&self, sql: &str, params: &[u8], command: &str, begin: bool) -> Result<Vec<u8>, PoolError> {
         let params = decode_params(params).map_err(PoolError::Query)?;
+        // A pg client's own BEGIN (deferred to go out with this statement, see `pgcompat`).
+        let mode = crate::pgcompat::current();
+        let begin_sql = mode.as_ref().and_then(|m| m.begin()).unwrap_or("BEGIN");
         if command == "COMMIT" && self.tx() == TxStatus::Failed {
             if crate::pgcompat::current().is_some() {
                 // pg's answer: the server's, a ROLLBACK tag and no error (Kysely and others
@@ -313,7 +316,7 @@ impl Session {
             // Several statements: the simple protocol at once (a failed prepare of the text would
             // abort an open transaction).
             if begin {
-                self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
+                self.client.batch_execute(begin_sql).await.map_err(|e| PoolError::from_pg(&e))?;
             }
             return self.run_script(sql, command).await;
         }
@@ -322,7 +325,7 @@ impl Session {
             // Parse/Bind/Execute per statement, pipelined behind the BEGIN when there is one.
             let run = execute_unnamed(&self.client, sql, &params, command);
             let result = if begin {
-                let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), run);
+                let (began, result) = tokio::join!(self.client.batch_execute(begin_sql), run);
                 began.map_err(|e| PoolError::while_running(&e))?;
                 result
             } else {
@@ -339,7 +342,7 @@ impl Session {
             // Scripts with several statements cannot be prepared; run them as a simple query.
             Err(e) if params.is_empty() && is_multi_statement_error(&e) => {
                 if begin {
-                    self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
+                    self.client.batch_execute(begin_sql).await.map_err(|e| PoolError::from_pg(&e))?;
                 }
                 return self.run_script(sql, command).await;
             }
@@ -347,7 +350,7 @@ impl Session {
             Err(e) => return Err(PoolError::before_run(&e)),
         };
         if begin {
-            let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), execute(&self.client, &stmt, &params, command));
+            let (began, result) = tokio::join!(self.client.batch_execute(begin_sql), execute(&self.client, &stmt, &params, command));
             began.map_err(|e| PoolError::while_running(&e))?;
             result
         } else {

@@ -34,21 +34,37 @@ tokio::task_local! {
 pub struct PgMode {
     /// Type OIDs whose columns keep the fast payload (sorted); every other column is text.
     fast: Vec<u32>,
+    /// A pg client's BEGIN, held back by `lib/pg` (it cannot fail) to go out in front of this
+    /// statement in the same round trip, as the pool does with its own BEGIN.
+    begin: Option<String>,
 }
 
 impl PgMode {
-    /// Reads the options chunk of a pg operation: `u32 count | u32 oid...` (the fast set).
+    /// Reads the options chunk of a pg operation: `u32 count | u32 oid...` (the fast set), then
+    /// optionally `u32 len | BEGIN text`.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let bad = || "malformed pg options".to_string();
         if bytes.is_empty() {
             return Ok(Self::default());
         }
         let count = u32::from_be_bytes(bytes.get(0..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
-        let body = bytes.get(4..4 + count.checked_mul(4).ok_or_else(bad)?).ok_or_else(bad)?;
+        let end = 4 + count.checked_mul(4).ok_or_else(bad)?;
+        let body = bytes.get(4..end).ok_or_else(bad)?;
         let mut fast: Vec<u32> = body.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
         fast.sort_unstable();
         fast.dedup();
-        Ok(Self { fast })
+        let mut begin = None;
+        if let Some(rest) = bytes.get(end..).filter(|r| !r.is_empty()) {
+            let len = u32::from_be_bytes(rest.get(0..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+            let text = rest.get(4..4 + len).ok_or_else(bad)?;
+            begin = Some(String::from_utf8(text.to_vec()).map_err(|_| bad())?);
+        }
+        Ok(Self { fast, begin })
+    }
+
+    /// The held-back BEGIN to send in front of this statement, if any.
+    pub fn begin(&self) -> Option<&str> {
+        self.begin.as_deref()
     }
 
     /// Whether columns of type `oid` keep the fast payload.

@@ -1197,7 +1197,8 @@ impl Lease {
         let plain = standalone && pipelinable(sql);
         let mut retries = 0;
         loop {
-            let begin = !autocommit && self.conn.as_ref().is_some_and(|c| c.tx() == TxStatus::Idle);
+            let begin = (!autocommit && self.conn.as_ref().is_some_and(|c| c.tx() == TxStatus::Idle))
+                || crate::pgcompat::current().is_some_and(|m| m.begin().is_some());
             let result = self.bounded(Op::Query { sql, params, begin, plain }).await;
             match result {
                 Err(PoolError::Unsent(_)) if standalone && retries < self.group.endpoints.len() + 2 => {

@@ -9,7 +9,7 @@ import { Op } from '../native'
 import { Pool as PgDbPool, type Handler } from '../pool'
 import { toPoolConfig, type PgConfig } from './config'
 import { Cursor } from './cursor'
-import { decodePg, type Result } from './decode'
+import { Result, decodePg } from './decode'
 import { DatabaseError, toPgError } from './errors'
 import { escapeIdentifier, escapeLiteral } from './escape'
 import { MESSAGE_END, MESSAGE_NOTICE, MESSAGE_NOTIFICATION, attach, detach, parseNotice, parseNotification, subscribe } from './session'
@@ -38,6 +38,48 @@ export interface QueryConfig {
   types?: TypeSource
   callback?: Callback
   query_timeout?: number
+}
+
+/**
+ * Whether `text` is a BEGIN that cannot fail: `BEGIN [WORK | TRANSACTION]` or `START TRANSACTION`
+ * with at most one isolation level, one access mode and one DEFERRABLE clause. Such a BEGIN is
+ * held back and goes out with the client's next statement, in the same round trip (what pgdbpool
+ * does with its own BEGIN): every ORM sends BEGIN as a statement of its own.
+ */
+export function deferrableBegin(text: string): boolean {
+  const words = text.trim().replace(/;$/, '').trim().toLowerCase().split(/[\s,]+/)
+  let i = 0
+  if (words[0] === 'begin') {
+    i = words[1] === 'work' || words[1] === 'transaction' ? 2 : 1
+  } else if (words[0] === 'start' && words[1] === 'transaction') {
+    i = 2
+  } else {
+    return false
+  }
+  const seen = new Set<string>()
+  const once = (kind: string) => {
+    if (seen.has(kind)) return false
+    seen.add(kind)
+    return true
+  }
+  while (i < words.length) {
+    const [a, b, c, d] = words.slice(i, i + 4)
+    if (a === 'isolation' && b === 'level' && (c === 'serializable' || ((c === 'repeatable' || c === 'read') && (d === 'read' || d === 'committed' || d === 'uncommitted')))) {
+      if (c === 'repeatable' && d !== 'read') return false
+      if (c === 'read' && d !== 'committed' && d !== 'uncommitted') return false
+      if (!once('isolation')) return false
+      i += c === 'serializable' ? 3 : 4
+    } else if (a === 'read' && (b === 'only' || b === 'write')) {
+      if (!once('access')) return false
+      i += 2
+    } else if (a === 'deferrable' || (a === 'not' && b === 'deferrable')) {
+      if (!once('deferrable')) return false
+      i += a === 'not' ? 2 : 1
+    } else {
+      return false
+    }
+  }
+  return true
 }
 
 /** Parameters as pg prepares them. */
@@ -138,6 +180,10 @@ export class Client extends EventEmitter {
   /** An open cursor: later queries wait for it. */
   #gate: Promise<void> | null = null
   #lost = false
+  /** A BEGIN held back to go out with the next statement (see `deferrableBegin`). */
+  #pendingBegin: string | null = null
+  /** Statements submitted and not answered yet. */
+  #inflight = 0
 
   constructor(config?: string | PgConfig, owner?: ClientOwner) {
     super()
@@ -211,6 +257,8 @@ export class Client extends EventEmitter {
     const db = this.#db
     this.#db = null
     this.#gate = null
+    // A BEGIN never sent: no transaction was started.
+    this.#pendingBegin = null
     if (db === null) return
     const handler = db._handler
     if (handler >= 0) {
@@ -402,10 +450,35 @@ export class Client extends EventEmitter {
             : 'Client has encountered a connection error and is not queryable'
       return Promise.reject(new Error(message))
     }
+    if (this.#pendingBegin === null && this.#inflight === 0 && (values === undefined || values.length === 0) && deferrableBegin(text)) {
+      // Answered at once, as the server would (a BEGIN of this form cannot fail); it goes out in
+      // front of the next statement.
+      this.#pendingBegin = text
+      return Promise.resolve(new Result('BEGIN', null, [], [], rowMode === 'array'))
+    }
     const source: TypeSource = queryTypes ?? this.#types
     const fast = fastSet(source)
+    let chunk = fast.chunk
+    const begin = this.#pendingBegin
+    if (begin !== null) {
+      this.#pendingBegin = null
+      const text = Buffer.from(begin)
+      const head = Buffer.allocUnsafe(4)
+      head.writeUInt32BE(text.length, 0)
+      chunk = Buffer.concat([chunk, head, text])
+    }
     const decode = (buf: Buffer) => decodePg(buf, rowMode, source, fast)
-    return db._core.submit<Result | Result[]>(Op.PgHandlerQuery, db._handler, 0, decode, text, values, undefined, undefined, fast.chunk).then(undefined, rethrow)
+    this.#inflight++
+    return db._core.submit<Result | Result[]>(Op.PgHandlerQuery, db._handler, 0, decode, text, values, undefined, undefined, chunk).then(
+      (r) => {
+        this.#inflight--
+        return r
+      },
+      (e) => {
+        this.#inflight--
+        throw toPgError(e)
+      },
+    )
   }
 
   // ---------- pg's helpers ----------
@@ -429,7 +502,7 @@ export class Client extends EventEmitter {
   /** pg's transaction status: `'T'` in a transaction (open or failed), else `'I'`; null before connecting. */
   getTransactionStatus(): TransactionStatus {
     if (this.#db === null) return null
-    return this.#db.inTransaction ? 'T' : 'I'
+    return this.inTransaction ? 'T' : 'I'
   }
 
   /** COPY streams (pg-copy-streams) drive pg's socket: not available here. */
@@ -446,12 +519,8 @@ export class Client extends EventEmitter {
 
   /** Whether a transaction is open, as the server last said (not in pg). */
   get inTransaction(): boolean {
-    return this.#db?.inTransaction ?? false
+    return this.#pendingBegin !== null || (this.#db?.inTransaction ?? false)
   }
-}
-
-function rethrow(e: unknown): never {
-  throw toPgError(e)
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
