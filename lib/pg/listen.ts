@@ -140,6 +140,7 @@ class Hub {
         }
         return
       } catch (e) {
+        if (this.#db === db) this.#db = null
         this.#drop(db)
         if (first || this.#closed || (e as { code?: string }).code === 'POOL_CLOSED') {
           if (!first) this.#shutdown()
