@@ -40,6 +40,21 @@ export declare class NativePool {
   cancel(handler: number): void
   /** Whether a transaction is open on `handler` (true while a statement is running on it). */
   inTransaction(handler: number): boolean
+  /**
+   * `pgdbpool/pg`: remembers the session `handler` holds (call right after its checkout, while
+   * no statement runs on it) and returns the backend's process id (0 if unknown).
+   */
+  pgAttach(handler: number): number
+  /**
+   * `pgdbpool/pg`: delivers the asynchronous messages (notifications, notices, the end of the
+   * connection) of `handler`'s session as completions of id 0, status 3, tagged `subscription`
+   * (see `lib/native.ts`); with `on` false, stops. False if the session is not attached.
+   */
+  pgSubscribe(handler: number, subscription: number, on: boolean): boolean
+  /** `pgdbpool/pg`: forgets `handler`'s session (at release) and ends its subscription. */
+  pgDetach(handler: number): void
+  /** Closes `handler`'s connection at release instead of pooling it (pg's `release(err)`). */
+  discard(handler: number): void
   /** JSON snapshot of gauges and counters. */
   stats(): string
   /** Detaches this JS object; the last one to detach closes the pool. */

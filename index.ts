@@ -6,6 +6,7 @@ export { init, close, query, stats, withHandler, Connection, Cursor, Handler, Po
 export type { AcquireOptions, CloseOptions, CursorOptions, EndpointStats, GroupStats, LeakEvent, PoolEvent, PoolQueryOptions, PoolStats, QueryInput, QueryOptions } from './lib/pool'
 export { PostgresInterval } from './lib/codec'
 export type { FieldInfo, QueryResult, RowMode } from './lib/codec'
+export type { Listener, ListenOptions, Notification } from './lib/pg/listen'
 export type { Balance, Config, EndpointConfig, GroupConfig, SslMode, TargetSessionAttrs, TypeOptions } from './lib/config'
 export {
   AbortError,

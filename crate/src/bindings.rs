@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use crate::config::PoolConfig;
 use crate::error::PoolError;
 use crate::oneshot::{OneShot, LARGE_RESULT};
+use crate::pgcompat::{self, PgMode, PG_MODE};
 use crate::pool::{Canceller, Group, Lease, Pool};
 
 /// The JS pool objects of each native pool (by address), which all hear its lifecycle events.
@@ -109,6 +110,16 @@ impl Completions {
         drop(hold);
     }
 
+    /// Queues an asynchronous message of a pg client's session as record id 0 with status 3:
+    /// `u32 subscription | u8 type | body`.
+    fn async_message(&self, subscription: u32, kind: u8, body: &[u8]) {
+        let mut payload = Vec::with_capacity(5 + body.len());
+        payload.extend_from_slice(&subscription.to_be_bytes());
+        payload.push(kind);
+        payload.extend_from_slice(body);
+        self.push(0, 3, &payload);
+    }
+
     /// Queues lifecycle events (a JSON array) as record id 0 with status 2.
     fn events(&self, json: &str) {
         self.push(0, 2, json.as_bytes());
@@ -145,6 +156,10 @@ mod op {
     pub const ACQUIRE: u8 = 3;
     pub const COMMIT: u8 = 4;
     pub const ROLLBACK: u8 = 5;
+    /// `pgdbpool/pg`: a one-shot query in pg mode (a third chunk carries its options).
+    pub const PG_QUERY: u8 = 6;
+    /// `pgdbpool/pg`: a handler query in pg mode.
+    pub const PG_HANDLER_QUERY: u8 = 7;
 }
 
 /// One operation of a handler, run in submission order.
@@ -153,6 +168,8 @@ enum HandlerOp {
     Query(u32, Bytes, Bytes),
     Commit(u32),
     Rollback(u32),
+    /// A statement of `pgdbpool/pg` (see `pgcompat`).
+    PgQuery(u32, Bytes, Bytes, Arc<PgMode>),
 }
 
 struct HandlerState {
@@ -244,6 +261,7 @@ impl HandlerSlot {
                     (id, result)
                 }
                 HandlerOp::Query(id, sql, params) => (id, run_statement(lease.as_mut(), &sql, &params).await),
+                HandlerOp::PgQuery(id, sql, params, mode) => (id, PG_MODE.scope(mode, run_statement(lease.as_mut(), &sql, &params)).await),
                 HandlerOp::Commit(id) => (id, end_transaction(lease.as_mut(), true).await),
                 HandlerOp::Rollback(id) => (id, end_transaction(lease.as_mut(), false).await),
             };
@@ -321,6 +339,8 @@ impl Reader {
 enum Job {
     Query { id: u32, shot: Arc<OneShot>, sql: Bytes, params: Bytes },
     RunHandler(Arc<HandlerSlot>),
+    /// A one-shot statement of `pgdbpool/pg`.
+    PgQuery { id: u32, shot: Arc<OneShot>, sql: Bytes, params: Bytes, mode: Arc<PgMode> },
 }
 
 impl Job {
@@ -336,6 +356,7 @@ impl Job {
                 }
             }),
             Job::RunHandler(slot) => Box::pin(slot.run_queue(completions)),
+            Job::PgQuery { id, shot, sql, params, mode } => Box::pin(PG_MODE.scope(mode, Job::Query { id, shot, sql, params }.run(completions))),
         }
     }
 }
@@ -506,6 +527,17 @@ impl NativePool {
                         _ => self.completions.complete(id, Err(PoolError::Closed)),
                     }
                 }
+                op::PG_QUERY => {
+                    let (Some(sql), Some(params), Some(options)) = (reader.chunk(), reader.chunk(), reader.chunk()) else { return Err(malformed()) };
+                    let mode = match PgMode::parse(&options) {
+                        Ok(mode) => Arc::new(mode),
+                        Err(_) => return Err(malformed()),
+                    };
+                    match self.oneshots.get(a as usize) {
+                        Some(shot) if !self.pool.is_closed() => jobs.push(Job::PgQuery { id, shot: shot.clone(), sql, params, mode }),
+                        _ => self.completions.complete(id, Err(PoolError::Closed)),
+                    }
+                }
                 op::ACQUIRE => match self.group(b) {
                     Ok(group) => {
                         let slot = HandlerSlot::new(group, None);
@@ -515,11 +547,16 @@ impl NativePool {
                     }
                     Err(e) => self.completions.complete(id, Err(e)),
                 },
-                op::HANDLER_QUERY | op::COMMIT | op::ROLLBACK => {
+                op::HANDLER_QUERY | op::COMMIT | op::ROLLBACK | op::PG_HANDLER_QUERY => {
                     let handler_op = match code {
                         op::HANDLER_QUERY => {
                             let (Some(sql), Some(params)) = (reader.chunk(), reader.chunk()) else { return Err(malformed()) };
                             HandlerOp::Query(id, sql, params)
+                        }
+                        op::PG_HANDLER_QUERY => {
+                            let (Some(sql), Some(params), Some(options)) = (reader.chunk(), reader.chunk(), reader.chunk()) else { return Err(malformed()) };
+                            let Ok(mode) = PgMode::parse(&options) else { return Err(malformed()) };
+                            HandlerOp::PgQuery(id, sql, params, Arc::new(mode))
                         }
                         op::COMMIT => HandlerOp::Commit(id),
                         _ => HandlerOp::Rollback(id),
@@ -531,7 +568,7 @@ impl NativePool {
                                 jobs.push(Job::RunHandler(slot));
                             }
                         }
-                        None if code == op::HANDLER_QUERY => self.completions.complete(id, Err(no_connection())),
+                        None if code == op::HANDLER_QUERY || code == op::PG_HANDLER_QUERY => self.completions.complete(id, Err(no_connection())),
                         // Nothing to end on a handler that never took a connection.
                         None => self.completions.complete(id, Ok(Vec::new())),
                     }
@@ -575,6 +612,49 @@ impl NativePool {
             Some(lease) => lease.in_transaction(),
             None => state.running,
         }
+    }
+
+    /// `pgdbpool/pg`: remembers the session `handler` holds (call right after its checkout, while
+    /// no statement runs on it) and returns the backend's process id (0 if unknown).
+    #[napi]
+    pub fn pg_attach(&self, handler: u32) -> u32 {
+        let Some(slot) = self.handlers.lock().get(handler).cloned() else { return 0 };
+        let status = slot.state.lock().lease.as_ref().and_then(Lease::session_status);
+        status.map_or(0, |status| pgcompat::attach(self.id, handler, status))
+    }
+
+    /// `pgdbpool/pg`: delivers the asynchronous messages (notifications, notices, the end of the
+    /// connection) of `handler`'s session as completions of id 0, status 3, tagged `subscription`
+    /// (see `lib/native.ts`); with `on` false, stops. False if the session is not attached.
+    #[napi]
+    pub fn pg_subscribe(&self, handler: u32, subscription: u32, on: bool) -> bool {
+        let subscriber: Option<pgcompat::Subscriber> = on.then(|| {
+            let completions = Arc::downgrade(&self.completions);
+            Arc::new(move |kind: u8, body: &[u8]| {
+                if let Some(completions) = completions.upgrade() {
+                    completions.async_message(subscription, kind, body);
+                }
+            }) as pgcompat::Subscriber
+        });
+        pgcompat::subscribe(self.id, handler, subscriber)
+    }
+
+    /// `pgdbpool/pg`: forgets `handler`'s session (at release) and ends its subscription.
+    #[napi]
+    pub fn pg_detach(&self, handler: u32) {
+        pgcompat::detach(self.id, handler);
+    }
+
+    /// Closes `handler`'s connection at release instead of pooling it (pg's `release(err)`).
+    #[napi]
+    pub fn discard(&self, handler: u32) {
+        let Some(slot) = self.handlers.lock().get(handler).cloned() else { return };
+        let mut state = slot.state.lock();
+        if let Some(lease) = &state.lease {
+            lease.discard();
+        }
+        // Never handed over or pooled: release and the handler's task discard a cancelled session.
+        state.cancelled = true;
     }
 
     /// JSON snapshot of gauges and counters.

@@ -128,6 +128,9 @@ pub struct EndpointConfig {
     pub application_name: String,
     /// Relative share of new connections.
     pub weight: u32,
+    /// More startup `options` (libpq's `options`, e.g. `-c search_path=app`), after the pool's own.
+    #[serde(default)]
+    pub options: String,
 }
 
 impl std::fmt::Debug for EndpointConfig {

@@ -15,7 +15,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::endpoint::{CancelTarget, Opened};
 use crate::error::{pg_error_text, PoolError};
-use crate::protocol::{command_of, decode_params, Param, ResultWriter};
+use crate::protocol::{command_of, decode_params, is_script, Param, ResultWriter};
 use crate::status::{SessionStatus, TxStatus};
 
 /// A session owned by the pool. Boxed: the pool moves sessions in and out of its idle lists
@@ -209,6 +209,9 @@ impl Session {
             return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
         }
         let params = decode_params(params).map_err(PoolError::Query)?;
+        if params.is_empty() && is_script(sql) {
+            return Ok(None);
+        }
         if self.statements.is_none() {
             return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
                 Err(Unnamed::MultiStatement) => Ok(None),
@@ -293,19 +296,36 @@ impl Session {
 
     async fn run(&self, sql: &str, params: &[u8], command: &str, begin: bool) -> Result<Vec<u8>, PoolError> {
         let params = decode_params(params).map_err(PoolError::Query)?;
+        // A pg client's own BEGIN (deferred to go out with this statement, see `pgcompat`).
+        let mode = crate::pgcompat::current();
+        let begin_sql = mode.as_ref().and_then(|m| m.begin()).unwrap_or("BEGIN");
         if command == "COMMIT" && self.tx() == TxStatus::Failed {
+            if crate::pgcompat::current().is_some() {
+                // pg's answer: the server's, a ROLLBACK tag and no error (Kysely and others
+                // look for that tag).
+                let rolled_back = self.client.batch_execute("ROLLBACK").await.map_err(|e| PoolError::while_running(&e));
+                return rolled_back.map(|()| ResultWriter::new("ROLLBACK", &[]).finish(None));
+            }
             // The server would answer ROLLBACK without an error; a lost commit must be loud.
             let _ = self.client.batch_execute("ROLLBACK").await;
             return Err(PoolError::Query(
                 "COMMIT failed: the transaction was aborted by an earlier error and has been rolled back".into(),
             ));
         }
+        if params.is_empty() && is_script(sql) {
+            // Several statements: the simple protocol at once (a failed prepare of the text would
+            // abort an open transaction).
+            if begin {
+                self.client.batch_execute(begin_sql).await.map_err(|e| PoolError::from_pg(&e))?;
+            }
+            return self.run_script(sql, command).await;
+        }
         if self.statements.is_none() {
             // No named statements at all (PgBouncer in transaction mode): one unnamed
             // Parse/Bind/Execute per statement, pipelined behind the BEGIN when there is one.
             let run = execute_unnamed(&self.client, sql, &params, command);
             let result = if begin {
-                let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), run);
+                let (began, result) = tokio::join!(self.client.batch_execute(begin_sql), run);
                 began.map_err(|e| PoolError::while_running(&e))?;
                 result
             } else {
@@ -322,7 +342,7 @@ impl Session {
             // Scripts with several statements cannot be prepared; run them as a simple query.
             Err(e) if params.is_empty() && is_multi_statement_error(&e) => {
                 if begin {
-                    self.client.batch_execute("BEGIN").await.map_err(|e| PoolError::from_pg(&e))?;
+                    self.client.batch_execute(begin_sql).await.map_err(|e| PoolError::from_pg(&e))?;
                 }
                 return self.run_script(sql, command).await;
             }
@@ -330,7 +350,7 @@ impl Session {
             Err(e) => return Err(PoolError::before_run(&e)),
         };
         if begin {
-            let (began, result) = tokio::join!(self.client.batch_execute("BEGIN"), execute(&self.client, &stmt, &params, command));
+            let (began, result) = tokio::join!(self.client.batch_execute(begin_sql), execute(&self.client, &stmt, &params, command));
             began.map_err(|e| PoolError::while_running(&e))?;
             result
         } else {
@@ -341,8 +361,26 @@ impl Session {
     /// Runs a text of several statements through the simple protocol.
     async fn run_script(&self, sql: &str, command: &str) -> Result<Vec<u8>, PoolError> {
         self.used.store(true, Ordering::Relaxed);
+        if crate::pgcompat::current().is_some() {
+            return self.run_script_pg(sql).await;
+        }
         self.client.batch_execute(sql).await.map_err(|e| PoolError::while_running(&e))?;
         Ok(ResultWriter::new(command, &[]).finish(None))
+    }
+
+    /// A script for `pgdbpool/pg`: every statement's result, as pg returns them (text format),
+    /// read off the byte stream while the script runs (see `pgcompat`).
+    async fn run_script_pg(&self, sql: &str) -> Result<Vec<u8>, PoolError> {
+        // Whatever went out before (a failed prepare of this text, a reset) must be answered
+        // first, so that what is captured up to the next ReadyForQuery is the script's answer.
+        if tokio::time::timeout(SETTLE_LIMIT, self.status.settled()).await.is_err() {
+            return Err(PoolError::Connection("the server did not finish an earlier answer; the connection is dropped".into()));
+        }
+        self.status.pg.begin_capture();
+        let result = self.client.batch_execute(sql).await;
+        let captured = self.status.pg.end_capture();
+        result.map_err(|e| PoolError::while_running(&e))?;
+        crate::pgcompat::script_results(&captured).map_err(PoolError::Query)
     }
 
     /// Commits; an aborted transaction or a failing COMMIT is an error. Outside a transaction

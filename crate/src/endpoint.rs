@@ -129,8 +129,11 @@ impl Endpoint {
             .user(&config.user)
             .application_name(&config.application_name)
             .options(format!(
-                "-c statement_timeout={} -c temp_buffers={}MB",
-                config.query_timeout, config.session_tmp_buffer
+                "-c statement_timeout={} -c temp_buffers={}MB{}{}",
+                config.query_timeout,
+                config.session_tmp_buffer,
+                if config.options.is_empty() { "" } else { " " },
+                config.options
             ));
         if let Some(pass) = &config.pass {
             pg.password(pass);

@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod oneshot;
 mod pool;
+mod pgcompat;
 mod pgtext;
 mod protocol;
 mod role;

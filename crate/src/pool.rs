@@ -1064,7 +1064,8 @@ impl Lease {
         let plain = standalone && pipelinable(sql);
         let mut retries = 0;
         loop {
-            let begin = !autocommit && self.conn.as_ref().is_some_and(|c| c.tx() == TxStatus::Idle);
+            let begin = (!autocommit && self.conn.as_ref().is_some_and(|c| c.tx() == TxStatus::Idle))
+                || crate::pgcompat::current().is_some_and(|m| m.begin().is_some());
             let result = self.bounded(Op::Query { sql, params, begin, plain }).await;
             match result {
                 Err(PoolError::Unsent(_)) if standalone && retries < self.group.endpoints.len() + 2 => {
@@ -1184,6 +1185,11 @@ impl Lease {
     /// Whether a reset for a new user is waiting for this session's next statement.
     pub fn reset_due(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| c.reset_due())
+    }
+
+    /// What the server reports on this lease's session (for `pgdbpool/pg`).
+    pub fn session_status(&self) -> Option<Arc<crate::status::SessionStatus>> {
+        self.conn.as_ref().map(|c| c.status.clone())
     }
 
     /// Whether a transaction is open on this lease.

@@ -12,7 +12,7 @@ use std::error::Error;
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, Format, FromSql, IsNull, Kind as PgKind, ToSql, Type};
 
-use crate::pgtext;
+use crate::{pgcompat, pgtext};
 
 /// How a column's payload is laid out for the TypeScript decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +180,8 @@ pub struct ResultWriter {
     kinds: Vec<(Kind, Type)>,
     rows: u32,
     counted: bool,
+    /// For a pg-mode statement (`pgdbpool/pg`), the fields' metadata for the trailer.
+    pg: Option<Vec<pgcompat::FieldMeta>>,
 }
 
 impl ResultWriter {
@@ -195,15 +197,25 @@ impl ResultWriter {
         buf.extend_from_slice(command);
         buf.extend_from_slice(&(columns.len() as u32).to_be_bytes());
         let mut kinds = Vec::with_capacity(columns.len());
+        let mode = pgcompat::current();
+        let mut pg = mode.as_ref().map(|_| Vec::with_capacity(columns.len()));
         for column in columns {
-            let kind = kind_of(column.type_());
+            let mut kind = kind_of(column.type_());
+            if let (Some(mode), Some(pg)) = (&mode, pg.as_mut()) {
+                // pg mode: types outside the fast set come as PostgreSQL's text.
+                let fast = mode.is_fast(column.type_().oid());
+                if !fast {
+                    kind = Kind::Text;
+                }
+                pg.push(pgcompat::FieldMeta::of(column, fast));
+            }
             buf.extend_from_slice(&(column.name().len() as u32).to_be_bytes());
             buf.extend_from_slice(column.name().as_bytes());
             buf.extend_from_slice(&column.type_().oid().to_be_bytes());
             buf.push(kind as u8);
             kinds.push((kind, pgtext::base_type(column.type_()).clone()));
         }
-        Self { buf, kinds, rows: 0, counted }
+        Self { buf, kinds, rows: 0, counted, pg }
     }
 
     /// Appends one row.
@@ -226,6 +238,9 @@ impl ResultWriter {
         self.buf[1..5].copy_from_slice(&self.rows.to_be_bytes());
         let affected = rows_affected.filter(|_| self.counted).map_or(-1f64, |n| n as f64);
         self.buf[5..13].copy_from_slice(&affected.to_be_bytes());
+        if let Some(fields) = &self.pg {
+            pgcompat::trailer(&mut self.buf, 0, fields);
+        }
         self.buf
     }
 }
@@ -402,6 +417,123 @@ fn is_create_as(sql: &str) -> bool {
     words.any(|w| w == "AS")
 }
 
+/// Whether `sql` certainly holds more than one statement (something other than blanks and
+/// comments after a top-level `;`), read as PostgreSQL's lexer reads quotes, comments and dollar
+/// quotes. Such a text goes to the simple protocol at once: preparing it fails, and inside a
+/// transaction that failure aborts the transaction. When in doubt (an unterminated quote) it says
+/// no, and the server decides. (A `BEGIN ATOMIC` body counts as several: the simple protocol runs
+/// it as the one statement it is.)
+pub fn is_script(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let n = b.len();
+    let mut i = 0;
+    let mut seen_end = false;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    while i < n {
+        let c = b[i];
+        if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < n && b[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let mut depth = 1;
+            i += 2;
+            while i < n && depth > 0 {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+            if depth > 0 {
+                return false;
+            }
+            continue;
+        }
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if seen_end && c != b';' {
+            return true;
+        }
+        match c {
+            b';' => {
+                seen_end = true;
+                i += 1;
+            }
+            b'\'' => {
+                let escapes = i > 0 && (b[i - 1] == b'E' || b[i - 1] == b'e') && (i < 2 || !ident(b[i - 2]));
+                i += 1;
+                loop {
+                    if i >= n {
+                        return false;
+                    }
+                    if escapes && b[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    if i >= n {
+                        return false;
+                    }
+                    if b[i] == b'"' {
+                        if b.get(i + 1) == Some(&b'"') {
+                            i += 2;
+                            continue;
+                        }
+                        i += 1;
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'$' if !(i > 0 && ident(b[i - 1])) => {
+                // `$tag$ ... $tag$` (tag empty or an identifier not starting with a digit); `$1` is a parameter.
+                let mut j = i + 1;
+                if j < n && b[j].is_ascii_digit() {
+                    i = j;
+                    continue;
+                }
+                while j < n && ident(b[j]) && b[j] != b'$' {
+                    j += 1;
+                }
+                if j >= n || b[j] != b'$' {
+                    i += 1;
+                    continue;
+                }
+                let tag = &b[i..=j];
+                let body = j + 1;
+                match b[body..].windows(tag.len()).position(|w| w == tag) {
+                    Some(at) => i = body + at + tag.len(),
+                    None => return false,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
 /// Whether node-postgres reports a row count for this command: only tags that carry one
 /// (`INSERT 0 n`, `UPDATE n`, `SELECT n`, ...); `CREATE TABLE`, `SHOW`, `EXPLAIN` give null.
 pub fn has_row_count(command: &str) -> bool {
@@ -411,6 +543,23 @@ pub fn has_row_count(command: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scripts_are_told_apart() {
+        assert!(!is_script("SELECT 1"));
+        assert!(!is_script("SELECT 1;"));
+        assert!(!is_script("SELECT 1; -- done\n /* really */ ;"));
+        assert!(is_script("SELECT 1; SELECT 2"));
+        assert!(is_script("--! breaking\ncreate table a (x int);\ncreate index on a (x);"));
+        assert!(!is_script("SELECT ';' AS a, \"x;y\" FROM t"));
+        assert!(!is_script("SELECT E'it\\'s; fine', 'a''; b'"));
+        assert!(!is_script("DO $$ BEGIN PERFORM 1; PERFORM 2; END $$"));
+        assert!(!is_script("CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql"));
+        assert!(is_script("DO $f$ BEGIN PERFORM 1; END $f$; SELECT 2"));
+        assert!(!is_script("SELECT $1::int; "));
+        assert!(!is_script("SELECT 'unterminated; SELECT 2"));
+        assert!(!is_script("SELECT 1 /* a; /* nested; */ still */"));
+    }
 
     #[test]
     fn commands() {

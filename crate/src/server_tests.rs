@@ -31,6 +31,7 @@ fn endpoint(id: &str, host: &str, port: u16, name: &str, user: &str, pass: Optio
         session_tmp_buffer: 8,
         application_name: "pgdbpool-core-test".into(),
         weight: 1,
+        options: String::new(),
     }
 }
 

@@ -57,6 +57,8 @@ pub struct SessionStatus {
     ended: AtomicBool,
     /// Woken on every ReadyForQuery and at the end of the stream.
     waiter: AtomicWaker,
+    /// The backend pid, asynchronous messages and script answers, for `pgdbpool/pg`.
+    pub pg: crate::pgcompat::SessionTap,
 }
 
 impl Default for SessionStatus {
@@ -70,6 +72,7 @@ impl Default for SessionStatus {
             answered: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             waiter: AtomicWaker::new(),
+            pg: crate::pgcompat::SessionTap::default(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl SessionStatus {
     fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.waiter.wake();
+        self.pg.end();
     }
 
     /// Whether an SQL-level `PREPARE` ran since the last call.
@@ -172,7 +176,11 @@ impl Reader {
                     if *len == 5 {
                         let kind = buf[0];
                         let left = (u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize).saturating_sub(4);
-                        let wanted = matches!(kind, b'Z' | b'S' | b'C') && left <= KEEP_LIMIT;
+                        let tap = &self.status.pg;
+                        let wanted = (matches!(kind, b'Z' | b'S' | b'C') && left <= KEEP_LIMIT)
+                            || kind == b'K'
+                            || (matches!(kind, b'A' | b'N') && tap.subscribed())
+                            || (matches!(kind, b'T' | b'D' | b'C' | b'I') && tap.capturing());
                         self.framing = Framing::Body { kind, left, keep: wanted.then(|| Vec::with_capacity(left)) };
                         if left == 0 {
                             self.finish();
@@ -203,6 +211,7 @@ impl Reader {
                     self.status.status.store(status, Ordering::Release);
                 }
                 self.started = true;
+                self.status.pg.message(kind, &body);
                 self.status.answer();
             }
             b'S' => {
@@ -217,8 +226,13 @@ impl Reader {
                     self.status.settings_changed.store(true, Ordering::Release);
                 }
             }
-            b'C' if body.starts_with(b"PREPARE\0") => self.status.prepared.store(true, Ordering::Release),
-            _ => {}
+            b'C' => {
+                if body.starts_with(b"PREPARE\0") {
+                    self.status.prepared.store(true, Ordering::Release);
+                }
+                self.status.pg.message(kind, &body);
+            }
+            _ => self.status.pg.message(kind, &body),
         }
     }
 }
@@ -293,6 +307,15 @@ impl<S> Watched<S> {
         if !matches!(self.reader.framing, Framing::Off) {
             self.writer.feed(data, &self.reader.status);
         }
+    }
+}
+
+impl<S> Drop for Watched<S> {
+    /// The connection task ends without reading the end of the stream when tokio-postgres
+    /// gives up on it (an error message outside a query, such as the FATAL of a terminated
+    /// backend): no more answers will come either way.
+    fn drop(&mut self) {
+        self.reader.status.end();
     }
 }
 
