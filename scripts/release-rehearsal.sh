@@ -115,6 +115,11 @@ EOF
     log "published $(basename "$1")"
   }
   local tgz main_tgz="$TARBALLS/pgdbpool-$VERSION.tgz"
+  # pgdbpool's own dependencies (pg-types and what it needs) first: the registry has no uplink,
+  # so they come packed from this checkout's node_modules (see main).
+  for tgz in "$TARBALLS"/deps/*.tgz; do
+    [ -e "$tgz" ] && publish "$tgz"
+  done
   for tgz in "$TARBALLS"/*.tgz; do
     if [ "$tgz" != "$main_tgz" ]; then publish "$tgz"; fi
   done
@@ -137,13 +142,17 @@ EOF
     const fs = require('node:fs')
     const assert = require('node:assert/strict')
     const lock = JSON.parse(fs.readFileSync('package-lock.json', 'utf8')).packages
+    // From verdaccio: its URL, or (npm leaves 'resolved' out of some entries) the very tarball
+    // published there, by its integrity.
+    const integrity = (f) => 'sha512-' + require('node:crypto').createHash('sha512').update(fs.readFileSync(f)).digest('base64')
+    const fromHere = (entry, tgz) => (entry.resolved ? entry.resolved.startsWith('$reg') : entry.integrity === integrity(tgz))
     const main = lock['node_modules/pgdbpool']
     assert.equal(main.version, '$VERSION')
-    assert.ok(main.resolved.startsWith('$reg'), 'pgdbpool came from ' + main.resolved)
+    assert.ok(fromHere(main, '$main_tgz'), 'pgdbpool came from ' + (main.resolved || main.integrity))
     const platforms = Object.keys(lock).filter((k) => k.startsWith('node_modules/pgdbpool-'))
     const installed = platforms.filter((k) => fs.existsSync(k))
     assert.deepEqual(installed, ['node_modules/$HOST_PACKAGE'], 'installed platform packages: ' + installed)
-    assert.ok(lock['node_modules/$HOST_PACKAGE'].resolved.startsWith('$reg'))
+    assert.ok(fromHere(lock['node_modules/$HOST_PACKAGE'], '$TARBALLS/$HOST_PACKAGE-$VERSION.tgz'), '$HOST_PACKAGE is not the one published')
     assert.ok(fs.existsSync('node_modules/$HOST_PACKAGE/$HOST_BINARY'))
     assert.deepEqual(fs.readdirSync('node_modules/pgdbpool').filter((f) => f.endsWith('.node')), [])
   " || fail "the installed tree is not what it should be"
@@ -187,6 +196,28 @@ main() {
 
   log "1. tarballs"
   npm run --silent pack:all -- "$tmp/tarballs"
+  # The runtime dependencies, as installed here (`npm pack` of a folder needs no network).
+  mkdir -p "$tmp/tarballs/deps"
+  local dep
+  while read -r dep; do
+    if [ "$dep" != "$repo" ]; then (cd "$tmp/tarballs/deps" && npm pack "$dep" --silent >/dev/null); fi
+  done < <(node -e "
+    // package.json's dependencies and theirs, as resolved from the repository's node_modules.
+    const path = require('node:path')
+    const seen = new Set()
+    const walk = (from, deps) => {
+      for (const name of Object.keys(deps || {})) {
+        const manifest = require.resolve(name + '/package.json', { paths: [from] })
+        const dir = path.dirname(manifest)
+        if (seen.has(dir)) continue
+        seen.add(dir)
+        walk(dir, require(manifest).dependencies)
+      }
+    }
+    walk(process.cwd(), require('./package.json').dependencies)
+    console.log([...seen].join('\\n'))
+  ")
+  log "runtime dependencies packed: $(find "$tmp/tarballs/deps" -name '*.tgz' | wc -l)"
   local main_tgz="$tmp/tarballs/pgdbpool-$version.tgz"
   [ -f "$tmp/tarballs/pgdbpool-$host_abi-$version.tgz" ] || fail "no tarball for this machine's platform ($host_abi)"
   node scripts/check-packages.js --tarballs "$tmp/tarballs"
