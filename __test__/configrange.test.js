@@ -56,7 +56,7 @@ const RANGES = [
   ['max_lifetime', 'group', 0, 2147483647, true],
   ['max_uses', 'group', 0, Number.MAX_SAFE_INTEGER, true],
   ['ping_after_idle', 'group', 0, 2147483647, true],
-  ['statement_cache_size', 'group', 0, 100000, true],
+  ['statement_cache_size', 'group', 0, 10000, true],
   ['pipeline', 'group', 1, 1000, true],
   ['leak_threshold', 'group', 0, 2147483647, true],
   ['health_interval', 'top', 10, 2147483647, true],

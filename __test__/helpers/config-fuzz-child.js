@@ -82,18 +82,27 @@ function baseConfig() {
 
 function mutate(config) {
   const where = int(4)
-  if (where === 0) {
+  const settable = (o) => o !== null && typeof o === 'object' && Object.isExtensible(o)
+  if (where === 0 && settable(config.db)) {
     const key = pick(ENDPOINT_KEYS)
     config.db[key] = key === 'host' && random() < 0.8 ? pick(HOSTS) : randomValue()
-  } else if (where === 1) {
+  } else if (where === 1 && settable(config.groups) && settable(config.groups.default)) {
     config.groups.default[pick(GROUP_KEYS)] = randomValue()
-  } else if (where === 2) {
+  } else if (where <= 2) {
     const key = random() < 0.9 ? pick(TOP_KEYS) : randomString()
     config[key] = randomValue()
   } else {
     // A URL with random parameters (and maybe a broken password escape).
     const pass = pick(['fuzz-secret-pw', 'fuzz%zzsecret', 'fuzz%', 'fuzz%41', 'fu:zz'])
-    const params = Array.from({ length: int(3) }, () => `${pick(URL_PARAMS)}=${encodeURIComponent(String(random() < 0.5 ? pick(NUMBERS) : randomString()))}`)
+    // (encodeURIComponent throws on a lone surrogate: such a value is sent raw.)
+    const encode = (v) => {
+      try {
+        return encodeURIComponent(v)
+      } catch {
+        return v
+      }
+    }
+    const params = Array.from({ length: int(3) }, () => `${pick(URL_PARAMS)}=${encode(String(random() < 0.5 ? pick(NUMBERS) : randomString()))}`)
     config.db = `postgres://u:${pass}@127.0.0.1:${closedPort}/db${params.length ? '?' + params.join('&') : ''}`
   }
 }
