@@ -21,6 +21,8 @@ function waitForGo() {
     rl.on('line', (line) => {
       if (line.trim() === 'go') {
         rl.close()
+        // An open stdin pipe would keep the event loop alive.
+        process.stdin.destroy()
         resolve()
       }
     })

@@ -25,6 +25,16 @@ pub enum TxState {
     Failed,
 }
 
+/// A stand-alone statement ready to run on a shared session (see [`Session::prepare_shared`]).
+pub enum Shared {
+    /// A prepared statement from the cache.
+    Named(Statement),
+    /// No named statements on this session (`statement_cache_size: 0`): one unnamed round trip.
+    Unnamed,
+    /// The text holds several statements.
+    Several,
+}
+
 /// A session owned by the pool. Boxed: the pool moves sessions in and out of its idle lists
 /// and leases on every checkout, and the client alone is hundreds of bytes.
 pub struct PgConn(Box<Session>);
@@ -109,28 +119,41 @@ impl Session {
         Ok(stmt)
     }
 
-    /// Runs a stand-alone statement on a session that other stand-alone statements may be using
-    /// at the same time: tokio-postgres pipelines them on the socket. Only for statements that
-    /// leave no session state behind (see [`pipelinable`]).
-    /// `Ok(None)`: the text holds several statements, which must run on an exclusive session.
-    pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+    /// Prepares a stand-alone statement for [`Session::execute_shared`] on a session that other
+    /// stand-alone statements may be using at the same time (tokio-postgres pipelines them on
+    /// the socket). Only for statements that leave no session state behind (see
+    /// [`pipelinable`]). The prepare round trip (on a cache miss) is a step of its own, so that
+    /// the statement itself goes to the socket in one write at the first poll of
+    /// `execute_shared`: the pool orders the statements sharing a session by those writes.
+    pub async fn prepare_shared(&self, sql: &str, params: &[u8]) -> Result<Shared, PoolError> {
         if self.client.is_closed() {
             return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
         }
-        let params = decode_params(params).map_err(PoolError::Query)?;
         if self.statements.is_none() {
-            return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
+            return Ok(Shared::Unnamed);
+        }
+        match self.statement(sql).await {
+            Ok(stmt) => Ok(Shared::Named(stmt)),
+            // No parameters: the parameter buffer is empty.
+            Err(e) if params.is_empty() && is_multi_statement_error(&e) => Ok(Shared::Several),
+            Err(e) => Err(PoolError::before_run(&e)),
+        }
+    }
+
+    /// Runs a statement prepared by [`Session::prepare_shared`]; everything it sends goes out
+    /// at its first poll. `Ok(None)`: the text holds several statements, which must run on an
+    /// exclusive session.
+    pub async fn execute_shared(&self, prepared: Shared, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+        let params = decode_params(params).map_err(PoolError::Query)?;
+        match prepared {
+            Shared::Several => Ok(None),
+            Shared::Unnamed => match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
                 Err(Unnamed::MultiStatement) => Ok(None),
                 Err(Unnamed::Failed(e)) => Err(e),
                 Ok(bytes) => Ok(Some(bytes)),
-            };
+            },
+            Shared::Named(stmt) => execute(&self.client, &stmt, &params, command_of(sql).as_str()).await.map(Some),
         }
-        let stmt = match self.statement(sql).await {
-            Ok(stmt) => stmt,
-            Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
-            Err(e) => return Err(PoolError::before_run(&e)),
-        };
-        execute(&self.client, &stmt, &params, command_of(sql).as_str()).await.map(Some)
     }
 
     /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in
