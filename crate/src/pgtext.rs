@@ -983,6 +983,7 @@ mod tests {
     fn numeric_to_text() {
         let numeric = |raw: &[u8]| {
             let mut s = String::new();
+            // A test: a failure here is the test failing.
             numeric_text(raw, &mut s).expect("numeric");
             s
         };

@@ -524,6 +524,7 @@ impl Group {
                             state.slots[e].in_use -= 1;
                             conn = back;
                         }
+                        // `send` hands back what it was given, and only a Conn was.
                         Err(_) => unreachable!("only Conn was sent"),
                     }
                 }

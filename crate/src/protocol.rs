@@ -478,6 +478,52 @@ pub fn has_row_count(command: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Every type, fed random bytes, truncated values and lying array headers, gives a cell or
+    /// an error — never a panic, never a hang, never a wrong length.
+    #[test]
+    fn hostile_values_never_panic() {
+        let types = [
+            Type::BOOL, Type::INT2, Type::INT4, Type::INT8, Type::FLOAT4, Type::FLOAT8, Type::NUMERIC, Type::TEXT, Type::BYTEA,
+            Type::JSON, Type::JSONB, Type::DATE, Type::TIME, Type::TIMETZ, Type::TIMESTAMP, Type::TIMESTAMPTZ, Type::INTERVAL,
+            Type::POINT, Type::LSEG, Type::BOX, Type::PATH, Type::POLYGON, Type::LINE, Type::CIRCLE, Type::INET, Type::CIDR,
+            Type::MACADDR, Type::BIT, Type::VARBIT, Type::TS_VECTOR, Type::UUID, Type::MONEY, Type::INT4_RANGE, Type::RECORD,
+            Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::NUMERIC_ARRAY, Type::RECORD_ARRAY, Type::INT2_VECTOR, Type::OID_VECTOR,
+            Type::PG_SNAPSHOT, Type::TID, Type::PG_LSN, Type::INT4MULTI_RANGE, Type::XID8, Type::JSONPATH,
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for ty in &types {
+            let kind = kind_of(ty);
+            let base = pgtext::base_type(ty).clone();
+            for round in 0..3000 {
+                let len = rng.usize(0..48);
+                let mut raw: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                if round % 3 == 0 && len >= 20 {
+                    // A plausible array / record header: small counts, so the walk goes deep.
+                    raw[..4].copy_from_slice(&rng.i32(-1..8).to_be_bytes());
+                    raw[12..16].copy_from_slice(&rng.i32(-2..5).to_be_bytes());
+                }
+                let mut out = Vec::new();
+                if write_cell(&mut out, kind, &base, &raw).is_ok() {
+                    let len = i32::from_be_bytes(out[..4].try_into().expect("a test"));
+                    assert_eq!(len as usize, out.len() - 4, "{ty}: cell length");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut inner = [1i32.to_be_bytes(), 23u32.to_be_bytes(), 4i32.to_be_bytes(), 1i32.to_be_bytes()].concat();
+        for _ in 0..1000 {
+            let mut outer = [1i32.to_be_bytes(), 2249u32.to_be_bytes(), (inner.len() as i32).to_be_bytes()].concat();
+            outer.extend_from_slice(&inner);
+            inner = outer;
+        }
+        let mut out = Vec::new();
+        let err = write_cell(&mut out, kind_of(&Type::RECORD), &Type::RECORD, &inner).expect_err("too deep");
+        assert!(err.contains("nested"), "{err}");
+    }
+
     #[test]
     fn commands() {
         assert_eq!(command_of("  select 1"), "SELECT");

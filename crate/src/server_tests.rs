@@ -1,6 +1,7 @@
 //! Tests of the core against a real server, named by `PGDBPOOL_TEST_URL`
 //! (`postgres://user:pass@host:port/db`); without it they pass without running. The JS suite
 //! covers the same paths through the bindings; these cover what the bindings do not expose yet.
+//! Only tests: an `expect` that fails here is the test failing.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
