@@ -330,20 +330,10 @@ function malformed(what: string): never {
   throw new Malformed(what)
 }
 
-/** Byte size of a fixed-size kind's payload (0: any). */
-const FIXED_SIZE: number[] = []
-FIXED_SIZE[Kind.Bool] = 1
-FIXED_SIZE[Kind.Int2] = 2
-FIXED_SIZE[Kind.Int4] = 4
-FIXED_SIZE[Kind.Oid] = 4
-FIXED_SIZE[Kind.Date] = 4
-FIXED_SIZE[Kind.Float4] = 8
-FIXED_SIZE[Kind.Float8] = 8
-FIXED_SIZE[Kind.Timestamptz] = 8
-FIXED_SIZE[Kind.Timestamp] = 8
-FIXED_SIZE[Kind.Interval] = 16
-FIXED_SIZE[Kind.Point] = 16
-FIXED_SIZE[Kind.Circle] = 24
+/** A fixed-size value of the wrong size: it would read into the next one. */
+function badSize(kind: number, len: number): never {
+  malformed(`a cell of ${len} bytes for a value of kind ${kind}`)
+}
 
 class Decoder {
   /** Scratch output of splitMicros. */
@@ -357,19 +347,22 @@ class Decoder {
   /** The value of one cell of `len` bytes at `pos` (within the buffer: the caller checked). */
   value(kind: number, pos: number, len: number): unknown {
     const buf = this.buf
-    const size = FIXED_SIZE[kind]
-    if (size !== undefined && len !== size) malformed(`a cell of ${len} bytes where ${size} were expected`)
     switch (kind) {
       case Kind.Bool:
+        if (len !== 1) badSize(kind, len)
         return buf[pos] !== 0
       case Kind.Int2:
+        if (len !== 2) badSize(kind, len)
         return buf.readInt16BE(pos)
       case Kind.Int4:
+        if (len !== 4) badSize(kind, len)
         return buf.readInt32BE(pos)
       case Kind.Oid:
+        if (len !== 4) badSize(kind, len)
         return buf.readUInt32BE(pos)
       case Kind.Float4:
       case Kind.Float8:
+        if (len !== 8) badSize(kind, len)
         return buf.readDoubleBE(pos)
       case Kind.Text:
         return buf.utf8Slice(pos, pos + len)
@@ -383,6 +376,7 @@ class Decoder {
       }
       case Kind.Timestamptz:
       case Kind.Timestamp: {
+        if (len !== 8) badSize(kind, len)
         const inf = isInfinity(buf, pos)
         if (inf !== 0) return this.types.dates === 'string' ? (inf > 0 ? 'infinity' : '-infinity') : inf * Infinity
         const ms = splitMicros(buf, pos, this.sub) * 1000 + Math.floor(this.sub.us / 1000) + PG_EPOCH_MS
@@ -390,6 +384,7 @@ class Decoder {
         return kind === Kind.Timestamptz ? new Date(ms) : localDate(new Date(ms))
       }
       case Kind.Date: {
+        if (len !== 4) badSize(kind, len)
         const days = buf.readInt32BE(pos)
         if (days === 0x7fffffff) return this.types.dates === 'string' ? 'infinity' : Infinity
         if (days === -0x80000000) return this.types.dates === 'string' ? '-infinity' : -Infinity
@@ -397,10 +392,13 @@ class Decoder {
         return this.types.dates === 'string' ? isoText(ms, 0, false, '') : localDate(new Date(ms))
       }
       case Kind.Interval:
+        if (len !== 16) badSize(kind, len)
         return interval(buf, pos)
       case Kind.Point:
+        if (len !== 16) badSize(kind, len)
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8) }
       case Kind.Circle:
+        if (len !== 24) badSize(kind, len)
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8), radius: buf.readDoubleBE(pos + 16) }
       case Kind.Number:
         return parseFloat(buf.latin1Slice(pos, pos + len))
@@ -527,7 +525,7 @@ function decode<R>(buf: Buffer, rowMode: RowMode, types: Required<TypeOptions>):
   for (let r = 0; r < rowCount; r++) {
     const row: Record<string, unknown> | unknown[] = asArray ? new Array(ncols) : {}
     for (let c = 0; c < ncols; c++) {
-      if (end - pos < 4) malformed('a truncated row')
+      // Past the end, readInt32BE throws a RangeError: a malformed result too.
       const len = buf.readInt32BE(pos)
       pos += 4
       let value: unknown = null
