@@ -19,9 +19,11 @@ export declare class NativePool {
   /** This object's number for `tryAcquireHandler` and `releaseHandler`. */
   get id(): number
   /**
-   * Every result queued since the last call, as one Buffer (see [`Completions`]). Copied into
-   * memory the JS engine owns: a Buffer over Rust memory is freed only by a finalizer the
-   * engine runs when it sees fit, and RSS grew by gigabytes under a stream of large results.
+   * Completions queued since the last call, as one Buffer (see [`Completions`]): whole
+   * records up to [`TAKE_CHUNK`] bytes (at least one); for the rest, JS is woken again.
+   * Copied into memory the JS engine owns: a Buffer over Rust memory is freed only by a
+   * finalizer the engine runs when it sees fit, and RSS grew by gigabytes under a stream of
+   * large results. A copy that fails leaves the queue as it was.
    */
   takeCompletions(): Buffer
   /** How many JS pool objects (across threads) use this pool. */
@@ -30,14 +32,21 @@ export declare class NativePool {
   warmUp(): Promise<void>
   /**
    * Starts every operation in `batch` (see [`Reader`]); each completes its id. A malformed
-   * batch is a bug in `lib/native.ts` and throws.
+   * batch is a bug in `lib/native.ts` and throws, having started none of its operations.
    */
   submit(batch: Buffer): void
   /**
-   * Asks the server to cancel the statement running on `handler`'s connection (for an aborted
-   * query); the statement then fails with SQLSTATE 57014.
+   * An aborted operation: a handler statement still queued is dropped unrun; the one running
+   * is cancelled on the server (it then fails with SQLSTATE 57014, and the session is closed
+   * at release); one that already ended, or an id this handler does not have, is left alone.
    */
-  cancel(handler: number): void
+  cancel(handler: number, id: number): void
+  /**
+   * An aborted one-shot statement: while it still waits for a connection or a pipeline
+   * slot it gives up and never reaches the server; once sent it runs on, and its result is
+   * dropped (its connection may be shared, so it is not cancelled).
+   */
+  abort(id: number): void
   /** Whether a transaction is open on `handler` (true while a statement is running on it). */
   inTransaction(handler: number): boolean
   /**
@@ -69,6 +78,9 @@ export declare class NativePool {
  * ones is queued in the core.
  */
 export declare function releaseHandler(core: number, handler: number, handOver: boolean, ownWaiting: number): boolean
+
+/** Sets the largest result the core builds (bytes; JS passes what its Buffers can hold). */
+export declare function setMaxResultBytes(bytes: number): void
 
 /**
  * Gives handler `handler` of pool object `core` an idle connection of group `group` if one is

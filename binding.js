@@ -837,4 +837,5 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativePool = nativeBinding.NativePool
 module.exports.releaseHandler = nativeBinding.releaseHandler
+module.exports.setMaxResultBytes = nativeBinding.setMaxResultBytes
 module.exports.tryAcquireHandler = nativeBinding.tryAcquireHandler

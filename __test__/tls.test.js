@@ -133,10 +133,12 @@ test('verify-ca with the right CA ignores the host name; fails with an unrelated
   await refused(t, tls, { ssl: 'verify-ca', ssl_ca: otherCa.cert }, UNKNOWN_CA)
 })
 
-test('verify-* without ssl_ca trust only public CAs, so a private CA is rejected', async (t) => {
+test('verify-full without ssl_ca trusts the public roots (libpq sslrootcert=system), so a private CA is rejected; verify-ca without ssl_ca is refused, as in libpq', async (t) => {
   const publicRoots = /server certificate rejected.*UnknownIssuer.*not signed by a public CA; set ssl_ca/
   await refused(t, tls, { ssl: 'verify-full' }, publicRoots)
-  await refused(t, tls, { ssl: 'verify-ca' }, publicRoots)
+  await refused(t, tls, { ssl_ca: 'system' }, publicRoots)
+  const err = t.throws(() => makePool(t, tls, { ssl: 'verify-ca' }), { instanceOf: ConfigError })
+  t.is(err.path, 'db.ssl_ca')
 })
 
 test('require with ssl_ca checks the chain like verify-ca (as libpq does)', async (t) => {

@@ -2,6 +2,7 @@
 // Buffer, a result comes back as one Buffer and is turned into rows here in a tight loop.
 
 import type { TypeOptions } from './config'
+import { DBQueryError } from './errors'
 
 export interface FieldInfo {
   name: string
@@ -322,6 +323,18 @@ function interval(buf: Buffer, pos: number): PostgresInterval {
   return out
 }
 
+/** A result Buffer that does not hold what its header says (truncated, corrupted). */
+class Malformed extends Error {}
+
+function malformed(what: string): never {
+  throw new Malformed(what)
+}
+
+/** A fixed-size value of the wrong size: it would read into the next one. */
+function badSize(kind: number, len: number): never {
+  malformed(`a cell of ${len} bytes for a value of kind ${kind}`)
+}
+
 class Decoder {
   /** Scratch output of splitMicros. */
   readonly sub = { us: 0 }
@@ -331,19 +344,25 @@ class Decoder {
     private readonly types: Required<TypeOptions>,
   ) {}
 
+  /** The value of one cell of `len` bytes at `pos` (within the buffer: the caller checked). */
   value(kind: number, pos: number, len: number): unknown {
     const buf = this.buf
     switch (kind) {
       case Kind.Bool:
+        if (len !== 1) badSize(kind, len)
         return buf[pos] !== 0
       case Kind.Int2:
+        if (len !== 2) badSize(kind, len)
         return buf.readInt16BE(pos)
       case Kind.Int4:
+        if (len !== 4) badSize(kind, len)
         return buf.readInt32BE(pos)
       case Kind.Oid:
+        if (len !== 4) badSize(kind, len)
         return buf.readUInt32BE(pos)
       case Kind.Float4:
       case Kind.Float8:
+        if (len !== 8) badSize(kind, len)
         return buf.readDoubleBE(pos)
       case Kind.Text:
         return buf.utf8Slice(pos, pos + len)
@@ -357,6 +376,7 @@ class Decoder {
       }
       case Kind.Timestamptz:
       case Kind.Timestamp: {
+        if (len !== 8) badSize(kind, len)
         const inf = isInfinity(buf, pos)
         if (inf !== 0) return this.types.dates === 'string' ? (inf > 0 ? 'infinity' : '-infinity') : inf * Infinity
         const ms = splitMicros(buf, pos, this.sub) * 1000 + Math.floor(this.sub.us / 1000) + PG_EPOCH_MS
@@ -364,6 +384,7 @@ class Decoder {
         return kind === Kind.Timestamptz ? new Date(ms) : localDate(new Date(ms))
       }
       case Kind.Date: {
+        if (len !== 4) badSize(kind, len)
         const days = buf.readInt32BE(pos)
         if (days === 0x7fffffff) return this.types.dates === 'string' ? 'infinity' : Infinity
         if (days === -0x80000000) return this.types.dates === 'string' ? '-infinity' : -Infinity
@@ -371,28 +392,48 @@ class Decoder {
         return this.types.dates === 'string' ? isoText(ms, 0, false, '') : localDate(new Date(ms))
       }
       case Kind.Interval:
+        if (len !== 16) badSize(kind, len)
         return interval(buf, pos)
       case Kind.Point:
+        if (len !== 16) badSize(kind, len)
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8) }
       case Kind.Circle:
+        if (len !== 24) badSize(kind, len)
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8), radius: buf.readDoubleBE(pos + 16) }
       case Kind.Number:
         return parseFloat(buf.latin1Slice(pos, pos + len))
       case Kind.Array:
-        return this.array(pos)
+        return this.array(pos, pos + len)
       default:
         return Buffer.from(buf.subarray(pos, pos + len))
     }
   }
 
-  array(pos: number): unknown[] {
+  /**
+   * `u8 element kind | u8 ndim | i32 per dimension | elements as cells`, ending exactly at `end`.
+   * The core checked the dimensions against the data; they are checked again here so that no
+   * buffer can make this loop beyond its own bytes.
+   */
+  array(pos: number, end: number): unknown[] {
     const buf = this.buf
+    if (end - pos < 2) malformed('a truncated array')
     const elemKind = buf[pos]
     const ndim = buf[pos + 1]
     pos += 2
-    if (ndim === 0) return []
+    if (ndim === 0) {
+      if (pos !== end) malformed('bytes after an empty array')
+      return []
+    }
+    if (ndim > 6 || end - pos < 4 * ndim) malformed('an array header that does not fit')
     const dims: number[] = []
-    for (let d = 0; d < ndim; d++, pos += 4) dims.push(buf.readInt32BE(pos))
+    let count = 1
+    for (let d = 0; d < ndim; d++, pos += 4) {
+      const n = buf.readInt32BE(pos)
+      if (n < 1) malformed('an array dimension below 1')
+      dims.push(n)
+      count *= n
+    }
+    if (count * 4 > end - pos) malformed('more array elements than bytes')
     const state = { pos }
     const build = (d: number): unknown[] => {
       const out = new Array(dims[d])
@@ -400,11 +441,13 @@ class Decoder {
         if (d + 1 < ndim) {
           out[i] = build(d + 1)
         } else {
+          if (end - state.pos < 4) malformed('a truncated array')
           const len = buf.readInt32BE(state.pos)
           state.pos += 4
           if (len < 0) {
             out[i] = null
           } else {
+            if (len > end - state.pos) malformed('an array element past its end')
             out[i] = this.value(elemKind, state.pos, len)
             state.pos += len
           }
@@ -412,24 +455,58 @@ class Decoder {
       }
       return out
     }
-    return build(0)
+    const out = build(0)
+    if (state.pos !== end) malformed('bytes after the last array element')
+    return out
   }
 }
 
-/** Turns one result Buffer into a node-postgres-shaped result. */
+/**
+ * Turns one result Buffer into a node-postgres-shaped result. A buffer that does not hold what
+ * its header says, or a value JS cannot represent (a string longer than V8 allows, JSON that
+ * does not parse), is a DBQueryError that says so; no buffer makes this read past its end or
+ * loop beyond its bytes.
+ */
 export function decodeResult<R = Record<string, unknown>>(buf: Buffer, rowMode: RowMode, types: Required<TypeOptions>): QueryResult<R> {
+  try {
+    return decode<R>(buf, rowMode, types)
+  } catch (e) {
+    throw decodeError(e)
+  }
+}
+
+function decodeError(e: unknown): Error {
+  if (e instanceof Malformed) return new DBQueryError(`malformed result: ${e.message}`)
+  const err = e as NodeJS.ErrnoException
+  if (err?.code === 'ERR_STRING_TOO_LONG' || (err instanceof RangeError && /string/i.test(err.message))) {
+    return new DBQueryError('a value in the result is too large for a JavaScript string (V8 allows about 512 MiB); select it in parts (substring) or as bytea', {}, { cause: e })
+  }
+  if (err instanceof SyntaxError) return new DBQueryError(`a json value in the result does not parse: ${err.message}`, {}, { cause: e })
+  if (err instanceof RangeError) return new DBQueryError(`malformed result: ${err.message}`, {}, { cause: e })
+  return new DBQueryError(`the result could not be decoded: ${(err as Error)?.message ?? String(e)}`, {}, { cause: e })
+}
+
+function decode<R>(buf: Buffer, rowMode: RowMode, types: Required<TypeOptions>): QueryResult<R> {
+  const end = buf.length
+  if (end < 18 || buf[0] !== 1) malformed('not a result (bad header)')
   const rowCount = buf.readUInt32BE(1)
   const affected = buf.readDoubleBE(5)
   const cmdLen = buf[13]
+  if (14 + cmdLen + 4 > end) malformed('a truncated header')
   const command = buf.toString('latin1', 14, 14 + cmdLen)
   let pos = 14 + cmdLen
   const ncols = buf.readUInt32BE(pos)
   pos += 4
+  // A column takes 9 bytes at least, a cell 4.
+  if (ncols * 9 > end - pos) malformed('more columns than bytes')
   const fields: FieldInfo[] = new Array(ncols)
   const names: string[] = new Array(ncols)
   const kinds: number[] = new Array(ncols)
+  let protoColumn = false
   for (let c = 0; c < ncols; c++) {
+    if (end - pos < 4) malformed('a truncated column')
     const nameLen = buf.readUInt32BE(pos)
+    if (nameLen > end - pos - 9) malformed('a truncated column')
     const name = buf.toString('utf8', pos + 4, pos + 4 + nameLen)
     pos += 4 + nameLen
     const oid = buf.readUInt32BE(pos)
@@ -437,24 +514,32 @@ export function decodeResult<R = Record<string, unknown>>(buf: Buffer, rowMode: 
     pos += 5
     names[c] = name
     fields[c] = { name, dataTypeID: oid }
+    if (name === '__proto__') protoColumn = true
   }
+  if (ncols > 0 && rowCount * ncols * 4 > end - pos) malformed('more rows than bytes')
   const decoder = new Decoder(buf, types)
   const rows: unknown[] = new Array(rowCount)
   const asArray = rowMode === 'array'
+  // A column named __proto__ becomes an own property; assigning it would set the row's prototype.
+  const byDefine = protoColumn && !asArray
   for (let r = 0; r < rowCount; r++) {
     const row: Record<string, unknown> | unknown[] = asArray ? new Array(ncols) : {}
     for (let c = 0; c < ncols; c++) {
+      // Past the end, readInt32BE throws a RangeError: a malformed result too.
       const len = buf.readInt32BE(pos)
       pos += 4
       let value: unknown = null
       if (len >= 0) {
+        if (len > end - pos) malformed('a cell past the end of the result')
         value = decoder.value(kinds[c], pos, len)
         pos += len
       }
       if (asArray) (row as unknown[])[c] = value
+      else if (byDefine) Object.defineProperty(row, names[c], { value, writable: true, enumerable: true, configurable: true })
       else (row as Record<string, unknown>)[names[c]] = value
     }
     rows[r] = row
   }
+  if (pos !== end) malformed('bytes after the last row')
   return { rows: rows as R[], rowCount: affected < 0 ? null : affected, command, fields }
 }

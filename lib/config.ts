@@ -157,6 +157,7 @@ function describe(v: unknown): string {
   if (v === null) return 'null'
   if (Array.isArray(v)) return 'an array'
   if (typeof v === 'string') return `a string`
+  if (typeof v === 'function') return 'a function'
   return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v)}`
 }
 
@@ -168,18 +169,45 @@ function checkKeys(obj: Record<string, unknown>, allowed: readonly string[], pat
   }
 }
 
-function integer(v: unknown, path: string, min: number, fallback?: number): number {
+/** Largest time in milliseconds any key takes: what a JS timer can wait (about 24.8 days). */
+export const MAX_MS = 2_147_483_647
+
+/**
+ * The range of every number in the configuration (README "Configuration"). Out of range, not
+ * a number, or a fraction where an integer is meant: a ConfigError naming the key.
+ */
+export const RANGES = {
+  port: [1, 65535],
+  connect_timeout: [0, 2_147_483], // seconds, > 0, fractions allowed
+  query_timeout: [0, MAX_MS],
+  session_tmp_buffer: [1, 8_388_607], // MB: PostgreSQL's largest temp_buffers
+  weight: [1, 1_000_000],
+  connection_count: [1, 100_000],
+  acquire_timeout: [1, MAX_MS],
+  max_waiting: [0, MAX_MS],
+  idle_timeout: [0, MAX_MS],
+  max_lifetime: [0, MAX_MS],
+  max_uses: [0, Number.MAX_SAFE_INTEGER],
+  ping_after_idle: [0, MAX_MS],
+  statement_cache_size: [0, 10_000],
+  pipeline: [1, 1000],
+  leak_threshold: [0, MAX_MS],
+  health_interval: [10, MAX_MS],
+} as const
+
+function integer(v: unknown, path: string, [min, max]: readonly [number, number], fallback?: number): number {
   if (v === undefined && fallback !== undefined) return fallback
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
-    throw new ConfigError(path, `must be an integer >= ${min} (got ${describe(v)})`)
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new ConfigError(path, `must be an integer >= ${min} and <= ${max} (got ${describe(v)})`)
   }
   return v
 }
 
-function positive(v: unknown, path: string, fallback: number): number {
+/** Seconds, fractions allowed, above the range's low end. */
+function seconds(v: unknown, path: string, [min, max]: readonly [number, number], fallback: number): number {
   if (v === undefined) return fallback
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-    throw new ConfigError(path, `must be a number > 0 (got ${describe(v)})`)
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= min || v > max) {
+    throw new ConfigError(path, `must be a number of seconds > ${min} and <= ${max} (got ${describe(v)})`)
   }
   return v
 }
@@ -208,6 +236,15 @@ const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl
 const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold', 'reset_on_release'] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
+/** A percent-decoded part of a URL; a `%` that is not an escape is a ConfigError (never echoed: it may be the password). */
+function decodePart(text: string, path: string, what: string): string {
+  try {
+    return decodeURIComponent(text)
+  } catch {
+    throw new ConfigError(path, `the URL's ${what} has a % that is not an escape (%XX); write a literal % as %25`)
+  }
+}
+
 /** Parses `postgres://user:pass@host:port/db?sslmode=...&application_name=...`. */
 function endpointFromUrl(url: string, path: string): Record<string, unknown> {
   let parsed: URL
@@ -220,13 +257,14 @@ function endpointFromUrl(url: string, path: string): Record<string, unknown> {
   if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
     throw new ConfigError(path, `URL scheme must be postgres:// or postgresql:// (got ${parsed.protocol}//)`)
   }
+  const user = decodePart(parsed.username, path, 'user name')
   const out: Record<string, unknown> = {
-    host: decodeURIComponent(parsed.hostname).replace(/^\[|\]$/g, '') || 'localhost',
-    name: decodeURIComponent(parsed.pathname.replace(/^\//, '')) || decodeURIComponent(parsed.username),
-    user: decodeURIComponent(parsed.username),
+    host: decodePart(parsed.hostname, path, 'host').replace(/^\[|\]$/g, '') || 'localhost',
+    name: decodePart(parsed.pathname.replace(/^\//, ''), path, 'database name') || user,
+    user,
   }
   if (parsed.port) out.port = Number(parsed.port)
-  if (parsed.password) out.pass = decodeURIComponent(parsed.password)
+  if (parsed.password) out.pass = decodePart(parsed.password, path, 'password')
   for (const [key, value] of parsed.searchParams) {
     switch (key) {
       case 'sslmode':
@@ -311,13 +349,20 @@ function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
   if (!isPlainObject(obj)) throw new ConfigError(path, `must be an endpoint object or a postgres:// URL (got ${describe(raw)})`)
   checkKeys(obj, ENDPOINT_KEYS, path)
   const host = string(obj.host, `${path}.host`)
-  const port = integer(obj.port, `${path}.port`, 1, ENDPOINT_DEFAULTS.port)
-  if (port > 65535) throw new ConfigError(`${path}.port`, `must be <= 65535 (got ${port})`)
-  const ssl = oneOf(obj.ssl, `${path}.ssl`, SSL_MODES, ENDPOINT_DEFAULTS.ssl)
+  const port = integer(obj.port, `${path}.port`, RANGES.port, ENDPOINT_DEFAULTS.port)
+  // libpq's sslrootcert=system: the public roots, and verify-full unless said otherwise.
+  const systemRoots = obj.ssl_ca === 'system'
+  const ssl = oneOf(obj.ssl, `${path}.ssl`, SSL_MODES, systemRoots ? 'verify-full' : ENDPOINT_DEFAULTS.ssl)
   if (obj.pass !== undefined && typeof obj.pass !== 'string') throw new ConfigError(`${path}.pass`, 'must be a string')
   let sslCa: string | null = null
-  if (obj.ssl_ca !== undefined) {
+  if (systemRoots) {
+    if (ssl !== 'verify-full') throw new ConfigError(`${path}.ssl_ca`, `'system' (the public roots) needs ssl 'verify-full', as in libpq (got '${ssl}')`)
+  } else if (obj.ssl_ca !== undefined) {
     sslCa = checkCerts(readPem(string(obj.ssl_ca, `${path}.ssl_ca`), `${path}.ssl_ca`, 'CA', false), `${path}.ssl_ca`)
+  } else if (ssl === 'verify-ca') {
+    // libpq refuses verify-ca without a root certificate: a chain check against any public CA
+    // without the host name check would accept the certificate of any site.
+    throw new ConfigError(`${path}.ssl_ca`, "is required with ssl 'verify-ca' (as in libpq); use ssl 'verify-full' to check the server against the public roots")
   }
   if ((obj.ssl_cert === undefined) !== (obj.ssl_key === undefined)) {
     const missing = obj.ssl_cert === undefined ? 'ssl_cert' : 'ssl_key'
@@ -341,11 +386,11 @@ function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
     ssl_cert: sslCert,
     ssl_key: sslKey,
     channel_binding: oneOf(obj.channel_binding, `${path}.channel_binding`, CHANNEL_BINDINGS, ENDPOINT_DEFAULTS.channel_binding),
-    connect_timeout: positive(obj.connect_timeout, `${path}.connect_timeout`, ENDPOINT_DEFAULTS.connect_timeout),
-    query_timeout: integer(obj.query_timeout, `${path}.query_timeout`, 0, ENDPOINT_DEFAULTS.query_timeout),
-    session_tmp_buffer: integer(obj.session_tmp_buffer, `${path}.session_tmp_buffer`, 1, ENDPOINT_DEFAULTS.session_tmp_buffer),
+    connect_timeout: seconds(obj.connect_timeout, `${path}.connect_timeout`, RANGES.connect_timeout, ENDPOINT_DEFAULTS.connect_timeout),
+    query_timeout: integer(obj.query_timeout, `${path}.query_timeout`, RANGES.query_timeout, ENDPOINT_DEFAULTS.query_timeout),
+    session_tmp_buffer: integer(obj.session_tmp_buffer, `${path}.session_tmp_buffer`, RANGES.session_tmp_buffer, ENDPOINT_DEFAULTS.session_tmp_buffer),
     application_name: string(obj.application_name, `${path}.application_name`, ENDPOINT_DEFAULTS.application_name),
-    weight: integer(obj.weight, `${path}.weight`, 1, ENDPOINT_DEFAULTS.weight),
+    weight: integer(obj.weight, `${path}.weight`, RANGES.weight, ENDPOINT_DEFAULTS.weight),
     options: obj.options === undefined ? ENDPOINT_DEFAULTS.options : optionsText(obj.options, `${path}.options`),
   }
 }
@@ -355,7 +400,7 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
   if (!isPlainObject(raw)) throw new ConfigError(path, `must be an object (got ${describe(raw)})`)
   checkKeys(raw, GROUP_KEYS, path)
   if (raw.connection_count === undefined) throw new ConfigError(`${path}.connection_count`, 'is required')
-  const connectionCount = integer(raw.connection_count, `${path}.connection_count`, 1)
+  const connectionCount = integer(raw.connection_count, `${path}.connection_count`, RANGES.connection_count)
   let endpointIndexes: number[]
   if (raw.endpoints === undefined) {
     endpointIndexes = endpoints.map((_, i) => i)
@@ -366,12 +411,13 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
     endpointIndexes = raw.endpoints.map((ref: unknown, i: number) => {
       const index = typeof ref === 'number' ? (Number.isInteger(ref) && ref >= 0 && ref < endpoints.length ? ref : -1) : endpoints.findIndex((e) => e.id === ref)
       if (index < 0) {
-        throw new ConfigError(`${path}.endpoints[${i}]`, `names no configured endpoint: ${JSON.stringify(ref)} (endpoints: ${endpoints.map((e) => e.id).join(', ')})`)
+        const shown = typeof ref === 'string' ? JSON.stringify(ref) : typeof ref === 'number' ? String(ref) : describe(ref)
+        throw new ConfigError(`${path}.endpoints[${i}]`, `names no configured endpoint: ${shown} (endpoints: ${endpoints.map((e) => e.id).join(', ')})`)
       }
       return index
     })
   }
-  const minIdle = integer(raw.min_idle, `${path}.min_idle`, 0, GROUP_DEFAULTS.min_idle)
+  const minIdle = integer(raw.min_idle, `${path}.min_idle`, [0, RANGES.connection_count[1]], GROUP_DEFAULTS.min_idle)
   if (minIdle > connectionCount) throw new ConfigError(`${path}.min_idle`, `must be <= connection_count (${connectionCount})`)
   return {
     name,
@@ -381,16 +427,16 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
     endpoints: [...new Set(endpointIndexes)],
     target_session_attrs: oneOf(raw.target_session_attrs, `${path}.target_session_attrs`, TSA, GROUP_DEFAULTS.target_session_attrs),
     balance: oneOf(raw.balance, `${path}.balance`, BALANCES, GROUP_DEFAULTS.balance),
-    acquire_timeout: integer(raw.acquire_timeout, `${path}.acquire_timeout`, 1, GROUP_DEFAULTS.acquire_timeout),
-    max_waiting: integer(raw.max_waiting, `${path}.max_waiting`, 0, GROUP_DEFAULTS.max_waiting),
+    acquire_timeout: integer(raw.acquire_timeout, `${path}.acquire_timeout`, RANGES.acquire_timeout, GROUP_DEFAULTS.acquire_timeout),
+    max_waiting: integer(raw.max_waiting, `${path}.max_waiting`, RANGES.max_waiting, GROUP_DEFAULTS.max_waiting),
     min_idle: minIdle,
-    idle_timeout: integer(raw.idle_timeout, `${path}.idle_timeout`, 0, GROUP_DEFAULTS.idle_timeout),
-    max_lifetime: integer(raw.max_lifetime, `${path}.max_lifetime`, 0, GROUP_DEFAULTS.max_lifetime),
-    max_uses: integer(raw.max_uses, `${path}.max_uses`, 0, GROUP_DEFAULTS.max_uses),
-    ping_after_idle: integer(raw.ping_after_idle, `${path}.ping_after_idle`, 0, GROUP_DEFAULTS.ping_after_idle),
-    statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, 0, GROUP_DEFAULTS.statement_cache_size),
-    pipeline: integer(raw.pipeline, `${path}.pipeline`, 1, GROUP_DEFAULTS.pipeline),
-    leak_threshold: integer(raw.leak_threshold, `${path}.leak_threshold`, 0, GROUP_DEFAULTS.leak_threshold),
+    idle_timeout: integer(raw.idle_timeout, `${path}.idle_timeout`, RANGES.idle_timeout, GROUP_DEFAULTS.idle_timeout),
+    max_lifetime: integer(raw.max_lifetime, `${path}.max_lifetime`, RANGES.max_lifetime, GROUP_DEFAULTS.max_lifetime),
+    max_uses: integer(raw.max_uses, `${path}.max_uses`, RANGES.max_uses, GROUP_DEFAULTS.max_uses),
+    ping_after_idle: integer(raw.ping_after_idle, `${path}.ping_after_idle`, RANGES.ping_after_idle, GROUP_DEFAULTS.ping_after_idle),
+    statement_cache_size: integer(raw.statement_cache_size, `${path}.statement_cache_size`, RANGES.statement_cache_size, GROUP_DEFAULTS.statement_cache_size),
+    pipeline: integer(raw.pipeline, `${path}.pipeline`, RANGES.pipeline, GROUP_DEFAULTS.pipeline),
+    leak_threshold: integer(raw.leak_threshold, `${path}.leak_threshold`, RANGES.leak_threshold, GROUP_DEFAULTS.leak_threshold),
     reset_on_release: boolean(raw.reset_on_release, `${path}.reset_on_release`, GROUP_DEFAULTS.reset_on_release),
   }
 }
@@ -430,7 +476,7 @@ export function normalizeConfig(config: unknown): NormalizedConfig {
     endpoints,
     groups,
     types,
-    health_interval: integer(config.health_interval, 'health_interval', 10, 1000),
+    health_interval: integer(config.health_interval, 'health_interval', RANGES.health_interval, 1000),
   }
 }
 

@@ -1,12 +1,38 @@
 // The boundary with the Rust core (SPEC §7.1): operations of one tick go over as one Buffer,
 // results come back in batches, and promises are matched to them by id.
 
+import { constants as bufferConstants } from 'node:buffer'
+
 import { ByteWriter, QueryResult, RowMode, writeParams } from './codec'
-import { AbortError, PgDbPoolError, fromWire } from './errors'
+import { AbortError, DBQueryError, PgDbPoolError, fromNative, fromWire } from './errors'
 
 export type NativePool = import('../binding').NativePool
 
 const binding: typeof import('../binding') = require('../binding.js')
+
+// The largest result the core builds: what one Buffer can hold here (and a u32 can count).
+// PGDBPOOL_MAX_RESULT_BYTES lowers it (for tests of the limit).
+binding.setMaxResultBytes(Number(process.env.PGDBPOOL_MAX_RESULT_BYTES) || Math.min(bufferConstants.MAX_LENGTH, 2 ** 32 - 1) - 64)
+
+/**
+ * Cores with unsettled operations. While there are any, one ref'd timer keeps the event loop
+ * alive, and the set keeps those cores (and the promises they owe) reachable: the core's
+ * wake-up reaches a core only through a WeakRef, so that a pool nobody uses any more, closed or
+ * not, can be collected.
+ */
+const busy = new Set<Core>()
+const keepAlive = setInterval(() => {}, 0x7fffffff)
+keepAlive.unref()
+
+function becameBusy(core: Core): void {
+  if (busy.size === 0) keepAlive.ref()
+  busy.add(core)
+}
+
+function becameIdle(core: Core): void {
+  busy.delete(core)
+  if (busy.size === 0) keepAlive.unref()
+}
 
 /** Operation codes of the submission format (crate/src/bindings.rs, `mod op`). */
 export const enum Op {
@@ -30,10 +56,17 @@ interface Pending {
   rowMode: RowMode | Decode | null
   /** Detaches the abort listener, if the operation has a signal. */
   detach?: () => void
+  /** For an operation with a signal: where its op byte is in the writer, and in which batch. */
+  mark?: number
+  batch?: number
 }
 
 /** A decoder of its own for an operation's result Buffer (lib/pg). */
 export type Decode = (buf: Buffer) => unknown
+
+/** Flags on the op byte (crate/src/bindings.rs, `mod op`). */
+const ABORTABLE = 0x80
+const ABORTED = 0x40
 
 /** Largest submission buffer kept between ticks; a bigger one is dropped after use. */
 const KEEP_BUFFER = 1 << 20
@@ -57,10 +90,11 @@ export class Core {
   readonly #freeSlots: number[] = []
   /** Promises not settled yet; while there are any the event loop stays alive. */
   #unsettled = 0
-  readonly #keepAlive = setInterval(() => {}, 0x7fffffff)
   readonly #writer = new ByteWriter()
   /** Ids written since the last flush, to fail them if the core refuses the batch. */
   #batch: number[] = []
+  /** Counts flushes, so that an abort knows whether its operation is still in the writer. */
+  #batchNumber = 0
   #scheduled = false
   #nextHandler = 0
   readonly #freeHandlers: number[] = []
@@ -73,8 +107,13 @@ export class Core {
   onAsync: (message: Buffer) => void = () => {}
   decode!: <R>(buf: Buffer, rowMode: RowMode) => QueryResult<R>
 
-  constructor() {
-    this.#keepAlive.unref()
+  /**
+   * The function the core calls when results are queued. It holds this object only weakly:
+   * the core holds it strongly, and the core lives as long as this object.
+   */
+  wakeUp(): () => void {
+    const self = new WeakRef(this)
+    return () => self.deref()?.drain()
   }
 
   attach(native: NativePool): void {
@@ -84,7 +123,11 @@ export class Core {
 
   /** Gives `handler` an idle connection of group `group` now, if one is at hand. */
   tryAcquire(group: number, handler: number): boolean {
-    return binding.tryAcquireHandler(this.#id, group, handler)
+    try {
+      return binding.tryAcquireHandler(this.#id, group, handler)
+    } catch (e) {
+      throw fromNative(e)
+    }
   }
 
   /**
@@ -107,8 +150,14 @@ export class Core {
   /**
    * Queues one operation (`u8 op | u32 id | u32 a | u32 b`, plus SQL and parameters for the
    * query operations); it goes to the core with the rest of this tick's operations.
+   *
+   * With a `signal`, an abort rejects the promise with `AbortError` and tells the core: an
+   * operation not handed over yet never runs, a handler statement still queued behind another
+   * is dropped and the running one is cancelled on the server, a one-shot statement still
+   * waiting for a connection gives up. `mayAbort`, if given, is asked first: false ignores the
+   * abort (a handler statement after `release()`).
    */
-  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | Decode | null, sql?: string, params?: readonly unknown[], signal?: AbortSignal, onAbort?: () => void, extra?: Uint8Array): Promise<T> {
+  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | Decode | null, sql?: string, params?: readonly unknown[], signal?: AbortSignal, mayAbort?: () => boolean, extra?: Uint8Array): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (signal?.aborted) {
         reject(new AbortError(signal.reason))
@@ -119,7 +168,7 @@ export class Core {
       const w = this.#writer
       const mark = w.pos
       try {
-        w.u8(op)
+        w.u8(signal ? op | ABORTABLE : op)
         w.u32(id)
         w.u32(a)
         w.u32(b)
@@ -136,17 +185,27 @@ export class Core {
       } catch (e) {
         w.pos = mark
         if (slot < this.#slots.length) this.#freeSlots.push(slot)
-        reject(e as Error)
+        reject(e instanceof RangeError ? new DBQueryError(`the statement or its parameters are too large to send (${e.message})`, {}, { cause: e }) : (e as Error))
         return
       }
-      if (this.#unsettled++ === 0) this.#keepAlive.ref()
+      if (this.#unsettled++ === 0) becameBusy(this)
       const pending: Pending = { waiting: true, resolve, reject, rowMode }
       if (signal) {
+        pending.mark = mark
+        pending.batch = this.#batchNumber
         const aborted = () => {
+          if (!pending.waiting || (mayAbort && !mayAbort())) return
+          if (pending.batch === this.#batchNumber) {
+            // Still in the writer: the core answers it without running it.
+            this.#writer.buf[mark] |= ABORTED
+          } else if (op === Op.HandlerQuery) {
+            this.native.cancel(a, id)
+          } else {
+            this.native.abort(id)
+          }
           // The promise settles now; the core's late answer finds no one waiting and is dropped.
           this.#settle(pending)
           pending.reject(new AbortError(signal.reason))
-          onAbort?.()
         }
         signal.addEventListener('abort', aborted, { once: true })
         pending.detach = () => signal.removeEventListener('abort', aborted)
@@ -172,11 +231,13 @@ export class Core {
     if (w.pos === 0) return
     const batch = this.#batch
     this.#batch = []
+    this.#batchNumber++
     try {
       // The core copies the bytes, so the buffer is reused.
       this.native.submit(w.buf.subarray(0, w.pos))
     } catch (e) {
-      const error = new PgDbPoolError('INTERNAL', `the native core refused a submission: ${(e as Error).message}`, { cause: e })
+      const native = fromNative(e)
+      const error = native instanceof PgDbPoolError && native.code === 'INTERNAL' ? native : new PgDbPoolError('INTERNAL', `the native core refused a submission: ${native.message}`, { cause: e })
       // The core saw none of these ids: their slots are free again.
       for (const id of batch) {
         const op = this.#answered(id)
@@ -202,30 +263,40 @@ export class Core {
     if (!op.waiting) return false
     op.waiting = false
     op.detach?.()
-    if (--this.#unsettled === 0) this.#keepAlive.unref()
+    if (--this.#unsettled === 0) becameIdle(this)
     return true
   }
 
   /**
    * Called by the core when results are queued: `u32 id | u8 status | u32 len | payload`, where
-   * status 0 is a result, 1 an error, and id 0 (status 2) a batch of lifecycle events.
+   * status 0 is a result, 1 an error, and id 0 (status 2) a batch of lifecycle events. The core
+   * hands them over in chunks of whole records; chunks wait here in order while one is settled.
    */
   readonly drain = (): void => {
-    const buf = this.native.takeCompletions()
+    let buf: Buffer
+    try {
+      buf = this.native.takeCompletions()
+    } catch (e) {
+      // Nothing was taken (the core keeps the queue when the copy fails); it wakes us again.
+      process.emitWarning(`pgdbpool could not take completions from its core: ${(e as Error)?.message ?? e}`, 'PgDbPoolWarning')
+      return
+    }
+    if (buf.length === 0) return
     if (this.#completions === null) {
       this.#completions = buf
       this.#completionsPos = 0
       this.#settleCompletions()
     } else {
-      // A batch is still being settled over microtasks; this one queues behind it.
-      this.#completions = Buffer.concat([this.#completions.subarray(this.#completionsPos), buf])
-      this.#completionsPos = 0
+      // A chunk is still being settled over microtasks; this one queues behind it.
+      this.#chunks.push(buf)
     }
   }
 
   /** Completions taken from the core and not settled yet, from `#completionsPos` on. */
   #completions: Buffer | null = null
   #completionsPos = 0
+  /** Chunks taken while another was being settled. */
+  #chunks: Buffer[] = []
 
   /**
    * Settles completions in order. After decoding YIELD_BYTES of results it lets the callers'
@@ -258,7 +329,8 @@ export class Core {
           const slice = buf.subarray(start, pos)
           op.resolve(typeof op.rowMode === 'function' ? op.rowMode(slice) : this.decode(slice, op.rowMode))
         } catch (e) {
-          op.reject(e as Error)
+          // decodeResult throws DBQueryError for what it cannot read; anything else is ours.
+          op.reject(e instanceof PgDbPoolError ? e : new DBQueryError(`the result could not be decoded: ${(e as Error)?.message ?? e}`, {}, { cause: e }))
         }
         decoded += len
         if (decoded >= YIELD_BYTES && pos < buf.length) {
@@ -267,6 +339,13 @@ export class Core {
           return
         }
       }
+    }
+    const next = this.#chunks.shift()
+    if (next !== undefined) {
+      this.#completions = next
+      this.#completionsPos = 0
+      queueMicrotask(this.#settleCompletions)
+      return
     }
     this.#completions = null
     if (this.#scheduled) this.flush()

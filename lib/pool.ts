@@ -30,9 +30,10 @@ export interface AcquireOptions {
 
 export interface PoolQueryOptions extends QueryOptions {
   /**
-   * Rejects the query with `AbortError` when this signal aborts. A one-shot query may share its
-   * connection with others (pipelining), so it is not cancelled on the server; use a handler
-   * for that.
+   * Rejects the query with `AbortError` when this signal aborts. A statement still waiting for a
+   * connection then never reaches the server; one already sent runs on (its connection may be
+   * shared with others by pipelining, so it is not cancelled on the server; use a handler for
+   * that) and its result is dropped.
    */
   signal?: AbortSignal
   /** Group to run on; `'default'` unless given. */
@@ -160,7 +161,7 @@ export class Pool extends EventEmitter {
     this.#config = normalizeConfig(config)
     this.#groups = new Map(this.#config.groups.map((g, i) => [g.name, i]))
     try {
-      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded', this.#core.drain)
+      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded', this.#core.wakeUp())
     } catch (e) {
       throw fromNative(e)
     }
@@ -429,11 +430,10 @@ export class Handler implements AsyncDisposable {
     const handler = this.#handler
     const core = this.#ctx.core
     if (signal === undefined) return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values)
-    // Aborting cancels the statement on the server too: the connection is this handler's alone.
-    return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values, signal, () => {
-      core.flush()
-      core.native.cancel(handler)
-    })
+    // Aborting cancels the statement on the server too (the connection is this handler's alone)
+    // if it is the one running, or drops it if it still waits behind another; after release()
+    // the connection may be someone else's, and an abort does nothing.
+    return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values, signal, () => this.#handler === handler)
   }
 
   /**

@@ -211,17 +211,54 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// Parses the JSON the TypeScript layer produced.
+    /// Parses the JSON the TypeScript layer produced, and checks every number against the
+    /// range `lib/config.ts` documents: a value out of range must be an error here, never a
+    /// panic later (a `Duration` that cannot hold it, an allocation that cannot be made).
     pub fn from_json(json: &str) -> Result<Self, String> {
         let config: Self = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        for group in &config.groups {
-            if group.connection_count == 0 {
-                return Err(format!("groups.{}.connection_count must be >= 1", group.name));
+        for (i, e) in config.endpoints.iter().enumerate() {
+            let at = |key: &str| format!("endpoints[{i}].{key}");
+            if !(e.connect_timeout.is_finite() && e.connect_timeout > 0.0 && e.connect_timeout <= MAX_CONNECT_TIMEOUT_S) {
+                return Err(format!("{} must be a number of seconds > 0 and <= {MAX_CONNECT_TIMEOUT_S}", at("connect_timeout")));
             }
+            within(&at("port"), u64::from(e.port), 1, 65535)?;
+            within(&at("query_timeout"), e.query_timeout, 0, MAX_MS)?;
+            within(&at("session_tmp_buffer"), e.session_tmp_buffer, 1, 8_388_607)?;
+            within(&at("weight"), u64::from(e.weight), 1, 1_000_000)?;
+            if e.ssl == SslMode::VerifyCa && e.ssl_ca.is_none() {
+                return Err(format!("{} is required with ssl 'verify-ca'", at("ssl_ca")));
+            }
+        }
+        for group in &config.groups {
+            let at = |key: &str| format!("groups.{}.{key}", group.name);
+            within(&at("connection_count"), group.connection_count as u64, 1, 100_000)?;
+            within(&at("acquire_timeout"), group.acquire_timeout, 1, MAX_MS)?;
+            within(&at("max_waiting"), group.max_waiting as u64, 0, MAX_MS)?;
+            within(&at("min_idle"), group.min_idle as u64, 0, group.connection_count as u64)?;
+            within(&at("idle_timeout"), group.idle_timeout, 0, MAX_MS)?;
+            within(&at("max_lifetime"), group.max_lifetime, 0, MAX_MS)?;
+            within(&at("max_uses"), group.max_uses, 0, (1 << 53) - 1)?;
+            within(&at("ping_after_idle"), group.ping_after_idle, 0, MAX_MS)?;
+            within(&at("statement_cache_size"), group.statement_cache_size as u64, 0, 10_000)?;
+            within(&at("pipeline"), group.pipeline as u64, 1, 1000)?;
             if group.endpoints.is_empty() || group.endpoints.iter().any(|&i| i >= config.endpoints.len()) {
                 return Err(format!("groups.{}.endpoints names a missing endpoint", group.name));
             }
         }
+        within("health_interval", config.health_interval, 10, MAX_MS)?;
         Ok(config)
+    }
+}
+
+/// The largest time in milliseconds any key takes (what a JS timer can wait: about 24.8 days).
+const MAX_MS: u64 = i32::MAX as u64;
+/// The largest `connect_timeout`, in seconds (`MAX_MS` as seconds).
+const MAX_CONNECT_TIMEOUT_S: f64 = 2_147_483.0;
+
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{key} must be from {min} to {max} (got {value})"))
     }
 }

@@ -18,6 +18,16 @@ use crate::error::{pg_error_text, PoolError};
 use crate::protocol::{command_of, decode_params, is_script, Param, ResultWriter};
 use crate::status::{SessionStatus, TxStatus};
 
+/// A stand-alone statement ready to run on a shared session (see [`Session::prepare_shared`]).
+pub enum Shared {
+    /// A prepared statement from the cache.
+    Named(Statement),
+    /// No named statements on this session (`statement_cache_size: 0`): one unnamed round trip.
+    Unnamed,
+    /// The text holds several statements.
+    Several,
+}
+
 /// A session owned by the pool. Boxed: the pool moves sessions in and out of its idle lists
 /// and leases on every checkout, and the client alone is hundreds of bytes.
 pub struct PgConn(Box<Session>);
@@ -199,42 +209,58 @@ impl Session {
         stale && self.statements.as_ref().is_some_and(|cache| cache.lock().pop(sql).is_some())
     }
 
-    /// Runs a stand-alone statement on a session that other stand-alone statements may be using
-    /// at the same time: tokio-postgres pipelines them on the socket. Only for statements that
-    /// leave no session state behind (see [`pipelinable`]), on a session outside any
-    /// transaction with no reset due.
-    /// `Ok(None)`: the text holds several statements, which must run on an exclusive session.
-    pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+    /// Prepares a stand-alone statement for [`Session::execute_shared`] on a session that other
+    /// stand-alone statements may be using at the same time (tokio-postgres pipelines them on
+    /// the socket). Only for statements that leave no session state behind (see
+    /// [`pipelinable`]), on a session outside any transaction with no reset due. The prepare
+    /// round trip (on a cache miss) is a step of its own, so that the statement itself goes to
+    /// the socket in one write at the first poll of `execute_shared`: the pool orders the
+    /// statements sharing a session by those writes.
+    pub async fn prepare_shared(&self, sql: &str, params: &[u8]) -> Result<Shared, PoolError> {
         if self.client.is_closed() {
             return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
         }
-        let params = decode_params(params).map_err(PoolError::Query)?;
+        // No parameters (the parameter buffer is empty) and several statements: a script.
         if params.is_empty() && is_script(sql) {
-            return Ok(None);
+            return Ok(Shared::Several);
         }
         if self.statements.is_none() {
-            return match execute_unnamed(&self.client, sql, &params, command_of(sql).as_str()).await {
-                Err(Unnamed::MultiStatement) => Ok(None),
-                Err(Unnamed::Failed(e)) => Err(e),
-                Ok(bytes) => self.check_encoding(Ok(bytes)).await.map(Some),
-            };
+            return Ok(Shared::Unnamed);
         }
+        match self.statement(sql).await {
+            Ok(stmt) => Ok(Shared::Named(stmt)),
+            Err(e) if params.is_empty() && is_multi_statement_error(&e) => Ok(Shared::Several),
+            Err(e) => Err(PoolError::before_run(&e)),
+        }
+    }
+
+    /// Runs a statement prepared by [`Session::prepare_shared`]; everything it sends goes out
+    /// at its first poll. `Ok(None)`: the text holds several statements, which must run on an
+    /// exclusive session.
+    pub async fn execute_shared(&self, prepared: Shared, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+        let params = decode_params(params).map_err(PoolError::Query)?;
         let command = command_of(sql);
-        let mut healed = false;
-        loop {
-            let stmt = match self.statement(sql).await {
-                Ok(stmt) => stmt,
-                Err(e) if params.is_empty() && is_multi_statement_error(&e) => return Ok(None),
-                Err(e) => return Err(PoolError::before_run(&e)),
-            };
-            let result = execute(&self.client, &stmt, &params, &command).await;
-            // Shared sessions run outside transactions: a stale statement may run again at once.
-            if !healed && self.forget_stale(sql, &result) {
-                healed = true;
-                continue;
+        let result = match prepared {
+            Shared::Several => return Ok(None),
+            Shared::Unnamed => match execute_unnamed(&self.client, sql, &params, &command).await {
+                Err(Unnamed::MultiStatement) => return Ok(None),
+                Err(Unnamed::Failed(e)) => Err(e),
+                Ok(bytes) => Ok(bytes),
+            },
+            Shared::Named(stmt) => {
+                let result = execute(&self.client, &stmt, &params, &command).await;
+                // Shared sessions run outside transactions: a stale statement may run again at once.
+                if self.forget_stale(sql, &result) {
+                    match self.statement(sql).await {
+                        Ok(stmt) => execute(&self.client, &stmt, &params, &command).await,
+                        Err(e) => Err(PoolError::before_run(&e)),
+                    }
+                } else {
+                    result
+                }
             }
-            return self.check_encoding(result).await.map(Some);
-        }
+        };
+        self.check_encoding(result).await.map(Some)
     }
 
     /// Runs one statement and returns the encoded result. With `begin`, a `BEGIN` is sent in

@@ -24,6 +24,23 @@ pub enum PoolError {
     Db(Box<DbError>),
     /// A statement failed on the client side (wrong parameter count, bad protocol state).
     Query(String),
+    /// The operation was aborted (its `AbortSignal`) before it reached the server. JS has
+    /// already settled its promise; the answer only frees the operation's id.
+    Aborted,
+    /// A bug in the core (a panic), caught before it could cross N-API.
+    Internal(String),
+}
+
+impl PoolError {
+    /// The error of an operation whose code panicked; `payload` is the panic's.
+    pub fn from_panic(what: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        let detail = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        PoolError::Internal(format!("internal error in pgdbpool's core ({what}): it panicked: {detail}"))
+    }
 }
 
 #[derive(Serialize)]
@@ -129,6 +146,8 @@ impl PoolError {
                 None,
             ),
             PoolError::Query(m) => ("DB_QUERY", m.clone(), None, None),
+            PoolError::Aborted => ("ABORTED", "the operation was aborted".to_string(), None, None),
+            PoolError::Internal(m) => ("INTERNAL", m.clone(), None, None),
             PoolError::Db(db) => {
                 let wire = WireDb {
                     sql_state: db.code().code(),
@@ -160,7 +179,8 @@ impl std::fmt::Display for PoolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PoolError::Closed => f.write_str("the pool is closed"),
-            PoolError::Timeout(m) | PoolError::Connection(m) | PoolError::Unsent(m) | PoolError::Query(m) => f.write_str(m),
+            PoolError::Timeout(m) | PoolError::Connection(m) | PoolError::Unsent(m) | PoolError::Query(m) | PoolError::Internal(m) => f.write_str(m),
+            PoolError::Aborted => f.write_str("the operation was aborted"),
             PoolError::Offline(causes) => write!(f, "no endpoint could be reached: {}", causes.join("; ")),
             PoolError::Db(db) => write!(f, "{} (SQLSTATE {})", db.message(), db.code().code()),
         }

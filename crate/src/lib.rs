@@ -16,6 +16,7 @@ mod pgcompat;
 mod pgtext;
 mod protocol;
 mod role;
+mod rt;
 mod slots;
 mod status;
 #[cfg(test)]
@@ -32,6 +33,7 @@ fn init_runtime() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let workers = (cores / 2).clamp(1, 4);
     if let Ok(rt) = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).thread_name("pgdbpool").enable_all().build() {
+        rt::set(rt.handle().clone());
         napi::bindgen_prelude::create_custom_tokio_runtime(rt);
     }
 }

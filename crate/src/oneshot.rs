@@ -14,20 +14,34 @@
 //! pipelining, so at concurrency 1000 nearly every statement went out in a write of its own.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lru::LruCache;
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::conn::pipelinable;
 use crate::error::PoolError;
-use crate::pool::{Group, Lease};
+use crate::pool::{Group, Lease, Pipe};
+
+/// A connection this module holds, with the order of the statements in flight on it.
+pub struct Shared {
+    lease: Lease,
+    pipe: Pipe,
+}
+
+impl Shared {
+    fn new(lease: Lease) -> Arc<Self> {
+        Arc::new(Self { lease, pipe: Pipe::default() })
+    }
+}
 
 struct Held {
-    lease: Arc<Lease>,
+    lease: Arc<Shared>,
     /// Statements in flight on this connection; changed only under `OneShot::held`'s lock.
     inflight: usize,
 }
@@ -38,7 +52,7 @@ struct Holding {
     conns: Vec<Held>,
     /// Oldest first. `Some` hands over a slot (already counted in `inflight`); `None` says no
     /// connection is held any more, so the statement must wait for one from the group.
-    waiting: VecDeque<oneshot::Sender<Option<Arc<Lease>>>>,
+    waiting: VecDeque<oneshot::Sender<Option<Arc<Shared>>>>,
 }
 
 /// Ends a counted slot wait however the waiting future ends.
@@ -50,14 +64,74 @@ impl Drop for SlotWait<'_> {
     }
 }
 
+/// The abort of one statement that has an `AbortSignal` (fired from the JS thread).
+#[derive(Default)]
+pub struct AbortCell {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl AbortCell {
+    /// Aborts the statement.
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.fired() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// `wait` for a connection, unless `abort` fires first: then the wait is given up (every wait
+/// here can be: see `Group::wait` and [`SlotClaim`]) and the statement never reaches the server.
+async fn unless_aborted<T>(abort: Option<&AbortCell>, wait: impl Future<Output = Result<T, PoolError>>) -> Result<T, PoolError> {
+    match abort {
+        None => wait.await,
+        Some(cell) => tokio::select! {
+            biased;
+            () = cell.wait() => Err(PoolError::Aborted),
+            result = wait => result,
+        },
+    }
+}
+
+/// A wait for a pipeline slot. A slot handed over after the statement gave up (it was aborted,
+/// or timed out just then) is given back, so that its connection's count stays right.
+struct SlotClaim<'a> {
+    shot: &'a OneShot,
+    rx: oneshot::Receiver<Option<Arc<Shared>>>,
+}
+
+impl Drop for SlotClaim<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Some(lease)) = self.rx.try_recv() {
+            self.shot.finish(&lease);
+        }
+    }
+}
+
 /// Where a statement gets its connection.
 enum Pick {
-    Now(Arc<Lease>),
+    Now(Arc<Shared>),
     /// A connection whose reset is due (its last user changed session state): the statement
     /// runs on it alone, behind the reset, before it is shared.
     Own(Lease),
     /// A held connection will free a slot.
-    Slot(oneshot::Receiver<Option<Arc<Lease>>>),
+    Slot(oneshot::Receiver<Option<Arc<Shared>>>),
     /// Nothing is held, or the group can open more: wait in the group's FIFO.
     Group,
 }
@@ -78,7 +152,7 @@ pub struct OneShot {
 /// Keeps the connection a one-shot result came from until the result has been delivered.
 pub enum Ticket {
     /// A pipelined slot on a held connection.
-    Shared(Arc<OneShot>, Arc<Lease>),
+    Shared(Arc<OneShot>, Arc<Shared>),
     /// A connection of its own.
     Exclusive { _lease: Lease },
 }
@@ -94,35 +168,43 @@ impl Drop for Ticket {
 impl OneShot {
     /// The one-shot path of `group`; `depth` is how many statements may share a connection.
     pub fn new(group: Arc<Group>, depth: usize) -> Arc<Self> {
-        let remembered = NonZeroUsize::new(256).expect("non-zero");
+        let remembered = NonZeroUsize::MIN.saturating_add(255);
         Arc::new(Self { group, depth: depth.max(1), held: Mutex::new(Holding::default()), large: Mutex::new(LruCache::new(remembered)) })
     }
 
-    /// Runs one stand-alone statement; the ticket holds its connection until dropped.
-    pub async fn run(self: &Arc<Self>, sql: &str, params: &[u8]) -> Result<(Vec<u8>, Ticket), PoolError> {
+    /// Runs one stand-alone statement; the ticket holds its connection until dropped. With
+    /// `abort`, the statement gives up while it waits for a connection or a slot when that
+    /// fires, and then never reaches the server.
+    pub async fn run(self: &Arc<Self>, sql: &str, params: &[u8], abort: Option<&AbortCell>) -> Result<(Vec<u8>, Ticket), PoolError> {
+        let aborted = || abort.is_some_and(AbortCell::fired);
         if pipelinable(sql) && !self.large.lock().contains(sql) {
             let lease = match self.pick()? {
                 Pick::Now(lease) => lease,
-                Pick::Own(lease) => return self.run_alone(Some(lease), sql, params).await,
-                Pick::Slot(slot) => {
+                Pick::Own(lease) => return self.run_alone(Some(lease), sql, params, abort).await,
+                Pick::Slot(rx) => {
                     let _counted = SlotWait(&self.group);
                     let limit = Duration::from_millis(self.group.config.acquire_timeout);
-                    match tokio::time::timeout(limit, slot).await {
+                    let mut claim = SlotClaim { shot: self, rx };
+                    let waited = unless_aborted(abort, async { Ok(tokio::time::timeout(limit, &mut claim.rx).await) }).await?;
+                    match waited {
                         Ok(Ok(Some(lease))) => lease,
-                        Ok(_) => match self.hold(self.group.acquire().await?) {
+                        Ok(_) => match self.hold(unless_aborted(abort, self.group.acquire()).await?) {
                             Ok(lease) => lease,
-                            Err(lease) => return self.run_alone(Some(lease), sql, params).await,
+                            Err(lease) => return self.run_alone(Some(lease), sql, params, abort).await,
                         },
                         Err(_) => return Err(self.group.timeout_error("every connection was busy")),
                     }
                 }
-                Pick::Group => match self.hold(self.group.acquire().await?) {
+                Pick::Group => match self.hold(unless_aborted(abort, self.group.acquire()).await?) {
                     Ok(lease) => lease,
-                    Err(lease) => return self.run_alone(Some(lease), sql, params).await,
+                    Err(lease) => return self.run_alone(Some(lease), sql, params, abort).await,
                 },
             };
             let ticket = Ticket::Shared(self.clone(), lease.clone());
-            if let Some(bytes) = lease.query_shared(sql, params).await? {
+            if aborted() {
+                return Err(PoolError::Aborted);
+            }
+            if let Some(bytes) = lease.lease.query_shared(sql, params, &lease.pipe).await? {
                 if bytes.len() >= LARGE_RESULT {
                     self.large.lock().put(sql.to_string(), ());
                 }
@@ -130,15 +212,19 @@ impl OneShot {
             }
             // Several statements in one text: they need a session of their own.
         }
-        self.run_alone(None, sql, params).await
+        self.run_alone(None, sql, params, abort).await
     }
 
     /// Runs a statement on a connection of its own (`lease`, or one from the group).
-    async fn run_alone(&self, lease: Option<Lease>, sql: &str, params: &[u8]) -> Result<(Vec<u8>, Ticket), PoolError> {
+    async fn run_alone(&self, lease: Option<Lease>, sql: &str, params: &[u8], abort: Option<&AbortCell>) -> Result<(Vec<u8>, Ticket), PoolError> {
+        let aborted = || abort.is_some_and(AbortCell::fired);
         let mut lease = match lease.or_else(|| self.group.try_acquire_now()) {
             Some(lease) => lease,
-            None => self.group.acquire().await?,
+            None => unless_aborted(abort, self.group.acquire()).await?,
         };
+        if aborted() {
+            return Err(PoolError::Aborted);
+        }
         let bytes = lease.query(sql, params, true).await?;
         if bytes.len() < LARGE_RESULT {
             self.large.lock().pop(sql);
@@ -154,12 +240,12 @@ impl OneShot {
             if lease.reset_due() {
                 return Ok(Pick::Own(lease));
             }
-            let lease = Arc::new(lease);
+            let lease = Shared::new(lease);
             held.conns.push(Held { lease: lease.clone(), inflight: 1 });
             return Ok(Pick::Now(lease));
         }
         if let Some(best) = held.conns.iter_mut().filter(|h| h.inflight < self.depth).min_by_key(|h| h.inflight) {
-            if best.lease.accepts_shared() {
+            if best.lease.lease.accepts_shared() {
                 best.inflight += 1;
                 return Ok(Pick::Now(best.lease.clone()));
             }
@@ -179,21 +265,21 @@ impl OneShot {
     }
 
     /// Shares `lease` from now on; a lease whose reset is due comes back, to run alone first.
-    fn hold(&self, lease: Lease) -> Result<Arc<Lease>, Lease> {
+    fn hold(&self, lease: Lease) -> Result<Arc<Shared>, Lease> {
         if lease.reset_due() {
             return Err(lease);
         }
-        let lease = Arc::new(lease);
+        let lease = Shared::new(lease);
         self.held.lock().conns.push(Held { lease: lease.clone(), inflight: 1 });
         Ok(lease)
     }
 
-    fn finish(&self, lease: &Arc<Lease>) {
+    fn finish(&self, lease: &Arc<Shared>) {
         let mut held = self.held.lock();
         let Some(pos) = held.conns.iter().position(|h| Arc::ptr_eq(&h.lease, lease)) else { return };
         // The slot goes straight to the oldest waiting statement while the connection may take
         // more; one that gave up (its receiver is gone) is skipped.
-        if !held.waiting.is_empty() && lease.accepts_shared() {
+        if !held.waiting.is_empty() && lease.lease.accepts_shared() {
             while let Some(waiter) = held.waiting.pop_front() {
                 if waiter.send(Some(lease.clone())).is_ok() {
                     return;

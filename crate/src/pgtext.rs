@@ -7,6 +7,7 @@
 //! money). Time stamps with time zone inside composite and range values are printed in UTC
 //! (`+00`): the session's TimeZone is not known here.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 
 use tokio_postgres::types::{Field, Kind as PgKind, Type};
@@ -124,8 +125,38 @@ pub fn has_text_form(ty: &Type) -> bool {
         || matches!(ty.name(), "hstore" | "ltree" | "lquery" | "ltxtquery")
 }
 
+/// How deep values may nest (records in records, arrays of ranges of ...): the server sends
+/// the nesting, so a hostile one could otherwise overflow the stack.
+const MAX_NESTING: u32 = 100;
+
+thread_local! {
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// One level of [`text_out`]'s recursion, counted while it lives.
+struct Nested;
+
+impl Nested {
+    fn enter() -> Result<Self, String> {
+        NESTING.with(|depth| {
+            if depth.get() >= MAX_NESTING {
+                return Err(format!("malformed value: nested more than {MAX_NESTING} levels deep"));
+            }
+            depth.set(depth.get() + 1);
+            Ok(Nested)
+        })
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        NESTING.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
 /// Appends the server's text output of one binary value of type `ty`.
 pub fn text_out(ty: &Type, raw: &[u8], s: &mut String) -> Res {
+    let _level = Nested::enter()?;
     let ty = base_type(ty);
     if is_plain_text(ty) {
         s.push_str(&String::from_utf8_lossy(raw));
@@ -729,8 +760,11 @@ fn vector_text(ty: &Type, raw: &[u8], s: &mut String) -> Res {
     if ndim == 0 {
         return Ok(());
     }
+    if ndim != 1 {
+        return Err(bad("vector"));
+    }
     let count = i32_at(raw, 12, "vector")?.max(0);
-    let mut pos = 12 + 8 * ndim as usize;
+    let mut pos = 20;
     for i in 0..count {
         if i > 0 {
             s.push(' ');
@@ -870,8 +904,16 @@ fn array_text(elem: &Type, raw: &[u8], s: &mut String) -> Res {
     }
     let ndim = ndim as usize;
     let mut dims = Vec::with_capacity(ndim);
+    // Each dimension at least 1 and their product no more elements than the data can hold
+    // (4 bytes each at least): a hostile server's dimensions must not make this loop for ever.
+    let mut elements: usize = 1;
     for d in 0..ndim {
-        dims.push((i32_at(raw, 12 + 8 * d, "array")?.max(0) as usize, i32_at(raw, 16 + 8 * d, "array")?));
+        let len = i32_at(raw, 12 + 8 * d, "array")?;
+        if len < 1 {
+            return Err(bad("array"));
+        }
+        elements = elements.checked_mul(len as usize).filter(|&n| n <= raw.len() / 4).ok_or_else(|| bad("array"))?;
+        dims.push((len as usize, i32_at(raw, 16 + 8 * d, "array")?));
     }
     if dims.iter().any(|(_, lower)| *lower != 1) {
         for (len, lower) in &dims {
@@ -941,6 +983,7 @@ mod tests {
     fn numeric_to_text() {
         let numeric = |raw: &[u8]| {
             let mut s = String::new();
+            // A test: a failure here is the test failing.
             numeric_text(raw, &mut s).expect("numeric");
             s
         };

@@ -11,10 +11,12 @@
 //! role fits its `target_session_attrs`, never hands out a connection on one that does not,
 //! and takes it back once the monitor sees its role fit again (a promoted standby).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -501,7 +503,7 @@ impl Group {
     /// be reserved on `e` already.
     fn open_in_background(self: &Arc<Self>, e: usize) {
         let group = self.clone();
-        napi::bindgen_prelude::spawn(async move {
+        crate::rt::spawn(async move {
             if let Ok(conn) = group.open(e).await {
                 group.check_in(conn, Return::Reuse);
             }
@@ -513,7 +515,7 @@ impl Group {
     async fn open_until(self: &Arc<Self>, e: usize, deadline: tokio::time::Instant) -> Result<Result<PgConn, (usize, String)>, PoolError> {
         let (tx, rx) = oneshot::channel();
         let group = self.clone();
-        napi::bindgen_prelude::spawn(async move {
+        crate::rt::spawn(async move {
             let result = group.open(e).await;
             if let Err(Ok(conn)) = tx.send(result) {
                 group.check_in(conn, Return::Reuse);
@@ -561,6 +563,16 @@ impl Group {
         bump(&self.counters.timeouts);
         PoolError::Timeout(format!(
             "group '{}': no connection within acquire_timeout ({} ms): {detail}",
+            self.config.name, self.config.acquire_timeout
+        ))
+    }
+
+    /// The error of a pipelined statement that waited out `acquire_timeout` behind the
+    /// statements ahead of it on its connection (counted as a timeout).
+    fn queued_too_long(&self) -> PoolError {
+        bump(&self.counters.timeouts);
+        PoolError::Timeout(format!(
+            "group '{}': the statement waited longer than acquire_timeout ({} ms) behind other statements on its connection; it had been sent and may still run",
             self.config.name, self.config.acquire_timeout
         ))
     }
@@ -641,7 +653,16 @@ impl Group {
             if conn.last_alive.elapsed() >= Duration::from_millis(self.config.ping_after_idle) {
                 let endpoint = self.endpoints[conn.endpoint].clone();
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match endpoint.check_session(&conn.client, endpoint.connect_timeout().min(left)).await {
+                // A checkout given up during the ping (an aborted statement) closes the session
+                // (its answer may still be on the way) and frees the slot.
+                let mut pinging = Returning { group: self.clone(), conn: Some(conn), reason: DisconnectReason::Error };
+                let answer = match pinging.conn.as_ref() {
+                    Some(c) => endpoint.check_session(&c.client, endpoint.connect_timeout().min(left)).await,
+                    None => Answer::Dead,
+                };
+                let Some(back) = pinging.conn.take() else { continue };
+                conn = back;
+                match answer {
                     Answer::Alive => conn.last_alive = Instant::now(),
                     Answer::Dead | Answer::Silent => {
                         self.check_in(conn, Return::Discard(DisconnectReason::Broken));
@@ -670,17 +691,22 @@ impl Group {
         Ok(())
     }
 
-    async fn wait(&self, id: u64, mut rx: oneshot::Receiver<Grant>, deadline: tokio::time::Instant) -> Result<Grant, PoolError> {
-        if let Ok(Ok(grant)) = tokio::time::timeout_at(deadline, &mut rx).await {
+    async fn wait(self: &Arc<Self>, id: u64, rx: oneshot::Receiver<Grant>, deadline: tokio::time::Instant) -> Result<Grant, PoolError> {
+        let mut queued = Queued { group: self, id, rx: Some(rx) };
+        let Some(rx) = queued.rx.as_mut() else { return Err(PoolError::Closed) };
+        if let Ok(Ok(grant)) = tokio::time::timeout_at(deadline, rx).await {
+            queued.rx = None;
             return Ok(grant);
         }
         // Grants are sent under the lock: holding it, either we are still queued or the grant
         // is already in the channel — nothing can be lost in between.
+        let Some(mut rx) = queued.rx.take() else { return Err(PoolError::Closed) };
         let mut state = self.state.lock();
         if state.slots.dequeue(id) {
             drop(state);
             return Err(self.timeout_error("every connection stayed in use"));
         }
+        drop(state);
         rx.close();
         match rx.try_recv() {
             Ok(grant) => Ok(grant),
@@ -802,8 +828,8 @@ impl Group {
         if usable.is_empty() {
             return None;
         }
-        let weight_sum: u32 = usable.iter().map(|&i| self.endpoints[i].config.weight.max(1)).sum();
-        let share = |i: usize| self.config.connection_count as f64 * f64::from(self.endpoints[i].config.weight.max(1)) / f64::from(weight_sum);
+        let weight_sum: u64 = usable.iter().map(|&i| u64::from(self.endpoints[i].config.weight.max(1))).sum();
+        let share = |i: usize| self.config.connection_count as f64 * f64::from(self.endpoints[i].config.weight.max(1)) / weight_sum as f64;
         let size = |i: usize| state.slots.at(i).size() as f64;
         let load = |i: usize| size(i) / f64::from(self.endpoints[i].config.weight.max(1));
         let has_idle = |i: &usize| !state.slots.at(*i).idle.is_empty();
@@ -843,7 +869,7 @@ impl Group {
         let leased: Vec<(usize, Arc<CancelTarget>)> = self.state.lock().leased.values().cloned().collect();
         for (e, token) in leased {
             let endpoint = self.endpoints[e].clone();
-            napi::bindgen_prelude::spawn(async move {
+            crate::rt::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.cancel(&token)).await;
             });
         }
@@ -915,6 +941,110 @@ impl Canceller {
     /// Sends the cancel request; gives up after 2 s.
     pub async fn cancel(self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.cancel(&self.token)).await;
+    }
+}
+
+/// Why a pipelined statement was given up (see [`Pipe::run`]).
+pub enum Late {
+    /// It waited behind the statements sent before it for longer than `acquire_timeout`.
+    Queued,
+    /// It ran longer than this client-side limit.
+    Running(Duration),
+    /// A statement ahead of it on the connection ran longer than this limit, and the
+    /// connection was given up.
+    GivenUp(Duration),
+    /// The connection was given up before it was sent.
+    Unsent,
+}
+
+/// The statements pipelined on one connection, in the order they went to its socket. The
+/// server runs them in that order, so a statement is the one running once every statement sent
+/// before it is done: its clock starts then.
+#[derive(Default)]
+pub struct Pipe {
+    /// Places of the statements sent and not done yet, oldest first.
+    sent: Mutex<(u64, VecDeque<u64>)>,
+    moved: Notify,
+    /// The `query_timeout` limit (ms) a statement ran past, after which every statement behind
+    /// it fails at once (0: none did).
+    given_up: AtomicU64,
+}
+
+/// A statement's place in its [`Pipe`], given up when it is done (or dropped).
+struct Place<'a> {
+    pipe: &'a Pipe,
+    place: u64,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut sent = self.pipe.sent.lock();
+        if let Some(i) = sent.1.iter().position(|&p| p == self.place) {
+            sent.1.remove(i);
+        }
+        drop(sent);
+        self.pipe.moved.notify_waiters();
+    }
+}
+
+impl Pipe {
+    fn is_head(&self, place: u64) -> bool {
+        self.sent.lock().1.front() == Some(&place)
+    }
+
+    fn give_up(&self, limit: Duration) {
+        self.given_up.store(u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1), Ordering::Release);
+        self.moved.notify_waiters();
+    }
+
+    fn given_up(&self) -> Option<Duration> {
+        let ms = self.given_up.load(Ordering::Acquire);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    /// Drives `work`, a statement that writes itself to the socket at its first poll: that poll
+    /// happens with its place taken under the same lock, so places follow the order on the
+    /// wire. It may wait until `queued` for the statements ahead of it, then run within
+    /// `running` (none: no limit).
+    async fn run<F: Future>(&self, work: F, queued: tokio::time::Instant, running: Option<Duration>) -> Result<F::Output, Late> {
+        if self.given_up().is_some() {
+            return Err(Late::Unsent);
+        }
+        tokio::pin!(work);
+        let (place, first) = std::future::poll_fn(|cx| {
+            let mut sent = self.sent.lock();
+            let place = sent.0;
+            sent.0 += 1;
+            sent.1.push_back(place);
+            let first = work.as_mut().poll(cx);
+            Poll::Ready((place, first))
+        })
+        .await;
+        let _place = Place { pipe: self, place };
+        if let Poll::Ready(out) = first {
+            return Ok(out);
+        }
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if let Some(limit) = self.given_up() {
+                return Err(Late::GivenUp(limit));
+            }
+            if self.is_head(place) {
+                break;
+            }
+            tokio::select! {
+                biased;
+                out = &mut work => return Ok(out),
+                () = &mut moved => {}
+                () = tokio::time::sleep_until(queued) => return Err(Late::Queued),
+            }
+        }
+        match running {
+            None => Ok(work.await),
+            Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| Late::Running(limit)),
+        }
     }
 }
 
@@ -991,11 +1121,11 @@ impl Lease {
         let message = format!("{}: {text}; the statement was cancelled and may have run", endpoint.label());
         let token = conn.cancel_token.clone();
         let canceller = endpoint.clone();
-        napi::bindgen_prelude::spawn(async move {
+        crate::rt::spawn(async move {
             let _ = tokio::time::timeout(canceller.connect_timeout(), canceller.cancel(&token)).await;
         });
         if endpoint.begin_check() {
-            napi::bindgen_prelude::spawn(async move {
+            crate::rt::spawn(async move {
                 endpoint.probe().await;
                 endpoint.end_check();
             });
@@ -1093,11 +1223,16 @@ impl Lease {
     }
 
     /// Runs a stand-alone statement while other tasks may run theirs on the same lease
-    /// (pipelining, see `PgConn::query_shared`). A lost connection is discarded at drop. If the
-    /// session turns out dead before the statement was sent, the statement runs on a connection
-    /// of its own instead (another endpoint if there is one); one that may have run is not
-    /// retried. The client-side `query_timeout` applies as in [`Lease::query`].
-    pub async fn query_shared(&self, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+    /// (pipelining, see `PgConn::prepare_shared`); `pipe` orders the statements sent on it. A
+    /// lost connection is discarded at drop. If the session turns out dead before the statement
+    /// was sent, the statement runs on a connection of its own instead (another endpoint if
+    /// there is one); one that may have run is not retried.
+    ///
+    /// Its time behind the statements sent before it on the connection is bounded by
+    /// `acquire_timeout`, like any wait for a connection; the client-side `query_timeout` (as in
+    /// [`Lease::query`]) counts from when those are done and it is the one running — and only
+    /// then can the cancel request of its timeout be meant for it.
+    pub async fn query_shared(&self, sql: &str, params: &[u8], pipe: &Pipe) -> Result<Option<Vec<u8>>, PoolError> {
         if self.group.revoked.load(Ordering::Relaxed) {
             return Err(PoolError::Closed);
         }
@@ -1105,12 +1240,17 @@ impl Lease {
         let result = if self.broken.load(Ordering::Relaxed) {
             Err(PoolError::Unsent("the shared connection was lost before the statement was sent".into()))
         } else {
-            let work = conn.query_shared(sql, params);
-            match self.client_timeout() {
-                None => work.await,
-                Some(limit) => match tokio::time::timeout(limit, work).await {
+            let queued = tokio::time::Instant::now() + Duration::from_millis(self.group.config.acquire_timeout);
+            let limit = self.client_timeout();
+            // Preparing it (on a cache miss) is a round trip of its own in the same queue.
+            match pipe.run(conn.prepare_shared(sql, params), queued, limit).await {
+                Err(Late::Unsent) => Err(self.late(Late::Unsent, pipe, conn.endpoint)),
+                Err(late) => return Err(self.late(late, pipe, conn.endpoint)),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(prepared)) => match pipe.run(conn.execute_shared(prepared, sql, params), queued, limit).await {
                     Ok(result) => result,
-                    Err(_) => return Err(self.timed_out(limit)),
+                    Err(Late::Unsent) => Err(self.late(Late::Unsent, pipe, conn.endpoint)),
+                    Err(late) => return Err(self.late(late, pipe, conn.endpoint)),
                 },
             }
         };
@@ -1121,6 +1261,27 @@ impl Lease {
                 fresh.query(sql, params, true).await.map(Some)
             }
             other => other,
+        }
+    }
+
+    /// The error of a pipelined statement given up (see [`Late`]).
+    fn late(&self, late: Late, pipe: &Pipe, endpoint: usize) -> PoolError {
+        match late {
+            Late::Running(limit) => {
+                // The statements behind it on this connection will get no answer either.
+                pipe.give_up(limit);
+                self.timed_out(limit)
+            }
+            Late::Queued => self.group.queued_too_long(),
+            Late::Unsent => PoolError::Unsent("the shared connection was given up before the statement was sent".into()),
+            Late::GivenUp(limit) => {
+                bump(&self.group.counters.query_errors);
+                PoolError::Connection(format!(
+                    "{}: no answer within {} ms to a statement sent before this one on its connection (query_timeout, checked client-side); the connection was given up, and this statement had been sent and may have run",
+                    self.group.endpoints[endpoint].label(),
+                    limit.as_millis()
+                ))
+            }
         }
     }
 
@@ -1227,22 +1388,78 @@ impl Drop for Lease {
             if in_transaction {
                 bump(&group.counters.release_rollbacks);
             }
-            napi::bindgen_prelude::spawn(async move {
+            // Should the task never run to its end (the runtime shut down with the last JS
+            // environment), the guard closes the session and frees its slot instead.
+            let mut back = Returning { group, conn: Some(conn), reason: DisconnectReason::Closed };
+            crate::rt::spawn(async move {
+                let Some(conn) = back.conn.as_mut() else { return };
                 let mut ok = true;
                 if in_transaction {
                     let cleaned = tokio::time::timeout(RELEASE_ROLLBACK_LIMIT, conn.reset_now(true)).await;
                     ok = cleaned.is_ok_and(|r| r.is_ok()) && conn.tx() == TxStatus::Idle;
                 }
                 if ok && recheck {
-                    let endpoint = group.endpoints[conn.endpoint].clone();
+                    let endpoint = back.group.endpoints[conn.endpoint].clone();
                     ok = endpoint.check_session(&conn.client, endpoint.connect_timeout()).await == Answer::Alive;
                 }
                 // A role that no longer fits is caught by check_in.
-                group.check_in(conn, if ok { Return::Reuse } else { Return::Discard(DisconnectReason::Error) });
+                back.finish(if ok { Return::Reuse } else { Return::Discard(DisconnectReason::Error) });
             });
         } else {
             // A due reset goes out in front of the next user's first statement.
             group.check_in_leased(conn, Return::Reuse, self.id);
+        }
+    }
+}
+
+/// A connection on its way back to its group from a background task. Dropped before
+/// [`Returning::finish`] (its task was dropped unrun or half-way: the runtime shut down), it
+/// closes the session and frees the slot, so that nothing waits for a task that never runs.
+struct Returning {
+    group: Arc<Group>,
+    conn: Option<PgConn>,
+    /// Why it is closed if it is dropped.
+    reason: DisconnectReason,
+}
+
+impl Returning {
+    fn finish(&mut self, how: Return) {
+        if let Some(conn) = self.conn.take() {
+            self.group.check_in(conn, how);
+        }
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        self.finish(Return::Discard(self.reason));
+    }
+}
+
+/// A checkout queued in its group's FIFO. Given up while it waits (an aborted statement, or
+/// its task dropped), it leaves the queue, or hands back what was granted to it just then: a
+/// connection, or a unit of capacity to open one with.
+struct Queued<'a> {
+    group: &'a Arc<Group>,
+    id: u64,
+    rx: Option<oneshot::Receiver<Grant>>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let mut state = self.group.state.lock();
+        if state.slots.dequeue(self.id) {
+            return;
+        }
+        rx.close();
+        match rx.try_recv() {
+            Ok(Grant::Conn(conn)) => {
+                drop(state);
+                self.group.check_in(conn, Return::Reuse);
+            }
+            Ok(Grant::Open) => state.slots.pass_capacity(),
+            Ok(Grant::Closed) | Err(_) => {}
         }
     }
 }
@@ -1335,7 +1552,7 @@ impl Pool {
             users: AtomicUsize::new(0),
             events,
         });
-        napi::bindgen_prelude::spawn(monitor(Arc::downgrade(&pool)));
+        crate::rt::spawn(monitor(Arc::downgrade(&pool)));
         Ok(pool)
     }
 
@@ -1423,11 +1640,11 @@ async fn monitor(pool: Weak<Pool>) {
             };
             if probe_due {
                 let endpoint = endpoint.clone();
-                napi::bindgen_prelude::spawn(async move {
+                crate::rt::spawn(async move {
                     endpoint.probe().await;
                 });
             } else if !failing && endpoint.begin_check() {
-                napi::bindgen_prelude::spawn(check_endpoint(endpoint.clone(), pool.groups.clone()));
+                crate::rt::spawn(check_endpoint(endpoint.clone(), pool.groups.clone()));
             }
         }
         for group in &pool.groups {

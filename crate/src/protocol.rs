@@ -9,10 +9,27 @@
 //! the server's text are printed as text here ([`crate::pgtext`]).
 
 use std::error::Error;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, Format, FromSql, IsNull, Kind as PgKind, ToSql, Type};
 
 use crate::{pgcompat, pgtext};
+
+/// The largest result Buffer built, in bytes: a result record carries its length as a u32,
+/// and JS cannot make a Buffer larger than its own limit (which `lib/native.ts` passes in).
+static MAX_RESULT: AtomicUsize = AtomicUsize::new(MAX_RECORD);
+const MAX_RECORD: usize = u32::MAX as usize - 64;
+
+/// Sets the largest result Buffer (capped at what a result record can carry).
+pub fn set_max_result_bytes(bytes: u64) {
+    let bytes = usize::try_from(bytes).unwrap_or(MAX_RECORD).clamp(64, MAX_RECORD);
+    MAX_RESULT.store(bytes, Ordering::Relaxed);
+}
+
+fn too_large(max: usize) -> String {
+    format!("result too large: it takes more than {max} bytes, the most one result may take here; fetch it in parts (db.cursor(), or LIMIT and OFFSET)")
+}
 
 /// How a column's payload is laid out for the TypeScript decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +199,7 @@ pub struct ResultWriter {
     counted: bool,
     /// For a pg-mode statement (`pgdbpool/pg`), the fields' metadata for the trailer.
     pg: Option<Vec<pgcompat::FieldMeta>>,
+    max: usize,
 }
 
 impl ResultWriter {
@@ -215,20 +233,28 @@ impl ResultWriter {
             buf.push(kind as u8);
             kinds.push((kind, pgtext::base_type(column.type_()).clone()));
         }
-        Self { buf, kinds, rows: 0, counted, pg }
+        Self { buf, kinds, rows: 0, counted, pg, max: MAX_RESULT.load(Ordering::Relaxed) }
     }
 
-    /// Appends one row.
+    /// Appends one row. A value the core cannot read (the server sent something malformed) or
+    /// a result that outgrows [`MAX_RESULT`] is that statement's error.
     pub fn push_row(&mut self, row: &tokio_postgres::Row) -> Result<(), String> {
-        for i in 0..self.kinds.len() {
+        for (i, (kind, ty)) in self.kinds.iter().enumerate() {
             let cell: Option<RawCell<'_>> = row.try_get(i).map_err(|e| e.to_string())?;
-            let (kind, ty) = &self.kinds[i];
             match cell {
                 None => self.buf.extend_from_slice(&(-1i32).to_be_bytes()),
-                Some(RawCell(raw)) => write_cell(&mut self.buf, *kind, ty, raw)?,
+                Some(RawCell(raw)) => {
+                    if raw.len() > self.max.saturating_sub(self.buf.len()) {
+                        return Err(too_large(self.max));
+                    }
+                    write_cell(&mut self.buf, *kind, ty, raw).map_err(|e| format!("column \"{}\": {e}", row.columns().get(i).map_or("?", |c| c.name())))?;
+                }
+            }
+            if self.buf.len() > self.max {
+                return Err(too_large(self.max));
             }
         }
-        self.rows += 1;
+        self.rows = self.rows.checked_add(1).ok_or_else(|| too_large(self.max))?;
         Ok(())
     }
 
@@ -250,13 +276,31 @@ fn write_cell(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result<()
     let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0]);
     write_payload(out, kind, ty, raw)?;
-    let len = (out.len() - start - 4) as i32;
+    let len = i32::try_from(out.len() - start - 4).map_err(|_| "value too large (over 2 GiB)".to_string())?;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
-/// `ty` is already stripped of domains.
+/// The size of a fixed-size kind's binary value; 0 for the others.
+fn fixed_size(kind: Kind) -> usize {
+    match kind {
+        Kind::Bool => 1,
+        Kind::Int2 => 2,
+        Kind::Int4 | Kind::Oid | Kind::Date => 4,
+        Kind::Float8 | Kind::Timestamptz | Kind::Timestamp => 8,
+        Kind::Interval | Kind::Point => 16,
+        Kind::Circle => 24,
+        _ => 0,
+    }
+}
+
+/// `ty` is already stripped of domains. A value whose size does not fit its type is refused:
+/// the decoder reads fixed-size values by their type, and would read into the next one.
 fn write_payload(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result<(), String> {
+    let size = fixed_size(kind);
+    if size != 0 && raw.len() != size {
+        return Err(format!("malformed {} value: {} bytes, not {size}", ty.name(), raw.len()));
+    }
     match kind {
         Kind::Text if pgtext::is_plain_text(ty) => out.extend_from_slice(raw),
         Kind::Text => {
@@ -264,7 +308,10 @@ fn write_payload(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result
             pgtext::text_out(ty, raw, &mut s)?;
             out.extend_from_slice(s.as_bytes());
         }
-        Kind::Json if *ty == Type::JSONB => out.extend_from_slice(raw.get(1..).unwrap_or_default()),
+        Kind::Json if *ty == Type::JSONB => match raw.split_first() {
+            Some((1, text)) => out.extend_from_slice(text),
+            _ => return Err("malformed jsonb value (unknown format version)".into()),
+        },
         Kind::Int8 => {
             let v = i64::from_be_bytes(raw.try_into().map_err(|_| "bad int8")?);
             out.extend_from_slice(v.to_string().as_bytes());
@@ -284,6 +331,9 @@ fn write_payload(out: &mut Vec<u8>, kind: Kind, ty: &Type, raw: &[u8]) -> Result
     Ok(())
 }
 
+/// Copies an array as `u8 element kind | u8 ndim | i32 per dimension | elements as cells`. The
+/// dimensions are checked against the data (each at least 1, their product the number of
+/// elements, at most 6 of them as in PostgreSQL), so that the decoder can trust them.
 fn write_array(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
     let elem = match ty.kind() {
         PgKind::Array(elem) => elem,
@@ -293,32 +343,48 @@ fn write_array(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
     // string (and so do the elements of arrays of numeric domains, which it does not parse).
     let elem_kind = if *elem == Type::NUMERIC { Kind::Number } else { kind_of(elem) };
     let elem_ty = pgtext::base_type(elem).clone();
-    let bad = || "malformed array".to_string();
+    let bad = |why: &str| format!("malformed array value ({why})");
     let rd_i32 = |at: usize| -> Result<i32, String> {
-        Ok(i32::from_be_bytes(raw.get(at..at + 4).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
+        raw.get(at..at + 4).and_then(|b| b.try_into().ok()).map(i32::from_be_bytes).ok_or_else(|| bad("truncated"))
     };
     let ndim = rd_i32(0)?;
     if !(0..=6).contains(&ndim) {
-        return Err(bad());
+        return Err(bad("more than 6 dimensions"));
     }
     out.push(elem_kind as u8);
     out.push(ndim as u8);
     let mut pos = 12usize;
+    let mut expected: usize = 1;
     for _ in 0..ndim {
         let len = rd_i32(pos)?;
+        if len < 1 {
+            return Err(bad("a dimension below 1"));
+        }
+        expected = expected.checked_mul(len as usize).filter(|&n| n <= raw.len() / 4).ok_or_else(|| bad("more elements than data"))?;
         out.extend_from_slice(&len.to_be_bytes());
         pos += 8;
     }
+    if ndim == 0 {
+        expected = 0;
+    }
+    let mut count = 0usize;
     while pos < raw.len() {
         let len = rd_i32(pos)?;
         pos += 4;
-        if len < 0 {
+        count += 1;
+        if count > expected {
+            return Err(bad("more elements than its dimensions"));
+        }
+        if len == -1 {
             out.extend_from_slice(&(-1i32).to_be_bytes());
         } else {
-            let end = pos + len as usize;
-            write_cell(out, elem_kind, &elem_ty, raw.get(pos..end).ok_or_else(bad)?)?;
+            let end = usize::try_from(len).ok().and_then(|n| pos.checked_add(n)).ok_or_else(|| bad("negative length"))?;
+            write_cell(out, elem_kind, &elem_ty, raw.get(pos..end).ok_or_else(|| bad("truncated"))?)?;
             pos = end;
         }
+    }
+    if count != expected {
+        return Err(bad("fewer elements than its dimensions"));
     }
     Ok(())
 }
@@ -543,6 +609,52 @@ pub fn has_row_count(command: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every type, fed random bytes, truncated values and lying array headers, gives a cell or
+    /// an error — never a panic, never a hang, never a wrong length.
+    #[test]
+    fn hostile_values_never_panic() {
+        let types = [
+            Type::BOOL, Type::INT2, Type::INT4, Type::INT8, Type::FLOAT4, Type::FLOAT8, Type::NUMERIC, Type::TEXT, Type::BYTEA,
+            Type::JSON, Type::JSONB, Type::DATE, Type::TIME, Type::TIMETZ, Type::TIMESTAMP, Type::TIMESTAMPTZ, Type::INTERVAL,
+            Type::POINT, Type::LSEG, Type::BOX, Type::PATH, Type::POLYGON, Type::LINE, Type::CIRCLE, Type::INET, Type::CIDR,
+            Type::MACADDR, Type::BIT, Type::VARBIT, Type::TS_VECTOR, Type::UUID, Type::MONEY, Type::INT4_RANGE, Type::RECORD,
+            Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::NUMERIC_ARRAY, Type::RECORD_ARRAY, Type::INT2_VECTOR, Type::OID_VECTOR,
+            Type::PG_SNAPSHOT, Type::TID, Type::PG_LSN, Type::INT4MULTI_RANGE, Type::XID8, Type::JSONPATH,
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for ty in &types {
+            let kind = kind_of(ty);
+            let base = pgtext::base_type(ty).clone();
+            for round in 0..3000 {
+                let len = rng.usize(0..48);
+                let mut raw: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                if round % 3 == 0 && len >= 20 {
+                    // A plausible array / record header: small counts, so the walk goes deep.
+                    raw[..4].copy_from_slice(&rng.i32(-1..8).to_be_bytes());
+                    raw[12..16].copy_from_slice(&rng.i32(-2..5).to_be_bytes());
+                }
+                let mut out = Vec::new();
+                if write_cell(&mut out, kind, &base, &raw).is_ok() {
+                    let len = i32::from_be_bytes(out[..4].try_into().expect("a test"));
+                    assert_eq!(len as usize, out.len() - 4, "{ty}: cell length");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut inner = [1i32.to_be_bytes(), 23u32.to_be_bytes(), 4i32.to_be_bytes(), 1i32.to_be_bytes()].concat();
+        for _ in 0..1000 {
+            let mut outer = [1i32.to_be_bytes(), 2249u32.to_be_bytes(), (inner.len() as i32).to_be_bytes()].concat();
+            outer.extend_from_slice(&inner);
+            inner = outer;
+        }
+        let mut out = Vec::new();
+        let err = write_cell(&mut out, kind_of(&Type::RECORD), &Type::RECORD, &inner).expect_err("too deep");
+        assert!(err.contains("nested"), "{err}");
+    }
 
     #[test]
     fn scripts_are_told_apart() {

@@ -147,6 +147,7 @@ mod tests {
     fn roles_fit_like_libpq() {
         let primary = Role { standby: false, read_only: false };
         let ro_primary = Role { standby: false, read_only: true };
+        // A test: a failure here is the test failing.
         let standby = Role::from_params(Some("on"), Some("off")).expect("reported");
         assert!(standby.read_only);
         assert!(primary.fits(TargetSessionAttrs::ReadWrite) && !ro_primary.fits(TargetSessionAttrs::ReadWrite));

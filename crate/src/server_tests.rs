@@ -2,7 +2,7 @@
 //! (`postgres://user:pass@host:port/db`); `npm run test:rust` starts an embedded server and sets
 //! it. Without it they pass without running, except under `CI`, where a missing server fails them.
 //! The JS suite covers the same paths through the bindings; these cover what the bindings do not
-//! expose yet.
+//! expose yet. Only tests: an `expect` that fails here is the test failing.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
