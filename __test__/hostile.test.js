@@ -9,7 +9,7 @@ const test = require('ava')
 const path = require('node:path')
 
 const { Pool, DBQueryError } = require('..')
-const codec = require('../lib/codec')
+const codec = require('../dist/lib/codec')
 const { startServer, guardProcess } = require('./helpers/pg')
 const { FakePg, msg, i16, i32 } = require('./helpers/fakepg')
 const { runNode, jsonLines, assertCleanExit } = require('./helpers/child')
@@ -19,14 +19,52 @@ guardProcess(test)
 const CHILD = path.join(__dirname, 'helpers', 'hostile-child.js')
 
 // Type OIDs.
-const OID = { bool: 16, bytea: 17, int8: 20, int2: 21, int4: 23, text: 25, json: 114, point: 600, box: 603, float4: 700, float8: 701, circle: 718, money: 790, macaddr: 829, inet: 869, int4arr: 1007, textarr: 1009, date: 1082, time: 1083, timestamp: 1114, timestamptz: 1184, interval: 1186, timetz: 1266, bit: 1560, numeric: 1700, numericarr: 1231, record: 2249, uuid: 2950, tsvector: 3614, jsonb: 3802, int4range: 3904 }
+const OID = {
+  bool: 16,
+  bytea: 17,
+  int8: 20,
+  int2: 21,
+  int4: 23,
+  text: 25,
+  json: 114,
+  point: 600,
+  box: 603,
+  float4: 700,
+  float8: 701,
+  circle: 718,
+  money: 790,
+  macaddr: 829,
+  inet: 869,
+  int4arr: 1007,
+  textarr: 1009,
+  date: 1082,
+  time: 1083,
+  timestamp: 1114,
+  timestamptz: 1184,
+  interval: 1186,
+  timetz: 1266,
+  bit: 1560,
+  numeric: 1700,
+  numericarr: 1231,
+  record: 2249,
+  uuid: 2950,
+  tsvector: 3614,
+  jsonb: 3802,
+  int4range: 3904,
+}
 
 const be32 = (v) => i32(v)
 const int4 = (v) => be32(v)
 
 /** Binary array: ndim, flags, element oid, (dim, lower bound) per dimension, then elements. */
 function array(elemOid, dims, elements) {
-  return Buffer.concat([be32(dims.length), be32(0), be32(elemOid), ...dims.flatMap((d) => [be32(d), be32(1)]), ...elements.map((e) => (e === null ? be32(-1) : Buffer.concat([be32(e.length), e])))])
+  return Buffer.concat([
+    be32(dims.length),
+    be32(0),
+    be32(elemOid),
+    ...dims.flatMap((d) => [be32(d), be32(1)]),
+    ...elements.map((e) => (e === null ? be32(-1) : Buffer.concat([be32(e.length), e]))),
+  ])
 }
 
 /** A record nested `depth` deep: (((...(1)...))). */
@@ -161,10 +199,10 @@ test('a column named __proto__ is an own property and never changes the row prot
   t.deepEqual(Object.getOwnPropertyDescriptor(row, '__proto__').value, { polluted: true })
   t.is(row.polluted, undefined)
   t.is(row.a, 1)
-  t.is(({}).polluted, undefined)
+  t.is({}.polluted, undefined)
   const nulled = (await pool.query('SELECT NULL::jsonb AS "__proto__"')).rows[0]
   t.is(Object.getPrototypeOf(nulled), Object.prototype)
-  t.true(Object.prototype.hasOwnProperty.call(nulled, '__proto__'))
+  t.true(Object.hasOwn(nulled, '__proto__'))
   t.deepEqual((await pool.query(`SELECT 1 AS "__proto__"`, [], { rowMode: 'array' })).rows, [[1]])
   await pool.close()
 })
@@ -234,7 +272,12 @@ test('a result too large for the result buffer is that query’s DBQueryError; t
   const lines = await runQueries(
     t,
     real.endpoint,
-    ["SELECT repeat('x', 2000000) AS big", 'SELECT 1 AS v', "SELECT g, repeat('y', 100) AS pad FROM generate_series(1, 20000) g", "SELECT length(repeat('x', 500000)) AS n, repeat('x', 500000) AS ok"],
+    [
+      "SELECT repeat('x', 2000000) AS big",
+      'SELECT 1 AS v',
+      "SELECT g, repeat('y', 100) AS pad FROM generate_series(1, 20000) g",
+      "SELECT length(repeat('x', 500000)) AS n, repeat('x', 500000) AS ok",
+    ],
     { env: { PGDBPOOL_MAX_RESULT_BYTES: String(1 << 20) } },
   )
   for (const pool of ['named', 'unnamed']) {
