@@ -3,7 +3,19 @@
  * several endpoints, with the Python pgdbpool's init / Handler / commit API.
  */
 export { init, close, query, stats, withHandler, Connection, Cursor, Handler, Pool } from './lib/pool'
-export type { AcquireOptions, CloseOptions, CursorOptions, EndpointStats, GroupStats, LeakEvent, PoolEvent, PoolQueryOptions, PoolStats, QueryInput, QueryOptions } from './lib/pool'
+export type {
+  AcquireOptions,
+  CloseOptions,
+  CursorOptions,
+  EndpointStats,
+  GroupStats,
+  LeakEvent,
+  PoolEvent,
+  PoolQueryOptions,
+  PoolStats,
+  QueryInput,
+  QueryOptions,
+} from './lib/pool'
 export { PostgresInterval } from './lib/codec'
 export type { FieldInfo, QueryResult, RowMode } from './lib/codec'
 export type { Listener, ListenOptions, Notification } from './lib/pg/listen'

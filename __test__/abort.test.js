@@ -77,7 +77,10 @@ test('an abort of the running statement on a handler still cancels it on the ser
   const controller = new AbortController()
   const started = Date.now()
   const slow = db.query('SELECT pg_sleep(30)', [], { signal: controller.signal })
-  await waitFor(async () => (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")).rows[0].n === 1, { what: 'sleep running' })
+  await waitFor(
+    async () => (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")).rows[0].n === 1,
+    { what: 'sleep running' },
+  )
   controller.abort()
   await t.throwsAsync(slow, { instanceOf: AbortError })
   t.deepEqual((await db.query('SELECT 1 AS v')).rows, [{ v: 1 }])

@@ -84,7 +84,10 @@ test.serial('module API: init, Handler, query, stats, close', async (t) => {
   t.deepEqual(r.rows, [{ n: 7, s: 'x' }])
   t.is(r.rowCount, 1)
   t.is(r.command, 'SELECT')
-  t.deepEqual(r.fields.map((f) => f.name), ['n', 's'])
+  t.deepEqual(
+    r.fields.map((f) => f.name),
+    ['n', 's'],
+  )
   t.is(r.fields[0].dataTypeID, 23)
   await db[Symbol.asyncDispose]()
 
@@ -180,7 +183,10 @@ test('module-level withHandler commits on success and rolls back on error', asyn
     }),
   )
   const r = await server.sql('SELECT id FROM items WHERE id IN ($1, $2) ORDER BY id', [id, id + 1])
-  t.deepEqual(r.rows.map((x) => x.id), [id])
+  t.deepEqual(
+    r.rows.map((x) => x.id),
+    [id],
+  )
   await lib.close()
 })
 
@@ -297,9 +303,15 @@ test('Python defect: a backend killed mid-query fails that query only, and the s
   slow.catch(() => {}) // handled below, after the kill
   if (viaBouncer) {
     // Through PgBouncer the next autocommit statement may run on another server session: kill the one sleeping.
-    pid = await waitFor(async () => (await server.sql("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE '%pg_sleep(30)%'", [app])).rows[0]?.pid)
+    pid = await waitFor(
+      async () =>
+        (await server.sql("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE '%pg_sleep(30)%'", [app])).rows[0]
+          ?.pid,
+    )
   }
-  await waitFor(async () => (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'", [pid])).rows[0].n === 1)
+  await waitFor(
+    async () => (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'", [pid])).rows[0].n === 1,
+  )
   await server.sql('SELECT pg_terminate_backend($1)', [pid])
   const err = await t.throwsAsync(slow)
   t.true(err instanceof DBConnectionError || err instanceof DBQueryError, err.name)
@@ -331,7 +343,9 @@ test('Python defect: killed backends never make two handlers share a connection'
   let stop = false
   const killer = (async () => {
     while (!stop) {
-      await server.sql('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1', [app]).catch(() => {})
+      await server
+        .sql('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1', [app])
+        .catch(() => {})
       await new Promise((r) => setTimeout(r, 15))
     }
   })()
@@ -404,7 +418,11 @@ test('Python defect: query_timeout and session_tmp_buffer apply per endpoint, no
 })
 
 test('URL configuration, port, and application_name', async (t) => {
-  const pool = new Pool({ type: 'non-threaded', db: `${viaBouncer ? targetUrl() : server.url}?application_name=from-url`, groups: groupsFor({ default: { connection_count: 1 } }) })
+  const pool = new Pool({
+    type: 'non-threaded',
+    db: `${viaBouncer ? targetUrl() : server.url}?application_name=from-url`,
+    groups: groupsFor({ default: { connection_count: 1 } }),
+  })
   const r = await pool.query("SELECT current_setting('application_name') AS app, inet_server_port() AS port")
   t.is(r.rows[0].app, 'from-url')
   t.is(r.rows[0].port, server.port)
@@ -412,7 +430,11 @@ test('URL configuration, port, and application_name', async (t) => {
 })
 
 test('Python defect: passwords do not leak into connection errors', async (t) => {
-  const pool = new Pool({ type: 'non-threaded', db: { ...endpoint(), pass: 'wrong-password-xyz' }, groups: groupsFor({ default: { connection_count: 1, acquire_timeout: 2000 } }) })
+  const pool = new Pool({
+    type: 'non-threaded',
+    db: { ...endpoint(), pass: 'wrong-password-xyz' },
+    groups: groupsFor({ default: { connection_count: 1, acquire_timeout: 2000 } }),
+  })
   const err = await t.throwsAsync(pool.ready, { instanceOf: DBOfflineError })
   t.false(err.message.includes('wrong-password-xyz'))
   t.false(err.message.includes(PASSWORD))
@@ -503,7 +525,10 @@ test('target_session_attrs: a read-only group finds no standby, a read-write gro
   const pool = new Pool({
     type: 'non-threaded',
     db: endpoint(),
-    groups: groupsFor({ write: { connection_count: 1, target_session_attrs: 'read-write' }, read: { connection_count: 1, target_session_attrs: 'standby', acquire_timeout: 2000 } }),
+    groups: groupsFor({
+      write: { connection_count: 1, target_session_attrs: 'read-write' },
+      read: { connection_count: 1, target_session_attrs: 'standby', acquire_timeout: 2000 },
+    }),
   })
   const err = await t.throwsAsync(pool.ready, { instanceOf: DBOfflineError })
   t.regex(err.message, /group 'read'/)

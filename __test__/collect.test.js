@@ -19,7 +19,10 @@ test.after.always(async () => {
 })
 
 test('1000 pools created and closed: every one collected, memory flat', async (t) => {
-  const result = await runNode(path.join(__dirname, 'helpers', 'collect-child.js'), [JSON.stringify(server.endpoint), '1000'], { nodeArgs: ['--expose-gc'], timeout: 110000 })
+  const result = await runNode(path.join(__dirname, 'helpers', 'collect-child.js'), [JSON.stringify(server.endpoint), '1000'], {
+    nodeArgs: ['--expose-gc'],
+    timeout: 110000,
+  })
   assertCleanExit(t, result)
   const [report] = jsonLines(result.stdout)
   t.truthy(report, result.stdout)

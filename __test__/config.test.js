@@ -44,8 +44,7 @@ test('negative max_uses', (t) => configError(t, (c) => (c.groups.default.max_use
 test('fractional max_uses', (t) => configError(t, (c) => (c.groups.default.max_uses = 1.5), 'groups.default.max_uses', /integer >= 0/))
 test('min_idle above connection_count', (t) => configError(t, (c) => (c.groups.default.min_idle = 3), 'groups.default.min_idle', /<= connection_count/))
 test('no groups', (t) => configError(t, (c) => (c.groups = {}), 'groups', /at least one group/))
-test('bad URL does not echo the password', (t) =>
-  configError(t, (c) => (c.db = 'postgres://u:hunter2-secret@exa mple/db'), 'db', /valid postgres:\/\/ URL/))
+test('bad URL does not echo the password', (t) => configError(t, (c) => (c.db = 'postgres://u:hunter2-secret@exa mple/db'), 'db', /valid postgres:\/\/ URL/))
 test('URL with unsupported parameter', (t) =>
   configError(t, (c) => (c.db = 'postgres://u:hunter2-secret@localhost/db?foo=1'), 'db?foo', /unsupported URL parameter/))
 test('bad int8 type option', (t) => configError(t, (c) => (c.types = { int8: 'long' }), 'types.int8', /'bigint'/))

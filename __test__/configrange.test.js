@@ -79,10 +79,11 @@ for (const [key, where, lo, hi, isInt] of RANGES) {
     for (const value of bad) rejects(t, setter(where, key, value), keyPath, /must be/)
     const good = [lo, hi]
     if (key === 'connection_count') good.pop() // a huge pool is valid but not worth opening here
-    for (const value of good) await accepts(t, (c) => {
-      setter(where, key, value)(c)
-      if (key === 'min_idle') c.groups.default.connection_count = Math.max(value, 1)
-    })
+    for (const value of good)
+      await accepts(t, (c) => {
+        setter(where, key, value)(c)
+        if (key === 'min_idle') c.groups.default.connection_count = Math.max(value, 1)
+      })
   })
 }
 
@@ -94,7 +95,8 @@ test('min_idle ranges from 0 to connection_count', (t) => {
 })
 
 test('endpoint indexes in groups.endpoints must be integers naming an endpoint', (t) => {
-  for (const ref of [1e20, -1, 0.5, NaN, 2n, null, {}]) rejects(t, (c) => (c.groups.default.endpoints = [ref]), 'groups.default.endpoints[0]', /names no configured endpoint/)
+  for (const ref of [1e20, -1, 0.5, NaN, 2n, null, {}])
+    rejects(t, (c) => (c.groups.default.endpoints = [ref]), 'groups.default.endpoints[0]', /names no configured endpoint/)
 })
 
 test('URL parameters have the same ranges, named by the key they set', (t) => {

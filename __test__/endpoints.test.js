@@ -38,24 +38,40 @@ test.serial('connections of a group spread over its endpoints; a bound group use
   const pool = new Pool({
     type: 'non-threaded',
     db: endpoints(name),
-    groups: { default: { connection_count: 6 }, only1: { connection_count: 3, endpoints: ['s1'] }, lb: { connection_count: 4, endpoints: ['s0', 's2'], balance: 'least-busy' } },
+    groups: {
+      default: { connection_count: 6 },
+      only1: { connection_count: 3, endpoints: ['s1'] },
+      lb: { connection_count: 4, endpoints: ['s0', 's2'], balance: 'least-busy' },
+    },
   })
   await pool.ready
   const held = await holdMany(pool, 'default', 6)
-  t.deepEqual(pool.stats().groups.default.endpoints.map((e) => e.inUse), [2, 2, 2])
+  t.deepEqual(
+    pool.stats().groups.default.endpoints.map((e) => e.inUse),
+    [2, 2, 2],
+  )
   // The server agrees with the pool's accounting, endpoint by endpoint (all groups together).
   const counts = await Promise.all(servers.map((s) => s.sessions(name)))
   const perEndpoint = [0, 1, 2].map((i) => Object.values(pool.stats().groups).reduce((n, g) => n + (g.endpoints.find((e) => e.id === `s${i}`)?.size ?? 0), 0))
   t.deepEqual(counts, perEndpoint)
   await Promise.all(held.map((h) => h.release()))
-  t.deepEqual(pool.stats().groups.default.endpoints.map((e) => e.size), [2, 2, 2])
+  t.deepEqual(
+    pool.stats().groups.default.endpoints.map((e) => e.size),
+    [2, 2, 2],
+  )
 
   const bound = await holdMany(pool, 'only1', 3)
-  t.deepEqual(pool.stats().groups.only1.endpoints.map((e) => [e.id, e.inUse]), [['s1', 3]])
+  t.deepEqual(
+    pool.stats().groups.only1.endpoints.map((e) => [e.id, e.inUse]),
+    [['s1', 3]],
+  )
   await Promise.all(bound.map((h) => h.release()))
 
   const lb = await holdMany(pool, 'lb', 4)
-  t.deepEqual(pool.stats().groups.lb.endpoints.map((e) => e.inUse), [2, 2])
+  t.deepEqual(
+    pool.stats().groups.lb.endpoints.map((e) => e.inUse),
+    [2, 2],
+  )
   await Promise.all(lb.map((h) => h.release()))
   await pool.close()
   await waitFor(async () => (await Promise.all(servers.map((s) => s.sessions(name)))).every((n) => n === 0), { what: 'sessions closed' })
@@ -79,7 +95,10 @@ test.serial('one endpoint down at init: init succeeds degraded, the pool heals w
   // Serves queries meanwhile, on the live endpoints only.
   for (let i = 0; i < 20; i++) t.deepEqual((await pool.query('SELECT 1 AS x')).rows, [{ x: 1 }])
   const held = await holdMany(pool, 'default', 6)
-  t.deepEqual(pool.stats().groups.default.endpoints.map((e) => e.inUse), [3, 3, 0])
+  t.deepEqual(
+    pool.stats().groups.default.endpoints.map((e) => e.inUse),
+    [3, 3, 0],
+  )
   await Promise.all(held.map((h) => h.release()))
 
   await down.start()

@@ -115,7 +115,9 @@ test.serial('reads spread over the standbys by weight (within ±10 %), counted b
   // are in play; each statement reports the port of the server that ran it.
   for (let done = 0; done < total; done += 8) {
     const wave = Array.from({ length: 8 }, (_, i) =>
-      i % 2 ? pool.query('SELECT inet_server_port() AS port', [], { group: 'read' }) : pool.withHandler('read', (db) => db.query('SELECT inet_server_port() AS port')),
+      i % 2
+        ? pool.query('SELECT inet_server_port() AS port', [], { group: 'read' })
+        : pool.withHandler('read', (db) => db.query('SELECT inet_server_port() AS port')),
     )
     for (const r of await Promise.all(wave)) counts.set(r.rows[0].port, counts.get(r.rows[0].port) + 1)
   }
@@ -177,56 +179,59 @@ test.serial('a standby stopped under read load: banned within 1 s, no read fails
   await pool.close()
 })
 
-test.serial('the primary stops and a standby is promoted under write load: clear errors meanwhile, writes on the new primary within 5 s, none on a read-only node', async (t) => {
-  if (external) return t.pass('needs embedded servers')
-  const [p, s1, s2] = cluster.nodes
-  const pool = new Pool(
-    config({
-      write: { connection_count: 4, target_session_attrs: 'read-write', acquire_timeout: 2000 },
-      read: { connection_count: 2, target_session_attrs: 'standby' },
-    }),
-  )
-  await pool.ready
-  const writes = load(() => pool.query('INSERT INTO ha_writes (port) SELECT inet_server_port() RETURNING port', [], { group: 'write' }))
-  let stoppedAt = 0
-  let promotedAt = 0
-  let firstOnNew = 0
-  try {
-    await waitFor(() => writes.log.filter((e) => e.port === p.port).length >= 20, { ms: 5000, what: 'writes on node0' })
-    await p.stop()
-    stoppedAt = Date.now()
-    await waitFor(() => writes.log.some((e) => e.error && e.at > stoppedAt), { ms: 5000, what: 'writes failing without a primary' })
-    await s1.promote()
-    promotedAt = Date.now()
-    const first = await waitFor(() => writes.log.find((e) => e.port === s1.port), { ms: 5000, every: 10, what: 'a write on the promoted node1' })
-    firstOnNew = first.at
-    await waitFor(() => writes.log.filter((e) => e.port === s1.port).length >= 20, { ms: 5000, what: 'writes go on, on node1' })
-  } finally {
-    await writes.stop()
-  }
-  t.true(firstOnNew - promotedAt < 5000, `first write on the new primary ${firstOnNew - promotedAt} ms after the promotion`)
-  const ok = writes.log.filter((e) => e.port)
-  // Every write landed on the primary of its time, never on a standby.
-  t.true(ok.every((e) => e.port === p.port || e.port === s1.port))
-  t.true(ok.filter((e) => e.port === s1.port).every((e) => e.at >= stoppedAt))
-  const failures = writes.log.filter((e) => e.error)
-  t.true(failures.length > 0)
-  for (const { error } of failures) {
-    // Never a write refused by a read-only node: none was sent to one.
-    t.not(error.sqlState, '25006', error.message)
-    const clear =
-      error instanceof DBOfflineError ||
-      error instanceof PoolTimeoutError ||
-      (error instanceof DBQueryError && ['57P01', '57P02', '57P03'].includes(error.sqlState)) ||
-      (error instanceof DBConnectionError && /may have run/.test(error.message))
-    t.true(clear, `${error.constructor.name}: ${error.message}`)
-  }
-  const offline = failures.find((e) => e.error instanceof DBOfflineError)
-  t.truthy(offline, 'writes without a primary fail with DBOfflineError')
-  t.regex(offline.error.message, new RegExp(`127\\.0\\.0\\.1:${s2.port}: server is a standby, target_session_attrs is 'read-write'`))
-  t.deepEqual(
-    pool.stats().groups.write.endpoints.map((e) => e.role),
-    ['primary', 'primary', 'standby'],
-  )
-  await pool.close()
-})
+test.serial(
+  'the primary stops and a standby is promoted under write load: clear errors meanwhile, writes on the new primary within 5 s, none on a read-only node',
+  async (t) => {
+    if (external) return t.pass('needs embedded servers')
+    const [p, s1, s2] = cluster.nodes
+    const pool = new Pool(
+      config({
+        write: { connection_count: 4, target_session_attrs: 'read-write', acquire_timeout: 2000 },
+        read: { connection_count: 2, target_session_attrs: 'standby' },
+      }),
+    )
+    await pool.ready
+    const writes = load(() => pool.query('INSERT INTO ha_writes (port) SELECT inet_server_port() RETURNING port', [], { group: 'write' }))
+    let stoppedAt = 0
+    let promotedAt = 0
+    let firstOnNew = 0
+    try {
+      await waitFor(() => writes.log.filter((e) => e.port === p.port).length >= 20, { ms: 5000, what: 'writes on node0' })
+      await p.stop()
+      stoppedAt = Date.now()
+      await waitFor(() => writes.log.some((e) => e.error && e.at > stoppedAt), { ms: 5000, what: 'writes failing without a primary' })
+      await s1.promote()
+      promotedAt = Date.now()
+      const first = await waitFor(() => writes.log.find((e) => e.port === s1.port), { ms: 5000, every: 10, what: 'a write on the promoted node1' })
+      firstOnNew = first.at
+      await waitFor(() => writes.log.filter((e) => e.port === s1.port).length >= 20, { ms: 5000, what: 'writes go on, on node1' })
+    } finally {
+      await writes.stop()
+    }
+    t.true(firstOnNew - promotedAt < 5000, `first write on the new primary ${firstOnNew - promotedAt} ms after the promotion`)
+    const ok = writes.log.filter((e) => e.port)
+    // Every write landed on the primary of its time, never on a standby.
+    t.true(ok.every((e) => e.port === p.port || e.port === s1.port))
+    t.true(ok.filter((e) => e.port === s1.port).every((e) => e.at >= stoppedAt))
+    const failures = writes.log.filter((e) => e.error)
+    t.true(failures.length > 0)
+    for (const { error } of failures) {
+      // Never a write refused by a read-only node: none was sent to one.
+      t.not(error.sqlState, '25006', error.message)
+      const clear =
+        error instanceof DBOfflineError ||
+        error instanceof PoolTimeoutError ||
+        (error instanceof DBQueryError && ['57P01', '57P02', '57P03'].includes(error.sqlState)) ||
+        (error instanceof DBConnectionError && /may have run/.test(error.message))
+      t.true(clear, `${error.constructor.name}: ${error.message}`)
+    }
+    const offline = failures.find((e) => e.error instanceof DBOfflineError)
+    t.truthy(offline, 'writes without a primary fail with DBOfflineError')
+    t.regex(offline.error.message, new RegExp(`127\\.0\\.0\\.1:${s2.port}: server is a standby, target_session_attrs is 'read-write'`))
+    t.deepEqual(
+      pool.stats().groups.write.endpoints.map((e) => e.role),
+      ['primary', 'primary', 'standby'],
+    )
+    await pool.close()
+  },
+)

@@ -106,7 +106,13 @@ test.serial('a statement that may have run is never retried: DBConnectionError s
   const insert = pool.query('INSERT INTO ha_once (tag) SELECT $1 FROM pg_sleep(0.3)', [tag])
   insert.catch(() => {})
   await waitFor(
-    async () => (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE 'INSERT INTO ha_once%'", [name])).rows[0].n === 1,
+    async () =>
+      (
+        await servers[0].sql(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE 'INSERT INTO ha_once%'",
+          [name],
+        )
+      ).rows[0].n === 1,
     { ms: 5000, every: 5, what: 'the INSERT running on the server' },
   )
   await proxy.reset()
@@ -114,7 +120,9 @@ test.serial('a statement that may have run is never retried: DBConnectionError s
   t.regex(err.message, /may have run/)
   // The server finishes what it got, once; the pool did not send it again.
   await waitFor(
-    async () => (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'INSERT INTO ha_once%'", [name])).rows[0].n === 0,
+    async () =>
+      (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'INSERT INTO ha_once%'", [name]))
+        .rows[0].n === 0,
     { ms: 5000, what: 'the INSERT finished on the server' },
   )
   const n = (await servers[0].sql('SELECT count(*)::int AS n FROM ha_once WHERE tag = $1', [tag])).rows[0].n
@@ -131,7 +139,10 @@ test.serial('a silent endpoint (accepts, never answers) is banned after connect_
   const pool = new Pool({
     type: 'non-threaded',
     health_interval: 100,
-    db: [{ ...servers[0].endpoint, ...silent.endpoint, id: 'silent', application_name: name, connect_timeout: 1 }, endpoint(servers[1], 's1', name, { connect_timeout: 1 })],
+    db: [
+      { ...servers[0].endpoint, ...silent.endpoint, id: 'silent', application_name: name, connect_timeout: 1 },
+      endpoint(servers[1], 's1', name, { connect_timeout: 1 }),
+    ],
     groups: { default: { connection_count: 4, acquire_timeout: 3000 } },
   })
   const ready = await timed(pool.ready)
@@ -199,7 +210,9 @@ test.serial('established connections black-holed: queries time out client-side, 
     }
   }
   await waitFor(() => pool.stats().groups.default.endpoints[0].banned, { ms: 3000, what: 'black-holed endpoint banned' }).catch((e) => {
-    throw new Error(`${e.message}; endpoint: ${JSON.stringify(pool.stats().groups.default.endpoints[0])}; results: ${results.map((r) => (r.error ? r.error.message : r.value.rows[0].port)).join(' | ')}`)
+    throw new Error(
+      `${e.message}; endpoint: ${JSON.stringify(pool.stats().groups.default.endpoints[0])}; results: ${results.map((r) => (r.error ? r.error.message : r.value.rows[0].port)).join(' | ')}`,
+    )
   })
   t.true(Date.now() - started < 4000)
   // Banned: the pool serves from the other endpoint without delay.
@@ -239,7 +252,9 @@ test.serial('query_timeout is enforced client-side too, and the statement is can
   t.true(r.ms >= 1250 && r.ms < 4000, `took ${r.ms} ms`)
   await h.release()
   await waitFor(
-    async () => (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query = 'SELECT pg_sleep(30)'", [name])).rows[0].n === 0,
+    async () =>
+      (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query = 'SELECT pg_sleep(30)'", [name])).rows[0]
+        .n === 0,
     { ms: 5000, what: 'pg_sleep cancelled on the server' },
   )
   // The server answered a probe, so it is not banned; the pool goes on with a new session.

@@ -46,7 +46,7 @@ test('one-shot queries pipeline on the connections they have: every result is it
   await pool.close()
 })
 
-test('past every connection\'s pipeline depth, one-shot statements wait for a freed slot: all are answered, each its own, on the configured sessions', async (t) => {
+test("past every connection's pipeline depth, one-shot statements wait for a freed slot: all are answered, each its own, on the configured sessions", async (t) => {
   const { pool, app } = makePool({ default: { connection_count: 1, pipeline: 4 } })
   await pool.query('SELECT 1')
   const n = 300
@@ -96,7 +96,12 @@ test('statements that change session state never share a connection', async (t) 
   const { pool } = makePool({ default: { connection_count: 1, pipeline: 8 } })
   await pool.ready
   // BEGIN as a one-shot must not leak a transaction into pipelined neighbours.
-  const all = await Promise.all([pool.query('SELECT 1 AS a'), pool.query('BEGIN'), pool.query('SELECT 2 AS a'), pool.query("SELECT current_setting('transaction_isolation') AS iso")])
+  const all = await Promise.all([
+    pool.query('SELECT 1 AS a'),
+    pool.query('BEGIN'),
+    pool.query('SELECT 2 AS a'),
+    pool.query("SELECT current_setting('transaction_isolation') AS iso"),
+  ])
   t.is(all[0].rows[0].a, 1)
   t.is(all[2].rows[0].a, 2)
   const db = pool.handler()
@@ -166,7 +171,10 @@ test('statements queued without awaiting run in order, and a release right after
   const read = db.query('SELECT array_agg(i ORDER BY ctid)::int[] AS seq FROM hot_order')
   db.release()
   await Promise.all(inserts)
-  t.deepEqual((await read).rows[0].seq, Array.from({ length: 50 }, (_, i) => i))
+  t.deepEqual(
+    (await read).rows[0].seq,
+    Array.from({ length: 50 }, (_, i) => i),
+  )
   await waitFor(() => pool.stats().groups.default.inUse === 0, { what: 'connection returned' })
   await pool.close()
 })
@@ -203,7 +211,10 @@ test('a cursor streams 1 000 000 rows in bounded batches and leaves no transacti
     t.is(sum, (1000000 * 1000001) / 2)
     t.is(last.n, 1000000)
     t.is(typeof last.h, 'string')
-    t.deepEqual(cursor.fields.map((f) => f.name), ['n', 'h'])
+    t.deepEqual(
+      cursor.fields.map((f) => f.name),
+      ['n', 'h'],
+    )
     t.false(db.inTransaction)
     // Batches are what read() says they are.
     const small = db.cursor('SELECT g FROM generate_series(1, 25) g', [], { batchSize: 10, rowMode: 'array' })
@@ -251,7 +262,10 @@ test('an aborted handler query rejects at once and is cancelled on the server; t
   const controller = new AbortController()
   const started = Date.now()
   const slow = db.query('SELECT pg_sleep(30)', [], { signal: controller.signal })
-  await waitFor(() => server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").then((r) => r.rows[0].n === 1), { what: 'sleep running' })
+  await waitFor(
+    () => server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").then((r) => r.rows[0].n === 1),
+    { what: 'sleep running' },
+  )
   controller.abort()
   await t.throwsAsync(slow, { instanceOf: AbortError })
   // The server stopped the statement: the next one runs right after, not 30 s later.
@@ -277,7 +291,10 @@ test('events: acquire and release are emitted; a handler held past leak_threshol
   t.true(leaks[0].heldMs >= 50)
   t.regex(leaks[0].stack, /hotpath\.test\.js/)
   await db.release()
-  t.deepEqual(seen, [['acquire', 'default'], ['release', 'default']])
+  t.deepEqual(seen, [
+    ['acquire', 'default'],
+    ['release', 'default'],
+  ])
   // A listener that throws does not break the pool.
   pool.on('acquire', () => {
     throw new Error('listener bug')

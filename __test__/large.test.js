@@ -15,7 +15,11 @@ let pool
 test.before(async () => {
   server = await startServer()
   // A generous statement_timeout: on a loaded machine producing the rows can take seconds.
-  pool = new Pool({ type: 'non-threaded', db: { ...server.endpoint, application_name: 'large-test', query_timeout: 100000 }, groups: { default: { connection_count: 2 } } })
+  pool = new Pool({
+    type: 'non-threaded',
+    db: { ...server.endpoint, application_name: 'large-test', query_timeout: 100000 },
+    groups: { default: { connection_count: 2 } },
+  })
   await pool.ready
 })
 

@@ -19,7 +19,10 @@ test.after.always(async () => {
 })
 
 test('a panic in the core is an error of the operations it hit, never an abort or a promise left pending', async (t) => {
-  const result = await runNode(path.join(__dirname, 'helpers', 'panic-child.js'), [JSON.stringify(server.endpoint)], { env: { PGDBPOOL_TEST_HOOKS: '1' }, timeout: 60000 })
+  const result = await runNode(path.join(__dirname, 'helpers', 'panic-child.js'), [JSON.stringify(server.endpoint)], {
+    env: { PGDBPOOL_TEST_HOOKS: '1' },
+    timeout: 60000,
+  })
   const detail = `code ${result.code}, signal ${result.signal}\n${result.stdout}\n${result.stderr}`
   t.false(result.timedOut, detail)
   t.is(result.signal, null, detail)

@@ -16,8 +16,12 @@ const pools = []
 
 test.before(async () => {
   server = await startServer()
-  await server.sql('CREATE TABLE pgb_items (id serial PRIMARY KEY, name text UNIQUE NOT NULL, qty int, price numeric(10,2), at timestamptz, doc jsonb, tags text[])')
-  await server.sql("INSERT INTO pgb_items (name, qty, price, at, doc, tags) VALUES ('a', 1, 1.50, '2020-01-02 03:04:05.678+00', '{\"k\": [1, 2]}', '{x,y}'), ('b', NULL, 2.25, NULL, NULL, '{}')")
+  await server.sql(
+    'CREATE TABLE pgb_items (id serial PRIMARY KEY, name text UNIQUE NOT NULL, qty int, price numeric(10,2), at timestamptz, doc jsonb, tags text[])',
+  )
+  await server.sql(
+    "INSERT INTO pgb_items (name, qty, price, at, doc, tags) VALUES ('a', 1, 1.50, '2020-01-02 03:04:05.678+00', '{\"k\": [1, 2]}', '{x,y}'), ('b', NULL, 2.25, NULL, NULL, '{}')",
+  )
 })
 
 test.after.always(async () => {
@@ -70,7 +74,7 @@ test('the module: pg names, the same type registry and DatabaseError as pg, inst
   const esm = await import('pgdbpool/pg')
   t.is(esm.Pool, pg.Pool)
   t.is(esm.default.Pool, pg.Pool)
-  for (const s of ['plain', 'it\'s', 'back\\slash', 'quote"d', '', 'mixed \\ and \'']) {
+  for (const s of ['plain', "it's", 'back\\slash', 'quote"d', '', "mixed \\ and '"]) {
     t.is(pg.escapeIdentifier(s), realPg.Client.prototype.escapeIdentifier(s))
     t.is(pg.escapeLiteral(s), realPg.Client.prototype.escapeLiteral(s))
   }
@@ -81,8 +85,11 @@ test('results as pg gives them: rows, fields, command, rowCount, oid; rowMode ar
   const cases = [
     ['SELECT * FROM pgb_items ORDER BY id'],
     ['SELECT id, name FROM pgb_items WHERE qty = $1', [1]],
-    ['SELECT $1::int AS a, $2::text AS b, $3::jsonb AS c, $4::timestamptz AS d, $5::text[] AS e, $6::bytea AS f', [7, 'x', { a: [1] }, new Date(1_600_000_000_123), ['p', 'q "r"', null], Buffer.from([1, 2, 3])]],
-    ['SELECT 1::int8 AS big, 1.5::float4 AS f4, 2.5::float8 AS f8, true AS b, NULL::int AS n, \'2020-02-03\'::date AS d, interval \'1 day 2 hours\' AS i'],
+    [
+      'SELECT $1::int AS a, $2::text AS b, $3::jsonb AS c, $4::timestamptz AS d, $5::text[] AS e, $6::bytea AS f',
+      [7, 'x', { a: [1] }, new Date(1_600_000_000_123), ['p', 'q "r"', null], Buffer.from([1, 2, 3])],
+    ],
+    ["SELECT 1::int8 AS big, 1.5::float4 AS f4, 2.5::float8 AS f8, true AS b, NULL::int AS n, '2020-02-03'::date AS d, interval '1 day 2 hours' AS i"],
     [{ text: 'SELECT name, qty FROM pgb_items ORDER BY id', rowMode: 'array' }],
     ["UPDATE pgb_items SET qty = qty WHERE name = 'a'"],
     ["INSERT INTO pgb_items (name) VALUES ('a') ON CONFLICT DO NOTHING"],
@@ -100,9 +107,10 @@ test('results as pg gives them: rows, fields, command, rowCount, oid; rowMode ar
   }
 })
 
-test('a text without values is a simple query: several statements give pg\'s array of results', async (t) => {
+test("a text without values is a simple query: several statements give pg's array of results", async (t) => {
   const { ours, theirs } = pair()
-  const script = "SELECT 1 AS a; SELECT name, tags, at FROM pgb_items ORDER BY id; UPDATE pgb_items SET qty = qty WHERE false; SET LOCAL work_mem = '8MB'; SELECT NULL::int AS n"
+  const script =
+    "SELECT 1 AS a; SELECT name, tags, at FROM pgb_items ORDER BY id; UPDATE pgb_items SET qty = qty WHERE false; SET LOCAL work_mem = '8MB'; SELECT NULL::int AS n"
   const a = await ours.query(script)
   const b = await theirs.query(script)
   t.true(Array.isArray(a))
@@ -133,13 +141,19 @@ test('every query form of pg: promise, callback, (text, cb), (text, values, cb),
   const client = await viaCallback((cb) => ours.connect((err, c, release) => cb(err, { c, release })))
   t.is(typeof client.release, 'function')
   t.is(client.c.release, client.release)
-  t.is(ours.query('SELECT 1', () => {}), undefined)
+  t.is(
+    ours.query('SELECT 1', () => {}),
+    undefined,
+  )
   t.is((await client.c.query({ text: 'SELECT $1::text AS a', values: ['x'], name: 'pgb-named' })).rows[0].a, 'x')
   t.is((await client.c.query({ text: 'SELECT $1::text AS a', values: ['y'], name: 'pgb-named' })).rows[0].a, 'y')
   t.is((await viaCallback((cb) => client.c.query('SELECT 5 AS a', cb))).rows[0].a, 5)
   const cursor = new pg.Cursor('SELECT generate_series(1, 10) AS n')
   t.is(client.c.query(cursor), cursor)
-  t.deepEqual((await cursor.read(4)).map((r) => r.n), [1, 2, 3, 4])
+  t.deepEqual(
+    (await cursor.read(4)).map((r) => r.n),
+    [1, 2, 3, 4],
+  )
   await cursor.close()
   client.release()
 })
@@ -160,7 +174,11 @@ test('queries on one client run in submission order, as pg@8 queues them', async
 
 test('server errors are pg DatabaseErrors with SQLSTATE code and every field pg gives', async (t) => {
   const { ours, theirs } = pair()
-  const grab = (p) => p.then(() => null, (e) => e)
+  const grab = (p) =>
+    p.then(
+      () => null,
+      (e) => e,
+    )
   const a = await grab(ours.query("INSERT INTO pgb_items (name) VALUES ('a')"))
   const b = await grab(theirs.query("INSERT INTO pgb_items (name) VALUES ('a')"))
   t.true(a instanceof pg.DatabaseError)
@@ -174,10 +192,16 @@ test('server errors are pg DatabaseErrors with SQLSTATE code and every field pg 
   await t.throwsAsync(ours.query('SELECT 1', 'not-an-array'), { message: 'Query values must be an array' })
 })
 
-test.serial('type parsers: pg\'s text for the parser, query > client > global, stock parsers stay fast', async (t) => {
+test.serial("type parsers: pg's text for the parser, query > client > global, stock parsers stay fast", async (t) => {
   const { ours, theirs } = pair()
-  const text = 'SELECT 1::int4 AS i, 2::int8 AS b, true AS t, 1.25::float8 AS f, 3.50::numeric AS n, \'2020-01-02\'::date AS d, \'2020-01-02 03:04:05.5\'::timestamp AS ts, \'2020-01-02 03:04:05.5+00\'::timestamptz AS tz, \'\\x0102\'::bytea AS y, \'{"a":1}\'::json AS j, \'{"a": 1}\'::jsonb AS jb, ARRAY[1,2] AS arr, interval \'1 day\' AS iv'
-  const recordAll = (seen) => ({ getTypeParser: (oid) => (v) => { seen.push([oid, v]); return v } })
+  const text =
+    "SELECT 1::int4 AS i, 2::int8 AS b, true AS t, 1.25::float8 AS f, 3.50::numeric AS n, '2020-01-02'::date AS d, '2020-01-02 03:04:05.5'::timestamp AS ts, '2020-01-02 03:04:05.5+00'::timestamptz AS tz, '\\x0102'::bytea AS y, '{\"a\":1}'::json AS j, '{\"a\": 1}'::jsonb AS jb, ARRAY[1,2] AS arr, interval '1 day' AS iv"
+  const recordAll = (seen) => ({
+    getTypeParser: (oid) => (v) => {
+      seen.push([oid, v])
+      return v
+    },
+  })
   const a = []
   const b = []
   await ours.query({ text, types: recordAll(a) })
@@ -252,7 +276,9 @@ test('pool events, one client object per connection, release(true) destroys the 
   t.is(again, first)
   t.is(again.processID, pid)
   again.release(new Error('broken'))
-  await waitFor(async () => (await server.sql('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1', [pid])).rows[0].n === 0, { what: 'the destroyed connection to close' })
+  await waitFor(async () => (await server.sql('SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1', [pid])).rows[0].n === 0, {
+    what: 'the destroyed connection to close',
+  })
   const third = await ours.connect()
   t.not(third.processID, pid)
   third.release()
@@ -284,7 +310,7 @@ test('a standalone Client: connect, processID, notices, notifications, end', asy
   await t.throwsAsync(client.query('SELECT 1'), { message: 'Client was closed and is not queryable' })
 })
 
-test('a checked-out connection that dies: the query fails with pg\'s message, the client emits error and end', async (t) => {
+test("a checked-out connection that dies: the query fails with pg's message, the client emits error and end", async (t) => {
   const { ours } = pair()
   const client = await ours.connect()
   const error = next(client, 'error')
@@ -292,13 +318,16 @@ test('a checked-out connection that dies: the query fails with pg\'s message, th
   await server.sql('SELECT pg_terminate_backend($1)', [client.processID])
   t.is((await error).message, 'Connection terminated unexpectedly')
   await end
-  const e = await client.query('SELECT 1').then(() => null, (err) => err)
+  const e = await client.query('SELECT 1').then(
+    () => null,
+    (err) => err,
+  )
   t.truthy(e)
   client.release(e)
   t.is((await ours.query('SELECT 1 AS a')).rows[0].a, 1)
 })
 
-test('a Cursor reads a large result in batches (Kysely\'s streaming contract)', async (t) => {
+test("a Cursor reads a large result in batches (Kysely's streaming contract)", async (t) => {
   const { ours } = pair()
   const client = await ours.connect()
   try {
@@ -335,15 +364,18 @@ test('pool.listen: notifications, LISTEN again after the connection is killed (o
     },
     (info) => listens.push(info.reconnected),
   )
-  const arrived = (n) => (payloads.length >= n ? Promise.resolve() : new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`only ${payloads.length} of ${n} notifications`)), 5000)
-    wake = () => {
-      if (payloads.length >= n) {
-        clearTimeout(timer)
-        resolve()
-      }
-    }
-  }))
+  const arrived = (n) =>
+    payloads.length >= n
+      ? Promise.resolve()
+      : new Promise((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`only ${payloads.length} of ${n} notifications`)), 5000)
+          wake = () => {
+            if (payloads.length >= n) {
+              clearTimeout(timer)
+              resolve()
+            }
+          }
+        })
   t.deepEqual(listens, [false])
   await server.sql("NOTIFY pgb_jobs, 'one'")
   await arrived(1)
@@ -359,17 +391,24 @@ test('pool.listen: notifications, LISTEN again after the connection is killed (o
   await listener.close()
 })
 
-test('wrapping a pgdbpool Pool and group: the ORM keeps the pool\'s endpoints and groups', async (t) => {
-  const base = new PgDbPool({ type: 'non-threaded', db: { ...server.endpoint, application_name: 'pgb-wrap' }, groups: { default: { connection_count: 2 }, write: { connection_count: 1, autocommit: true } } })
+test("wrapping a pgdbpool Pool and group: the ORM keeps the pool's endpoints and groups", async (t) => {
+  const base = new PgDbPool({
+    type: 'non-threaded',
+    db: { ...server.endpoint, application_name: 'pgb-wrap' },
+    groups: { default: { connection_count: 2 }, write: { connection_count: 1, autocommit: true } },
+  })
   const ours = new pg.Pool({ pool: base, group: 'write' })
   try {
     t.true(ours instanceof realPg.Pool)
-    const r = await ours.query('SELECT current_setting(\'application_name\') AS app')
+    const r = await ours.query("SELECT current_setting('application_name') AS app")
     t.is(r.rows[0].app, 'pgb-wrap')
     const client = await ours.connect()
     const other = ours.connect()
     let settled = false
-    other.then(() => (settled = true), () => (settled = true))
+    other.then(
+      () => (settled = true),
+      () => (settled = true),
+    )
     await new Promise((resolve) => setImmediate(resolve))
     t.false(settled, 'the write group has one connection')
     client.release()
@@ -388,9 +427,18 @@ test('wrapping a pgdbpool Pool and group: the ORM keeps the pool\'s endpoints an
 
 test('pg settings reach the session: options, statement_timeout, application_name, a password function', async (t) => {
   const { password, ...rest } = server.clientConfig()
-  const ours = new pg.Pool({ ...rest, password: async () => password, application_name: 'pgb-app', statement_timeout: 1234, options: '-c search_path=pgb_schema,public', idle_in_transaction_session_timeout: 5000 })
+  const ours = new pg.Pool({
+    ...rest,
+    password: async () => password,
+    application_name: 'pgb-app',
+    statement_timeout: 1234,
+    options: '-c search_path=pgb_schema,public',
+    idle_in_transaction_session_timeout: 5000,
+  })
   pools.push(ours)
-  const r = await ours.query("SELECT current_setting('application_name') AS app, current_setting('statement_timeout') AS st, current_setting('search_path') AS sp, current_setting('idle_in_transaction_session_timeout') AS it")
+  const r = await ours.query(
+    "SELECT current_setting('application_name') AS app, current_setting('statement_timeout') AS st, current_setting('search_path') AS sp, current_setting('idle_in_transaction_session_timeout') AS it",
+  )
   t.deepEqual(r.rows[0], { app: 'pgb-app', st: '1234ms', sp: 'pgb_schema,public', it: '5s' })
   const bad = new pg.Pool({ ...rest, password: 'wrong', connectionTimeoutMillis: 3000 })
   pools.push(bad)
@@ -405,7 +453,9 @@ test('a BEGIN goes out with the next statement: its isolation level holds, an em
     t.is(begin.command, 'BEGIN')
     t.true(client.inTransaction)
     t.is(client.getTransactionStatus(), 'T')
-    const r = await client.query("SELECT current_setting('transaction_isolation') AS iso, current_setting('transaction_read_only') AS ro, now() = statement_timestamp() AS fresh")
+    const r = await client.query(
+      "SELECT current_setting('transaction_isolation') AS iso, current_setting('transaction_read_only') AS ro, now() = statement_timestamp() AS fresh",
+    )
     t.deepEqual(r.rows[0], { iso: 'serializable', ro: 'on', fresh: false })
     await t.throwsAsync(client.query('CREATE TEMP TABLE pgb_ro (a int)'), { code: '25006' })
     t.is((await client.query('ROLLBACK')).command, 'ROLLBACK')

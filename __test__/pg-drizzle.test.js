@@ -42,7 +42,9 @@ test.before(async () => {
   server = await startServer()
   pool = new pg.Pool({ ...server.clientConfig(), max: 5, options: '-c TimeZone=UTC' })
   db = drizzle({ client: pool, schema })
-  await db.execute(sql`CREATE TABLE d_users (id serial PRIMARY KEY, email text NOT NULL UNIQUE, age int, created_at timestamptz NOT NULL DEFAULT now(), plain timestamp, birthday date, prefs jsonb, balance numeric, wait interval)`)
+  await db.execute(
+    sql`CREATE TABLE d_users (id serial PRIMARY KEY, email text NOT NULL UNIQUE, age int, created_at timestamptz NOT NULL DEFAULT now(), plain timestamp, birthday date, prefs jsonb, balance numeric, wait interval)`,
+  )
   await db.execute(sql`CREATE TABLE d_posts (id serial PRIMARY KEY, user_id int NOT NULL REFERENCES d_users(id), title text NOT NULL)`)
 })
 
@@ -55,7 +57,16 @@ test.serial('CRUD with types through the per-query parsers', async (t) => {
   const createdAt = new Date('2021-03-04T05:06:07.089Z')
   const [row] = await db
     .insert(users)
-    .values({ email: 'ann@example.com', age: 30, createdAt, plain: '2020-01-02 03:04:05.123456', birthday: '1990-05-06', prefs: { theme: 'dark' }, balance: '12.50', wait: '1 day 02:00:00' })
+    .values({
+      email: 'ann@example.com',
+      age: 30,
+      createdAt,
+      plain: '2020-01-02 03:04:05.123456',
+      birthday: '1990-05-06',
+      prefs: { theme: 'dark' },
+      balance: '12.50',
+      wait: '1 day 02:00:00',
+    })
     .returning()
   t.is(row.email, 'ann@example.com')
   t.deepEqual(row.createdAt, createdAt)
@@ -130,7 +141,11 @@ test.serial('a large result, prepared statements', async (t) => {
   const big = await db.execute(sql`SELECT n, md5(n::text) AS h FROM generate_series(1, 20000) AS n`)
   t.is(big.rows.length, 20000)
   t.is(big.rows[19999].n, 20000)
-  const byId = db.select().from(users).where(eq(users.email, sql.placeholder('email'))).prepare('d_by_email')
+  const byId = db
+    .select()
+    .from(users)
+    .where(eq(users.email, sql.placeholder('email')))
+    .prepare('d_by_email')
   t.is((await byId.execute({ email: 'dup@example.com' }))[0].email, 'dup@example.com')
   t.is((await byId.execute({ email: 'nobody@example.com' })).length, 0)
 })

@@ -39,7 +39,9 @@ test.after.always(async () => {
 
 test.serial('CRUD', async (t) => {
   const openedAt = new Date('2022-02-03T04:05:06.007Z')
-  const [row] = await knex('kx_accounts').insert({ name: 'alice', balance: 10, opened_at: openedAt, meta: { tier: 'gold' } }).returning('*')
+  const [row] = await knex('kx_accounts')
+    .insert({ name: 'alice', balance: 10, opened_at: openedAt, meta: { tier: 'gold' } })
+    .returning('*')
   t.is(row.name, 'alice')
   t.deepEqual(row.opened_at, openedAt)
   t.deepEqual(row.meta, { tier: 'gold' })
@@ -85,7 +87,7 @@ test.serial('a unique violation surfaces with its SQLSTATE', async (t) => {
   t.true(err instanceof pg.DatabaseError)
 })
 
-test.serial('a large result; Knex\'s connections are pgdbpool/pg Clients with processID', async (t) => {
+test.serial("a large result; Knex's connections are pgdbpool/pg Clients with processID", async (t) => {
   const rows = await knex.select(knex.raw('n, md5(n::text) as h')).from(knex.raw('generate_series(1, 20000) as n'))
   t.is(rows.length, 20000)
   const pids = await Promise.all(Array.from({ length: 4 }, () => knex.transaction(async (trx) => (await trx.raw('select pg_backend_pid() as p')).rows[0].p)))

@@ -33,7 +33,11 @@ test.after.always(async () => {
 
 test.serial('CRUD', async (t) => {
   const born = new Date('1990-05-06T07:08:09.123Z')
-  const inserted = await db.insertInto('k_person').values({ email: 'ann@example.com', age: 30, born, meta: JSON.stringify({ likes: ['tea'] }) }).returning(['id', 'email']).executeTakeFirstOrThrow()
+  const inserted = await db
+    .insertInto('k_person')
+    .values({ email: 'ann@example.com', age: 30, born, meta: JSON.stringify({ likes: ['tea'] }) })
+    .returning(['id', 'email'])
+    .executeTakeFirstOrThrow()
   t.is(inserted.email, 'ann@example.com')
   const row = await db.selectFrom('k_person').selectAll().where('id', '=', inserted.id).executeTakeFirstOrThrow()
   t.is(row.age, 30)

@@ -39,7 +39,11 @@ test.serial('LISTEN follows the primary: notifications before and after a failov
     const heard = []
     const viaPg = []
     const listens = []
-    const listener = await pool.listen('fo_jobs', (payload) => heard.push(payload), { group: 'write', onListen: (info) => listens.push(info.reconnected), heartbeat: 500 })
+    const listener = await pool.listen('fo_jobs', (payload) => heard.push(payload), {
+      group: 'write',
+      onListen: (info) => listens.push(info.reconnected),
+      heartbeat: 500,
+    })
     const pgListener = await wrapped.listen('fo_jobs', (payload) => viaPg.push(payload))
     t.deepEqual(listens, [false])
     await p.sql("NOTIFY fo_jobs, 'before'")

@@ -27,7 +27,9 @@ test.before(async () => {
   const factory = new PrismaPg(pool)
   t0(factory)
   adapter = await factory.connect()
-  await adapter.executeScript('CREATE TABLE pr_user (id serial PRIMARY KEY, email text UNIQUE NOT NULL, score numeric(8,2), seen timestamptz, data jsonb, blob bytea, tags text[]); CREATE TABLE pr_log (n int)')
+  await adapter.executeScript(
+    'CREATE TABLE pr_user (id serial PRIMARY KEY, email text UNIQUE NOT NULL, score numeric(8,2), seen timestamptz, data jsonb, blob bytea, tags text[]); CREATE TABLE pr_log (n int)',
+  )
 })
 
 function t0(factory) {
@@ -45,10 +47,14 @@ test.serial('the pool is a pg.Pool to Prisma', (t) => {
   t.true(pool instanceof realPg.Pool)
 })
 
-test.serial('queryRaw / executeRaw: CRUD with Prisma\'s type conversions', async (t) => {
+test.serial("queryRaw / executeRaw: CRUD with Prisma's type conversions", async (t) => {
   const seen = new Date('2023-04-05T06:07:08.009Z')
   const inserted = await adapter.queryRaw(
-    q('INSERT INTO pr_user (email, score, seen, data) VALUES ($1, $2, $3, $4) RETURNING id, email, score, seen, data', ['ann@example.com', '12.5', seen.toISOString(), JSON.stringify({ a: [1, 2] })], [str, { scalarType: 'decimal', arity: 'scalar' }, dt, json]),
+    q(
+      'INSERT INTO pr_user (email, score, seen, data) VALUES ($1, $2, $3, $4) RETURNING id, email, score, seen, data',
+      ['ann@example.com', '12.5', seen.toISOString(), JSON.stringify({ a: [1, 2] })],
+      [str, { scalarType: 'decimal', arity: 'scalar' }, dt, json],
+    ),
   )
   t.deepEqual(inserted.columnNames, ['id', 'email', 'score', 'seen', 'data'])
   const [id, email, score, seenOut, data] = inserted.rows[0]
@@ -67,7 +73,8 @@ test.serial('the same rows and column types as PrismaPg on node-postgres', async
   const theirsPool = new realPg.Pool({ ...server.clientConfig(), max: 1 })
   const theirs = await new PrismaPg(theirsPool).connect()
   try {
-    const sql = "SELECT 1::int2 AS a, 2::int4 AS b, 3::int8 AS c, 1.5::float4 AS d, 2.5::float8 AS e, 3.25::numeric AS f, true AS g, 'x'::text AS h, '2020-01-02'::date AS i, '03:04:05.6'::time AS j, '2020-01-02 03:04:05.678'::timestamp AS k, '2020-01-02 03:04:05.678+00'::timestamptz AS l, '{\"a\":1}'::json AS m, '{\"b\": [2]}'::jsonb AS n, '\\x00ff'::bytea AS o, ARRAY[1,2]::int[] AS p, ARRAY['2020-01-02']::date[] AS q, '12.34'::money AS r, gen_random_uuid() IS NOT NULL AS s, NULL::text AS t, ARRAY['{\"z\":1}']::jsonb[] AS u, '04:05:06+02'::timetz AS v, B'101'::bit(3) AS w"
+    const sql =
+      "SELECT 1::int2 AS a, 2::int4 AS b, 3::int8 AS c, 1.5::float4 AS d, 2.5::float8 AS e, 3.25::numeric AS f, true AS g, 'x'::text AS h, '2020-01-02'::date AS i, '03:04:05.6'::time AS j, '2020-01-02 03:04:05.678'::timestamp AS k, '2020-01-02 03:04:05.678+00'::timestamptz AS l, '{\"a\":1}'::json AS m, '{\"b\": [2]}'::jsonb AS n, '\\x00ff'::bytea AS o, ARRAY[1,2]::int[] AS p, ARRAY['2020-01-02']::date[] AS q, '12.34'::money AS r, gen_random_uuid() IS NOT NULL AS s, NULL::text AS t, ARRAY['{\"z\":1}']::jsonb[] AS u, '04:05:06+02'::timetz AS v, B'101'::bit(3) AS w"
     const a = await adapter.queryRaw(q(sql))
     const b = await theirs.queryRaw(q(sql))
     t.deepEqual(a.columnNames, b.columnNames)
@@ -95,7 +102,7 @@ test.serial('startTransaction: a commit, a rollback, a savepoint', async (t) => 
   t.deepEqual(rows.rows, [[1]])
 })
 
-test.serial('a unique violation surfaces as Prisma\'s UniqueConstraintViolation with the SQLSTATE', async (t) => {
+test.serial("a unique violation surfaces as Prisma's UniqueConstraintViolation with the SQLSTATE", async (t) => {
   await adapter.executeRaw(q('INSERT INTO pr_user (email) VALUES ($1)', ['dup@example.com'], [str]))
   const err = await t.throwsAsync(adapter.executeRaw(q('INSERT INTO pr_user (email) VALUES ($1)', ['dup@example.com'], [str])))
   t.is(err.name, 'DriverAdapterError')
@@ -107,7 +114,13 @@ test.serial('a unique violation surfaces as Prisma\'s UniqueConstraintViolation 
 test.serial('a large result, bytea and arrays', async (t) => {
   const big = await adapter.queryRaw(q('SELECT n, md5(n::text) AS h FROM generate_series(1, 20000) AS n'))
   t.is(big.rows.length, 20000)
-  await adapter.executeRaw(q('INSERT INTO pr_user (email, blob, tags) VALUES ($1, $2, $3)', ['bin@example.com', Buffer.from([0, 1, 255]).toString('base64'), ['x', 'y z']], [str, { scalarType: 'bytes', arity: 'scalar' }, { scalarType: 'string', arity: 'list' }]))
+  await adapter.executeRaw(
+    q(
+      'INSERT INTO pr_user (email, blob, tags) VALUES ($1, $2, $3)',
+      ['bin@example.com', Buffer.from([0, 1, 255]).toString('base64'), ['x', 'y z']],
+      [str, { scalarType: 'bytes', arity: 'scalar' }, { scalarType: 'string', arity: 'list' }],
+    ),
+  )
   const r = await adapter.queryRaw(q('SELECT blob, tags FROM pr_user WHERE email = $1', ['bin@example.com'], [str]))
   t.deepEqual(Buffer.from(r.rows[0][0]), Buffer.from([0, 1, 255]))
   t.deepEqual(r.rows[0][1], ['x', 'y z'])

@@ -9,7 +9,9 @@ test('drizzle({ client }), PostgresDialect({ pool, cursor }), new PrismaPg(pool)
   const tsc = require.resolve('typescript/bin/tsc')
   const project = path.join(__dirname, 'helpers', 'pg-typecheck', 'tsconfig.json')
   const out = await new Promise((resolve) => {
-    execFile(process.execPath, [tsc, '-p', project], { timeout: 100_000 }, (error, stdout, stderr) => resolve({ code: error ? (error.code ?? 1) : 0, text: `${stdout}${stderr}` }))
+    execFile(process.execPath, [tsc, '-p', project], { timeout: 100_000 }, (error, stdout, stderr) =>
+      resolve({ code: error ? (error.code ?? 1) : 0, text: `${stdout}${stderr}` }),
+    )
   })
   t.is(out.code, 0, out.text)
 })

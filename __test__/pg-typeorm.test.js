@@ -35,7 +35,18 @@ let ds
 test.before(async () => {
   server = await startServer()
   const c = server.clientConfig()
-  ds = new DataSource({ type: 'postgres', driver: pg, host: c.host, port: c.port, username: c.user, password: c.password, database: c.database, entities: [Author, Book], synchronize: true, poolSize: 4 })
+  ds = new DataSource({
+    type: 'postgres',
+    driver: pg,
+    host: c.host,
+    port: c.port,
+    username: c.user,
+    password: c.password,
+    database: c.database,
+    entities: [Author, Book],
+    synchronize: true,
+    poolSize: 4,
+  })
   await ds.initialize()
 })
 

@@ -127,7 +127,9 @@ test.serial('a read-write group stops using a node that turned read-only, and ta
   for (let round = 0; round < 5; round++) {
     t.deepEqual(await writePorts(pool, 'write', 4), [servers[0].port, servers[0].port, servers[0].port, servers[0].port])
   }
-  const one = await Promise.all(Array.from({ length: 20 }, () => pool.query('INSERT INTO ha_writes (port) SELECT inet_server_port() RETURNING port', [], { group: 'write' })))
+  const one = await Promise.all(
+    Array.from({ length: 20 }, () => pool.query('INSERT INTO ha_writes (port) SELECT inet_server_port() RETURNING port', [], { group: 'write' })),
+  )
   t.true(one.every((r) => r.rows[0].port === servers[0].port))
 
   await setReadOnly(servers[1], false)
@@ -166,7 +168,10 @@ test.serial('a write refused as read-only (SQLSTATE 25006) takes the node out of
   t.true(failures[0] instanceof DBQueryError)
   t.is(failures[0].sqlState, '25006')
   t.is(after.length, 20)
-  t.true(after.every((p) => p === servers[0].port), after.join(','))
+  t.true(
+    after.every((p) => p === servers[0].port),
+    after.join(','),
+  )
   t.true(pool.stats().groups.write.endpoints[1].wrongRole)
   await pool.close()
 })

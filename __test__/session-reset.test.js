@@ -38,7 +38,11 @@ function makePool(group = {}) {
   const app = `pgdbpool-reset${process.pid}-${++seq}`
   const target = viaBouncer ? bouncer : server
   const cache = viaBouncer ? { statement_cache_size: 0 } : {}
-  const pool = new Pool({ type: 'non-threaded', db: { ...target.endpoint, application_name: app }, groups: { default: { connection_count: 1, ...cache, ...group } } })
+  const pool = new Pool({
+    type: 'non-threaded',
+    db: { ...target.endpoint, application_name: app },
+    groups: { default: { connection_count: 1, ...cache, ...group } },
+  })
   return { pool, app }
 }
 
@@ -68,7 +72,11 @@ const one = async (db, sql) => Object.values((await db.query(sql)).rows[0])[0]
 
 sessionState('SET ROLE does not travel to the next user', async (t) => {
   const { pool } = makePool()
-  const seen = await nextUserSees(pool, (db) => db.query('SET ROLE lowpriv'), (db) => one(db, 'SELECT current_user'))
+  const seen = await nextUserSees(
+    pool,
+    (db) => db.query('SET ROLE lowpriv'),
+    (db) => one(db, 'SELECT current_user'),
+  )
   t.is(seen, 'postgres')
   t.true(pool.stats().groups.default.resets >= 1)
   await pool.close()
@@ -76,7 +84,11 @@ sessionState('SET ROLE does not travel to the next user', async (t) => {
 
 sessionState('SET SESSION AUTHORIZATION does not travel to the next user', async (t) => {
   const { pool } = makePool()
-  const seen = await nextUserSees(pool, (db) => db.query('SET SESSION AUTHORIZATION lowpriv'), (db) => one(db, 'SELECT session_user || \'/\' || current_user'))
+  const seen = await nextUserSees(
+    pool,
+    (db) => db.query('SET SESSION AUTHORIZATION lowpriv'),
+    (db) => one(db, "SELECT session_user || '/' || current_user"),
+  )
   t.is(seen, 'postgres/postgres')
   await pool.close()
 })
@@ -86,7 +98,11 @@ sessionState('search_path, TimeZone and other settings are reset', async (t) => 
   const defaults = await nextUserSees(
     pool,
     async () => {},
-    async (db) => [await one(db, "SELECT current_setting('search_path')"), await one(db, "SELECT current_setting('TimeZone')"), await one(db, "SELECT current_setting('work_mem')")],
+    async (db) => [
+      await one(db, "SELECT current_setting('search_path')"),
+      await one(db, "SELECT current_setting('TimeZone')"),
+      await one(db, "SELECT current_setting('work_mem')"),
+    ],
   )
   const seen = await nextUserSees(
     pool,
@@ -95,7 +111,11 @@ sessionState('search_path, TimeZone and other settings are reset', async (t) => 
       await db.query("SET TimeZone = 'Asia/Tokyo'")
       await db.query("SELECT set_config('work_mem', '77MB', false)")
     },
-    async (db) => [await one(db, "SELECT current_setting('search_path')"), await one(db, "SELECT current_setting('TimeZone')"), await one(db, "SELECT current_setting('work_mem')")],
+    async (db) => [
+      await one(db, "SELECT current_setting('search_path')"),
+      await one(db, "SELECT current_setting('TimeZone')"),
+      await one(db, "SELECT current_setting('work_mem')"),
+    ],
   )
   t.deepEqual(seen, defaults)
   t.not(seen[0], 'elsewhere')
@@ -158,7 +178,7 @@ sessionState('LISTEN is undone: the next user is subscribed to nothing', async (
   await pool.close()
 })
 
-sessionState('PREPAREd statements and WITH HOLD cursors are gone; the pool\'s own statements stay', async (t) => {
+sessionState("PREPAREd statements and WITH HOLD cursors are gone; the pool's own statements stay", async (t) => {
   const { pool } = makePool()
   const seen = await nextUserSees(
     pool,
@@ -177,7 +197,7 @@ sessionState('PREPAREd statements and WITH HOLD cursors are gone; the pool\'s ow
   await pool.close()
 })
 
-sessionState('the pool\'s prepared statements survive a reset (no re-prepare)', async (t) => {
+sessionState("the pool's prepared statements survive a reset (no re-prepare)", async (t) => {
   const { pool } = makePool()
   const names = await nextUserSees(
     pool,
@@ -206,7 +226,11 @@ sessionState('client_encoding other than UTF8 is refused and reset; text stays c
 
 sessionState('reset_on_release: false keeps session state between users', async (t) => {
   const { pool } = makePool({ reset_on_release: false })
-  const seen = await nextUserSees(pool, (db) => db.query('SET search_path = elsewhere'), (db) => one(db, "SELECT current_setting('search_path')"))
+  const seen = await nextUserSees(
+    pool,
+    (db) => db.query('SET search_path = elsewhere'),
+    (db) => one(db, "SELECT current_setting('search_path')"),
+  )
   t.is(seen, 'elsewhere')
   t.is(pool.stats().groups.default.resets, 0)
   await pool.close()

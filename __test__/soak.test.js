@@ -23,7 +23,10 @@ test.before(async () => {
   // Data directories in /dev/shm when it is roomy: deleting them from a disk took seconds.
   const tmpDir = fastTmpDir()
   ;[restartServer, soakServer] = await Promise.all([startServer({ embedded: true, tmpDir }), startServer({ embedded: true, tmpDir })])
-  cleanups.push(() => restartServer.destroy(), () => soakServer.destroy())
+  cleanups.push(
+    () => restartServer.destroy(),
+    () => soakServer.destroy(),
+  )
 })
 
 test.after.always(async () => {
@@ -232,10 +235,10 @@ test.serial('server restart under load: the pool recovers, CPU stays sane while 
   t.true(downOps >= 200, `the load went on while the server was down (${downOps} operations)`)
   t.true(recoveredMs < 5000, `recovered ${recoveredMs.toFixed(0)} ms after the restart`)
 
-  await waitFor(
-    () => Object.values(pool.stats().groups).every((g) => g.inUse === 0 && g.waiting === 0),
-    { ms: 5000, what: 'nothing checked out or waiting' },
-  ).catch(() => {})
+  await waitFor(() => Object.values(pool.stats().groups).every((g) => g.inUse === 0 && g.waiting === 0), {
+    ms: 5000,
+    what: 'nothing checked out or waiting',
+  }).catch(() => {})
   for (const [name, g] of Object.entries(pool.stats().groups)) {
     t.is(g.inUse, 0, `${name} inUse`)
     t.is(g.waiting, 0, `${name} waiting`)
@@ -246,316 +249,391 @@ test.serial('server restart under load: the pool recovers, CPU stays sane while 
   await waitFor(async () => (await server.sessions(app)) === 0, { ms: 5000, what: 'no session left after close' })
 })
 
-test.serial('soak: a few hundred thousand operations from 100 callers under random faults; everything settles, nothing leaks, every commit counted', async (t) => {
-  if (external) return t.pass('needs an embedded server behind the fault proxy')
-  t.timeout(110000)
-  const target = Number(process.env.PGDBPOOL_SOAK_OPS || 200000)
-  const server = soakServer
-  const app = `pgdbpool-soak${process.pid}`
-  // Rows 0..19: one per transaction "account"; 100: one-shot increments; 200: increments that
-  // are always rolled back.
-  await server.sql('CREATE TABLE soak_counter (id int PRIMARY KEY, n bigint NOT NULL)')
-  await server.sql('INSERT INTO soak_counter SELECT g, 0 FROM generate_series(0, 19) g UNION ALL VALUES (100, 0), (200, 0)')
-  const proxy = await startProxy(server.port)
-  cleanups.push(() => proxy.close())
-  const admin = await adminClient(server)
-  cleanups.push(() => admin.end())
+test.serial(
+  'soak: a few hundred thousand operations from 100 callers under random faults; everything settles, nothing leaks, every commit counted',
+  async (t) => {
+    if (external) return t.pass('needs an embedded server behind the fault proxy')
+    t.timeout(110000)
+    const target = Number(process.env.PGDBPOOL_SOAK_OPS || 200000)
+    const server = soakServer
+    const app = `pgdbpool-soak${process.pid}`
+    // Rows 0..19: one per transaction "account"; 100: one-shot increments; 200: increments that
+    // are always rolled back.
+    await server.sql('CREATE TABLE soak_counter (id int PRIMARY KEY, n bigint NOT NULL)')
+    await server.sql('INSERT INTO soak_counter SELECT g, 0 FROM generate_series(0, 19) g UNION ALL VALUES (100, 0), (200, 0)')
+    const proxy = await startProxy(server.port)
+    cleanups.push(() => proxy.close())
+    const admin = await adminClient(server)
+    cleanups.push(() => admin.end())
 
-  const groups = {
-    default: { connection_count: 10, acquire_timeout: 3000, pipeline: 8 },
-    tx: { connection_count: 6, autocommit: false, acquire_timeout: 3000 },
-  }
-  const maxSessions = groups.default.connection_count + groups.tx.connection_count
-  const common = { application_name: app, connect_timeout: 2, query_timeout: 2000 }
-  const pool = new Pool({
-    type: 'non-threaded',
-    health_interval: 200,
-    db: [
-      { ...server.endpoint, ...proxy.endpoint, id: 'proxied', ...common },
-      { ...server.endpoint, id: 'direct', ...common },
-    ],
-    groups,
-  })
-  cleanups.push(() => pool.close({ timeout: 0 }))
-  // The core's error events (connection faults), by kind, for the log.
-  const poolErrors = {}
-  pool.on('error', (e) => {
-    const kind = String(e.reason).replace(/^127\.0\.0\.1:\d+: /, '').replace(/\d+/g, 'N').slice(0, 60)
-    poolErrors[kind] = (poolErrors[kind] ?? 0) + 1
-  })
-  await pool.ready
+    const groups = {
+      default: { connection_count: 10, acquire_timeout: 3000, pipeline: 8 },
+      tx: { connection_count: 6, autocommit: false, acquire_timeout: 3000 },
+    }
+    const maxSessions = groups.default.connection_count + groups.tx.connection_count
+    const common = { application_name: app, connect_timeout: 2, query_timeout: 2000 }
+    const pool = new Pool({
+      type: 'non-threaded',
+      health_interval: 200,
+      db: [
+        { ...server.endpoint, ...proxy.endpoint, id: 'proxied', ...common },
+        { ...server.endpoint, id: 'direct', ...common },
+      ],
+      groups,
+    })
+    cleanups.push(() => pool.close({ timeout: 0 }))
+    // The core's error events (connection faults), by kind, for the log.
+    const poolErrors = {}
+    pool.on('error', (e) => {
+      const kind = String(e.reason)
+        .replace(/^127\.0\.0\.1:\d+: /, '')
+        .replace(/\d+/g, 'N')
+        .slice(0, 60)
+      poolErrors[kind] = (poolErrors[kind] ?? 0) + 1
+    })
+    await pool.ready
 
-  const tracker = new Tracker()
-  const track = (p, label) => tracker.track(p, label)
-  const tally = { commitAttempted: 0, commitResolved: 0, oneShotAttempted: 0, oneShotResolved: 0, rollbacks: 0, cursorsDone: 0, aborted: 0, timedOut: 0 }
-  const opsByKind = {}
-  // A wrong answer (not an error class at all) is recorded like an undocumented rejection.
-  const wrong = (what) => {
-    throw new Error(`wrong result: ${what}`)
-  }
-  // SQLSTATEs each kind of operation may legitimately fail with (beyond the connection-level
-  // classes): a backend killed (57P01), a statement cancelled or timed out (57014), statements
-  // after either in a transaction (25P02), division by zero where asked for (22012).
-  const stray = []
-  function checkState(kind, e, allowed) {
-    if (e instanceof DBQueryError && !['57P01', ...allowed].includes(e.sqlState) && stray.length < 20) stray.push(`${kind}: ${e.sqlState} ${e.message} at ${Math.round(performance.now() - started)} ms`)
-  }
-  /** Aborts `controller` at a random moment: at once, on the next tick, or within a few ms. */
-  function abortSoon(controller) {
-    const r = rand(4)
-    if (r === 0) controller.abort()
-    else if (r === 1) queueMicrotask(() => controller.abort())
-    else setTimeout(() => controller.abort(), rand(6))
-  }
+    const tracker = new Tracker()
+    const track = (p, label) => tracker.track(p, label)
+    const tally = { commitAttempted: 0, commitResolved: 0, oneShotAttempted: 0, oneShotResolved: 0, rollbacks: 0, cursorsDone: 0, aborted: 0, timedOut: 0 }
+    const opsByKind = {}
+    // A wrong answer (not an error class at all) is recorded like an undocumented rejection.
+    const wrong = (what) => {
+      throw new Error(`wrong result: ${what}`)
+    }
+    // SQLSTATEs each kind of operation may legitimately fail with (beyond the connection-level
+    // classes): a backend killed (57P01), a statement cancelled or timed out (57014), statements
+    // after either in a transaction (25P02), division by zero where asked for (22012).
+    const stray = []
+    function checkState(kind, e, allowed) {
+      if (e instanceof DBQueryError && !['57P01', ...allowed].includes(e.sqlState) && stray.length < 20)
+        stray.push(`${kind}: ${e.sqlState} ${e.message} at ${Math.round(performance.now() - started)} ms`)
+    }
+    /** Aborts `controller` at a random moment: at once, on the next tick, or within a few ms. */
+    function abortSoon(controller) {
+      const r = rand(4)
+      if (r === 0) controller.abort()
+      else if (r === 1) queueMicrotask(() => controller.abort())
+      else setTimeout(() => controller.abort(), rand(6))
+    }
 
-  const kinds = [
-    // [weight, name, fn]
-    [52, 'select', async (i) => {
-      const r = await track(pool.query('SELECT $1::int AS i', [i]), 'query select')
-      if (r.rows[0].i !== i) wrong(`select ${i} -> ${r.rows[0].i}`)
-    }],
-    [6, 'rows', async () => {
-      const r = await track(pool.query('SELECT g FROM generate_series(1, 20) g', [], { rowMode: 'array' }), 'query rows')
-      if (r.rows.length !== 20 || r.rows[19][0] !== 20) wrong('20 rows')
-    }],
-    [3, 'increment', async () => {
-      tally.oneShotAttempted++
-      await track(pool.query('UPDATE soak_counter SET n = n + 1 WHERE id = 100'), 'query increment')
-      tally.oneShotResolved++
-    }],
-    [2, 'sql-error', async () => {
-      try {
-        await track(pool.query('SELECT 1 / ($1::int - $1::int) AS x', [7]), 'query 1/0')
-        wrong('1/0 succeeded')
-      } catch (e) {
-        if (e instanceof DBQueryError && e.sqlState === '22012') return
-        throw e
-      }
-    }],
-    [12, 'commit', async (i) => {
-      const db = pool.handler('tx')
-      try {
-        const r = await track(db.query('UPDATE soak_counter SET n = n + 1 WHERE id = $1 RETURNING n', [i % 20]), 'tx update')
-        if (r.rows.length !== 1) wrong('tx update')
-        tally.commitAttempted++
-        await track(db.commit(), 'commit')
-        tally.commitResolved++
-      } finally {
-        await track(db.release(), 'release')
-      }
-    }],
-    [3, 'rollback', async () => {
-      const db = pool.handler('tx')
-      try {
-        await track(db.query('UPDATE soak_counter SET n = n + 1 WHERE id = 200'), 'tx update 200')
-        await track(db.rollback(), 'rollback')
-        tally.rollbacks++
-      } finally {
-        await track(db.release(), 'release')
-      }
-    }],
-    [3, 'cursor', async (i) => {
-      const group = i % 2 ? 'default' : 'tx'
-      await track(
-        pool.withHandler(group, async (db) => {
-          let n = 0
-          let sum = 0
-          for await (const row of db.cursor('SELECT g FROM generate_series(1, $1::int) g', [250], { batchSize: 100 })) {
-            n++
-            sum += row.g
+    const kinds = [
+      // [weight, name, fn]
+      [
+        52,
+        'select',
+        async (i) => {
+          const r = await track(pool.query('SELECT $1::int AS i', [i]), 'query select')
+          if (r.rows[0].i !== i) wrong(`select ${i} -> ${r.rows[0].i}`)
+        },
+      ],
+      [
+        6,
+        'rows',
+        async () => {
+          const r = await track(pool.query('SELECT g FROM generate_series(1, 20) g', [], { rowMode: 'array' }), 'query rows')
+          if (r.rows.length !== 20 || r.rows[19][0] !== 20) wrong('20 rows')
+        },
+      ],
+      [
+        3,
+        'increment',
+        async () => {
+          tally.oneShotAttempted++
+          await track(pool.query('UPDATE soak_counter SET n = n + 1 WHERE id = 100'), 'query increment')
+          tally.oneShotResolved++
+        },
+      ],
+      [
+        2,
+        'sql-error',
+        async () => {
+          try {
+            await track(pool.query('SELECT 1 / ($1::int - $1::int) AS x', [7]), 'query 1/0')
+            wrong('1/0 succeeded')
+          } catch (e) {
+            if (e instanceof DBQueryError && e.sqlState === '22012') return
+            throw e
           }
-          if (n !== 250 || sum !== 31375) wrong(`cursor ${n} rows, sum ${sum}`)
-        }),
-        `cursor ${group}`,
-      )
-      tally.cursorsDone++
-    }],
-    [8, 'abort-query', async (i) => {
-      const controller = new AbortController()
-      abortSoon(controller)
-      const r = await track(pool.query('SELECT $1::int AS i', [i], { signal: controller.signal }), 'query abort')
-      if (r.rows[0].i !== i) wrong(`aborted select ${i} -> ${r.rows[0].i}`)
-    }],
-    [4, 'abort-handler', async (i) => {
-      const group = i % 2 ? 'default' : 'tx'
-      const db = pool.handler(group)
-      try {
-        const controller = new AbortController()
-        abortSoon(controller)
-        await track(db.acquire({ signal: i % 3 === 0 ? controller.signal : undefined }), 'acquire abort')
-        await track(db.query('SELECT pg_sleep(0.003), $1::int AS i', [i], { signal: controller.signal }), 'handler abort')
-        // The handler stays usable after an abort (in a transaction, once rolled back).
-        if (group === 'tx') await track(db.rollback(), 'rollback after abort')
-        const r = await track(db.query('SELECT $1::int AS i', [i]), 'handler after abort')
-        if (r.rows[0].i !== i) wrong(`after abort ${i} -> ${r.rows[0].i}`)
-      } finally {
-        await track(db.release(), 'release')
-      }
-    }],
-    [3, 'timeout', async () => {
-      const db = pool.handler('tx')
-      try {
-        await track(db.query("SET LOCAL statement_timeout = '5ms'"), 'set local')
+        },
+      ],
+      [
+        12,
+        'commit',
+        async (i) => {
+          const db = pool.handler('tx')
+          try {
+            const r = await track(db.query('UPDATE soak_counter SET n = n + 1 WHERE id = $1 RETURNING n', [i % 20]), 'tx update')
+            if (r.rows.length !== 1) wrong('tx update')
+            tally.commitAttempted++
+            await track(db.commit(), 'commit')
+            tally.commitResolved++
+          } finally {
+            await track(db.release(), 'release')
+          }
+        },
+      ],
+      [
+        3,
+        'rollback',
+        async () => {
+          const db = pool.handler('tx')
+          try {
+            await track(db.query('UPDATE soak_counter SET n = n + 1 WHERE id = 200'), 'tx update 200')
+            await track(db.rollback(), 'rollback')
+            tally.rollbacks++
+          } finally {
+            await track(db.release(), 'release')
+          }
+        },
+      ],
+      [
+        3,
+        'cursor',
+        async (i) => {
+          const group = i % 2 ? 'default' : 'tx'
+          await track(
+            pool.withHandler(group, async (db) => {
+              let n = 0
+              let sum = 0
+              for await (const row of db.cursor('SELECT g FROM generate_series(1, $1::int) g', [250], { batchSize: 100 })) {
+                n++
+                sum += row.g
+              }
+              if (n !== 250 || sum !== 31375) wrong(`cursor ${n} rows, sum ${sum}`)
+            }),
+            `cursor ${group}`,
+          )
+          tally.cursorsDone++
+        },
+      ],
+      [
+        8,
+        'abort-query',
+        async (i) => {
+          const controller = new AbortController()
+          abortSoon(controller)
+          const r = await track(pool.query('SELECT $1::int AS i', [i], { signal: controller.signal }), 'query abort')
+          if (r.rows[0].i !== i) wrong(`aborted select ${i} -> ${r.rows[0].i}`)
+        },
+      ],
+      [
+        4,
+        'abort-handler',
+        async (i) => {
+          const group = i % 2 ? 'default' : 'tx'
+          const db = pool.handler(group)
+          try {
+            const controller = new AbortController()
+            abortSoon(controller)
+            await track(db.acquire({ signal: i % 3 === 0 ? controller.signal : undefined }), 'acquire abort')
+            await track(db.query('SELECT pg_sleep(0.003), $1::int AS i', [i], { signal: controller.signal }), 'handler abort')
+            // The handler stays usable after an abort (in a transaction, once rolled back).
+            if (group === 'tx') await track(db.rollback(), 'rollback after abort')
+            const r = await track(db.query('SELECT $1::int AS i', [i]), 'handler after abort')
+            if (r.rows[0].i !== i) wrong(`after abort ${i} -> ${r.rows[0].i}`)
+          } finally {
+            await track(db.release(), 'release')
+          }
+        },
+      ],
+      [
+        3,
+        'timeout',
+        async () => {
+          const db = pool.handler('tx')
+          try {
+            await track(db.query("SET LOCAL statement_timeout = '5ms'"), 'set local')
+            try {
+              await track(db.query('SELECT pg_sleep(0.05)'), 'sleep past statement_timeout')
+              wrong('pg_sleep(0.05) outlived a 5 ms statement_timeout')
+            } catch (e) {
+              if (!(e instanceof DBQueryError && e.sqlState === '57014')) throw e
+              tally.timedOut++
+            }
+            await track(db.rollback(), 'rollback after timeout')
+          } finally {
+            await track(db.release(), 'release')
+          }
+        },
+      ],
+      [
+        3,
+        'handler',
+        async () => {
+          await track(
+            pool.withHandler('default', async (db) => {
+              const a = await db.query('SELECT pg_backend_pid() AS pid')
+              const b = await db.query('SELECT pg_backend_pid() AS pid')
+              if (a.rows[0].pid !== b.rows[0].pid) wrong('a handler changed connection')
+            }),
+            'withHandler default',
+          )
+        },
+      ],
+    ]
+    const allowedStates = { 'sql-error': ['22012'], 'abort-handler': ['57014', '25P02'], timeout: ['57014', '25P02'] }
+    const totalWeight = kinds.reduce((n, [w]) => n + w, 0)
+    function pick() {
+      let r = Math.random() * totalWeight
+      for (const k of kinds) if ((r -= k[0]) < 0) return k
+      return kinds[0]
+    }
+
+    let issued = 0
+    const started = performance.now()
+    const deadline = started + 85000
+    async function caller() {
+      while (issued < target && performance.now() < deadline) {
+        const i = issued++
+        const [, name, fn] = pick()
+        opsByKind[name] = (opsByKind[name] ?? 0) + 1
         try {
-          await track(db.query('SELECT pg_sleep(0.05)'), 'sleep past statement_timeout')
-          wrong('pg_sleep(0.05) outlived a 5 ms statement_timeout')
+          await fn(i)
         } catch (e) {
-          if (!(e instanceof DBQueryError && e.sqlState === '57014')) throw e
-          tally.timedOut++
+          if (!(e instanceof PgDbPoolError) || e.constructor === PgDbPoolError) {
+            // A wrong result, or anything thrown that is no documented error class.
+            if (tracker.undocumented.length < 20) tracker.undocumented.push(`${name}: ${e && e.stack}`)
+          } else {
+            checkState(name, e, allowedStates[name] ?? [])
+            if (e && e.name === 'AbortError') tally.aborted++
+          }
         }
-        await track(db.rollback(), 'rollback after timeout')
-      } finally {
-        await track(db.release(), 'release')
       }
-    }],
-    [3, 'handler', async () => {
-      await track(
-        pool.withHandler('default', async (db) => {
-          const a = await db.query('SELECT pg_backend_pid() AS pid')
-          const b = await db.query('SELECT pg_backend_pid() AS pid')
-          if (a.rows[0].pid !== b.rows[0].pid) wrong('a handler changed connection')
-        }),
-        'withHandler default',
-      )
-    }],
-  ]
-  const allowedStates = { 'sql-error': ['22012'], 'abort-handler': ['57014', '25P02'], timeout: ['57014', '25P02'] }
-  const totalWeight = kinds.reduce((n, [w]) => n + w, 0)
-  function pick() {
-    let r = Math.random() * totalWeight
-    for (const k of kinds) if ((r -= k[0]) < 0) return k
-    return kinds[0]
-  }
+    }
 
-  let issued = 0
-  const started = performance.now()
-  const deadline = started + 85000
-  async function caller() {
-    while (issued < target && performance.now() < deadline) {
-      const i = issued++
-      const [, name, fn] = pick()
-      opsByKind[name] = (opsByKind[name] ?? 0) + 1
-      try {
-        await fn(i)
-      } catch (e) {
-        if (!(e instanceof PgDbPoolError) || e.constructor === PgDbPoolError) {
-          // A wrong result, or anything thrown that is no documented error class.
-          if (tracker.undocumented.length < 20) tracker.undocumented.push(`${name}: ${e && e.stack}`)
+    // Faults, until the callers are done: random pool backends killed, proxy reset bursts, delay
+    // spells. The pauses pace the faults; nothing waits on them for correctness.
+    let faultsOn = true
+    const faults = { kills: 0, killed: 0, resets: 0, delays: 0 }
+    const seen = { maxSize: {} }
+    const faulter = (async () => {
+      while (faultsOn) {
+        await pause(100 + rand(250))
+        if (!faultsOn) break
+        for (const [name, g] of Object.entries(pool.stats().groups)) seen.maxSize[name] = Math.max(seen.maxSize[name] ?? 0, g.size)
+        const r = Math.random()
+        if (r < 0.4) {
+          faults.kills++
+          const res = await admin.query(
+            'SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1 AND random() < 0.25',
+            [app],
+          )
+          faults.killed += res.rows[0].n
+        } else if (r < 0.7) {
+          for (let b = 1 + rand(3); b > 0; b--) {
+            faults.resets++
+            await proxy.reset()
+            await pause(rand(20))
+          }
         } else {
-          checkState(name, e, allowedStates[name] ?? [])
-          if (e && e.name === 'AbortError') tally.aborted++
+          faults.delays++
+          await proxy.delay(10 + rand(150))
+          await pause(100 + rand(300))
+          await proxy.pass()
         }
       }
+    })()
+
+    const callers = Array.from({ length: 100 }, caller)
+    const callersDone = await within(Promise.all(callers), 100000)
+    const elapsed = performance.now() - started
+    faultsOn = false
+    await faulter
+    await proxy.pass()
+
+    const info = {
+      ops: issued,
+      seconds: +(elapsed / 1000).toFixed(1),
+      opsPerSecond: Math.round(issued / (elapsed / 1000)),
+      promises: { started: tracker.started, settled: tracker.settled },
+      tally,
+      faults,
+      maxSize: seen.maxSize,
+      opsByKind,
+      errors: tracker.summary(),
+      poolErrors,
+      stats: Object.fromEntries(
+        Object.entries(pool.stats().groups).map(([n, g]) => [
+          n,
+          { connects: g.connects, connectErrors: g.connectErrors, retries: g.retries, disconnectsByReason: g.disconnectsByReason },
+        ]),
+      ),
     }
-  }
+    t.log(JSON.stringify(info))
+    // How long the checks after the run take, for the log.
+    const marks = []
+    const mark = (what) => marks.push(`${what} +${Math.round(performance.now() - started - elapsed)} ms`)
 
-  // Faults, until the callers are done: random pool backends killed, proxy reset bursts, delay
-  // spells. The pauses pace the faults; nothing waits on them for correctness.
-  let faultsOn = true
-  const faults = { kills: 0, killed: 0, resets: 0, delays: 0 }
-  const seen = { maxSize: {} }
-  const faulter = (async () => {
-    while (faultsOn) {
-      await pause(100 + rand(250))
-      if (!faultsOn) break
-      for (const [name, g] of Object.entries(pool.stats().groups)) seen.maxSize[name] = Math.max(seen.maxSize[name] ?? 0, g.size)
-      const r = Math.random()
-      if (r < 0.4) {
-        faults.kills++
-        const res = await admin.query('SELECT count(pg_terminate_backend(pid))::int AS n FROM pg_stat_activity WHERE application_name = $1 AND random() < 0.25', [app])
-        faults.killed += res.rows[0].n
-      } else if (r < 0.7) {
-        for (let b = 1 + rand(3); b > 0; b--) {
-          faults.resets++
-          await proxy.reset()
-          await pause(rand(20))
-        }
-      } else {
-        faults.delays++
-        await proxy.delay(10 + rand(150))
-        await pause(100 + rand(300))
-        await proxy.pass()
-      }
+    t.true(callersDone, 'every caller finished')
+    t.true(issued >= target, `${issued} of ${target} operations in ${(elapsed / 1000).toFixed(1)} s`)
+    await waitFor(() => tracker.pending.size === 0, { ms: 10000, what: 'every promise settled' }).catch(() => {})
+    mark('settled')
+    t.deepEqual([...tracker.pending.values()], [], 'no promise left pending')
+    t.is(tracker.settled, tracker.started)
+    t.deepEqual(tracker.undocumented, [], 'every rejection is a documented error class, every result right')
+    t.deepEqual(stray, [], 'no statement failed with a SQLSTATE it had no reason for')
+    t.true(faults.killed > 0 && faults.resets > 0 && faults.delays > 0, 'every kind of fault happened')
+    for (const [name, size] of Object.entries(seen.maxSize)) t.true(size <= groups[name].connection_count, `${name} reached ${size} connections`)
+
+    // Nothing checked out or waiting (releases complete in the core a moment after release()).
+    await waitFor(() => Object.values(pool.stats().groups).every((g) => g.inUse === 0 && g.waiting === 0), { ms: 5000, what: 'nothing checked out' }).catch(
+      () => {},
+    )
+    mark('checked in')
+    for (const [name, g] of Object.entries(pool.stats().groups)) {
+      t.is(g.inUse, 0, `${name} inUse`)
+      t.is(g.waiting, 0, `${name} waiting`)
+      t.true(g.size <= groups[name].connection_count, `${name} size ${g.size}`)
     }
-  })()
+    // The server: no more sessions than configured (a discarded connection's backend may take a
+    // moment to notice), and no transaction left open.
+    const activity = () =>
+      admin
+        .query(
+          "SELECT count(*)::int AS n, count(*) FILTER (WHERE state LIKE 'idle in transaction%')::int AS idle_tx FROM pg_stat_activity WHERE application_name = $1",
+          [app],
+        )
+        .then((r) => r.rows[0])
+    await waitFor(
+      async () => {
+        const a = await activity()
+        return a.n <= maxSessions && a.idle_tx === 0
+      },
+      { ms: 5000, what: 'server sessions within connection_count, none idle in transaction' },
+    ).catch(() => {})
+    mark('server sessions')
+    const after = await activity()
+    t.true(after.n <= maxSessions, `${after.n} sessions on the server`)
+    t.is(after.idle_tx, 0, 'sessions idle in transaction')
 
-  const callers = Array.from({ length: 100 }, caller)
-  const callersDone = await within(Promise.all(callers), 100000)
-  const elapsed = performance.now() - started
-  faultsOn = false
-  await faulter
-  await proxy.pass()
+    // Every resolved commit landed exactly once; a commit whose connection died may or may not
+    // have. Nothing rolled back ever landed, and one-shot statements were never run twice.
+    const counts = (await admin.query('SELECT id, n::int AS n FROM soak_counter')).rows
+    const committed = counts.filter((r) => r.id < 20).reduce((n, r) => n + r.n, 0)
+    const oneShot = counts.find((r) => r.id === 100).n
+    t.log(JSON.stringify({ committed, oneShot, rolledBack: counts.find((r) => r.id === 200).n }))
+    t.true(
+      committed >= tally.commitResolved && committed <= tally.commitAttempted,
+      `committed ${committed}, resolved ${tally.commitResolved}, attempted ${tally.commitAttempted}`,
+    )
+    t.true(
+      oneShot >= tally.oneShotResolved && oneShot <= tally.oneShotAttempted,
+      `one-shot increments ${oneShot}, resolved ${tally.oneShotResolved}, attempted ${tally.oneShotAttempted}`,
+    )
+    t.is(counts.find((r) => r.id === 200).n, 0, 'a rolled-back increment landed')
 
-  const info = {
-    ops: issued,
-    seconds: +(elapsed / 1000).toFixed(1),
-    opsPerSecond: Math.round(issued / (elapsed / 1000)),
-    promises: { started: tracker.started, settled: tracker.settled },
-    tally,
-    faults,
-    maxSize: seen.maxSize,
-    opsByKind,
-    errors: tracker.summary(),
-    poolErrors,
-    stats: Object.fromEntries(Object.entries(pool.stats().groups).map(([n, g]) => [n, { connects: g.connects, connectErrors: g.connectErrors, retries: g.retries, disconnectsByReason: g.disconnectsByReason }])),
-  }
-  t.log(JSON.stringify(info))
-  // How long the checks after the run take, for the log.
-  const marks = []
-  const mark = (what) => marks.push(`${what} +${Math.round(performance.now() - started - elapsed)} ms`)
-
-  t.true(callersDone, 'every caller finished')
-  t.true(issued >= target, `${issued} of ${target} operations in ${(elapsed / 1000).toFixed(1)} s`)
-  await waitFor(() => tracker.pending.size === 0, { ms: 10000, what: 'every promise settled' }).catch(() => {})
-  mark('settled')
-  t.deepEqual([...tracker.pending.values()], [], 'no promise left pending')
-  t.is(tracker.settled, tracker.started)
-  t.deepEqual(tracker.undocumented, [], 'every rejection is a documented error class, every result right')
-  t.deepEqual(stray, [], 'no statement failed with a SQLSTATE it had no reason for')
-  t.true(faults.killed > 0 && faults.resets > 0 && faults.delays > 0, 'every kind of fault happened')
-  for (const [name, size] of Object.entries(seen.maxSize)) t.true(size <= groups[name].connection_count, `${name} reached ${size} connections`)
-
-  // Nothing checked out or waiting (releases complete in the core a moment after release()).
-  await waitFor(() => Object.values(pool.stats().groups).every((g) => g.inUse === 0 && g.waiting === 0), { ms: 5000, what: 'nothing checked out' }).catch(() => {})
-  mark('checked in')
-  for (const [name, g] of Object.entries(pool.stats().groups)) {
-    t.is(g.inUse, 0, `${name} inUse`)
-    t.is(g.waiting, 0, `${name} waiting`)
-    t.true(g.size <= groups[name].connection_count, `${name} size ${g.size}`)
-  }
-  // The server: no more sessions than configured (a discarded connection's backend may take a
-  // moment to notice), and no transaction left open.
-  const activity = () =>
-    admin.query("SELECT count(*)::int AS n, count(*) FILTER (WHERE state LIKE 'idle in transaction%')::int AS idle_tx FROM pg_stat_activity WHERE application_name = $1", [app]).then((r) => r.rows[0])
-  await waitFor(async () => {
-    const a = await activity()
-    return a.n <= maxSessions && a.idle_tx === 0
-  }, { ms: 5000, what: 'server sessions within connection_count, none idle in transaction' }).catch(() => {})
-  mark('server sessions')
-  const after = await activity()
-  t.true(after.n <= maxSessions, `${after.n} sessions on the server`)
-  t.is(after.idle_tx, 0, 'sessions idle in transaction')
-
-  // Every resolved commit landed exactly once; a commit whose connection died may or may not
-  // have. Nothing rolled back ever landed, and one-shot statements were never run twice.
-  const counts = (await admin.query('SELECT id, n::int AS n FROM soak_counter')).rows
-  const committed = counts.filter((r) => r.id < 20).reduce((n, r) => n + r.n, 0)
-  const oneShot = counts.find((r) => r.id === 100).n
-  t.log(JSON.stringify({ committed, oneShot, rolledBack: counts.find((r) => r.id === 200).n }))
-  t.true(committed >= tally.commitResolved && committed <= tally.commitAttempted, `committed ${committed}, resolved ${tally.commitResolved}, attempted ${tally.commitAttempted}`)
-  t.true(oneShot >= tally.oneShotResolved && oneShot <= tally.oneShotAttempted, `one-shot increments ${oneShot}, resolved ${tally.oneShotResolved}, attempted ${tally.oneShotAttempted}`)
-  t.is(counts.find((r) => r.id === 200).n, 0, 'a rolled-back increment landed')
-
-  // Nothing is checked out, so close has only idle connections (and maybe a connect still in
-  // flight) to end: it must not wait out its 5 s timeout.
-  const before = Object.entries(pool.stats().groups).map(([n, g]) => `${n}: inUse ${g.inUse}, opening ${g.opening}, idle ${g.idle}`)
-  const closeAt = performance.now()
-  await pool.close()
-  const closeMs = performance.now() - closeAt
-  t.true(closeMs < 3000, `close took ${closeMs.toFixed(0)} ms (${before.join('; ')})`)
-  mark('closed')
-  await waitFor(async () => (await activity()).n === 0, { ms: 5000, what: 'no session left after close' }).catch(() => {})
-  t.is((await activity()).n, 0, 'sessions after close')
-  mark('no sessions')
-  t.log(marks.join(', '))
-})
+    // Nothing is checked out, so close has only idle connections (and maybe a connect still in
+    // flight) to end: it must not wait out its 5 s timeout.
+    const before = Object.entries(pool.stats().groups).map(([n, g]) => `${n}: inUse ${g.inUse}, opening ${g.opening}, idle ${g.idle}`)
+    const closeAt = performance.now()
+    await pool.close()
+    const closeMs = performance.now() - closeAt
+    t.true(closeMs < 3000, `close took ${closeMs.toFixed(0)} ms (${before.join('; ')})`)
+    mark('closed')
+    await waitFor(async () => (await activity()).n === 0, { ms: 5000, what: 'no session left after close' }).catch(() => {})
+    t.is((await activity()).n, 0, 'sessions after close')
+    mark('no sessions')
+    t.log(marks.join(', '))
+  },
+)

@@ -56,7 +56,11 @@ async function child(t, scenario, { app, config, args = [], go } = {}) {
     timeout: 40000,
     onLine: go
       ? (line, proc) => {
-          if (line.startsWith('ready')) go().then(() => proc.stdin.write('go\n'), (e) => proc.stdin.write('go\n') && t.fail(String(e)))
+          if (line.startsWith('ready'))
+            go().then(
+              () => proc.stdin.write('go\n'),
+              (e) => proc.stdin.write('go\n') && t.fail(String(e)),
+            )
         }
       : undefined,
   })
@@ -66,7 +70,9 @@ async function child(t, scenario, { app, config, args = [], go } = {}) {
 /** Until the server runs `n` statements `sql` for `app`. */
 function running(app, sql, n = 1) {
   return waitFor(
-    async () => (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query = $2 AND state = 'active'", [app, sql])).rows[0].n >= n,
+    async () =>
+      (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query = $2 AND state = 'active'", [app, sql])).rows[0]
+        .n >= n,
     { ms: 15000, what: `${sql} running` },
   )
 }

@@ -54,12 +54,19 @@ test.serial('threaded: worker threads share one pool; the server sees at most co
   const [results, maxSessions] = await Promise.all([run, sampleSessions(app, run)])
   t.true(maxSessions >= 1)
   t.true(maxSessions <= 3, `server saw ${maxSessions} sessions`)
-  t.true(results.some((r) => r.users > 1), `users seen: ${results.map((r) => r.users)}`)
+  t.true(
+    results.some((r) => r.users > 1),
+    `users seen: ${results.map((r) => r.users)}`,
+  )
 })
 
 test.serial('non-threaded: each worker thread has its own pool', async (t) => {
   const app = `pgdbpool-nthr${++seq}`
-  const config = { type: 'non-threaded', db: { ...server.endpoint, application_name: app }, groups: { default: { connection_count: 2, acquire_timeout: 30000 } } }
+  const config = {
+    type: 'non-threaded',
+    db: { ...server.endpoint, application_name: app },
+    groups: { default: { connection_count: 2, acquire_timeout: 30000 } },
+  }
   const run = runWorkers(3, { config, hold: 2, rounds: 6 })
   const [results, maxSessions] = await Promise.all([run, sampleSessions(app, run)])
   t.true(maxSessions > 2, `server saw ${maxSessions} sessions`)
@@ -86,10 +93,14 @@ function runChild(source) {
 
 test('the process exits on its own when the pool is idle, and when it is closed', async (t) => {
   const config = JSON.stringify({ db: server.endpoint, groups: { default: { connection_count: 2 } } })
-  const idle = await runChild(`const l = require('.'); l.init(${config}).then(() => l.query('SELECT 1 AS x')).then((r) => console.log('rows', JSON.stringify(r.rows)))`)
+  const idle = await runChild(
+    `const l = require('.'); l.init(${config}).then(() => l.query('SELECT 1 AS x')).then((r) => console.log('rows', JSON.stringify(r.rows)))`,
+  )
   t.is(idle.code, 0, idle.out)
   t.regex(idle.out, /rows \[\{"x":1\}\]/)
-  const closed = await runChild(`const l = require('.'); l.init(${config}).then(() => l.query('SELECT 1')).then(() => l.close()).then(() => console.log('closed'))`)
+  const closed = await runChild(
+    `const l = require('.'); l.init(${config}).then(() => l.query('SELECT 1')).then(() => l.close()).then(() => console.log('closed'))`,
+  )
   t.is(closed.code, 0, closed.out)
   t.regex(closed.out, /closed/)
 })

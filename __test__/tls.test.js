@@ -120,7 +120,12 @@ test('verify-full fails with an unrelated CA', async (t) => {
 })
 
 test('verify-full fails when the certificate does not name the host', async (t) => {
-  const err = await refused(t, badName, { ssl: 'verify-full', ssl_ca: ca.cert }, /server certificate rejected \(ssl=verify-full\).*not valid for name "127\.0\.0\.1"/)
+  const err = await refused(
+    t,
+    badName,
+    { ssl: 'verify-full', ssl_ca: ca.cert },
+    /server certificate rejected \(ssl=verify-full\).*not valid for name "127\.0\.0\.1"/,
+  )
   t.regex(err.message, /db\.example\.invalid/)
   t.regex(err.message, /use ssl=verify-ca to skip the host name check/)
   await refused(t, badName, { ssl: 'verify-full', ssl_ca: ca.cert, host: 'localhost' }, /not valid for name "localhost"/)

@@ -92,7 +92,10 @@ function env(zone = 'UTC', types = {}) {
           groups: { default: { connection_count: 3 } },
           types,
         })
-        closers.push(() => pgPool.end(), () => pool.close())
+        closers.push(
+          () => pgPool.end(),
+          () => pool.close(),
+        )
         await pool.ready
         return { pgPool, pool }
       })(),
@@ -225,7 +228,18 @@ const TYPES = [
   },
   {
     type: 'numeric',
-    values: ['0', '1.500', '-0.000001', '1e-20', '100000000', '-99999999.99', '123456789012345678901234567890.123456789012345678901234567890', 'NaN', 'Infinity', '-Infinity'],
+    values: [
+      '0',
+      '1.500',
+      '-0.000001',
+      '1e-20',
+      '100000000',
+      '-99999999.99',
+      '123456789012345678901234567890.123456789012345678901234567890',
+      'NaN',
+      'Infinity',
+      '-Infinity',
+    ],
   },
   { type: 'numeric(10,-2)', values: ['12345', '-155', '0'] },
   { type: 'money', values: ['0', '0.01', '1234567.89', '-1234567.89', '-92233720368547758.08', '92233720368547758.07'] },
@@ -239,11 +253,35 @@ const TYPES = [
   { type: 'json', values: ['null', '{"a": [1, {"b": null}], "ü": "☃"}', '"str"', '1.50', '[]', '{"a": 1, "a": 2}', '12345678901234567890', '"\\u00e9\\n"'] },
   {
     type: 'jsonb',
-    values: ['null', '{"a": [1, {"b": null}], "ü": "☃", "deep": {"x": [[[{"y": true}]]]}}', '"str"', '1.50', '[]', '{"a": 1, "a": 2}', '12345678901234567890', '"\\u00e9\\n"'],
+    values: [
+      'null',
+      '{"a": [1, {"b": null}], "ü": "☃", "deep": {"x": [[[{"y": true}]]]}}',
+      '"str"',
+      '1.50',
+      '[]',
+      '{"a": 1, "a": 2}',
+      '12345678901234567890',
+      '"\\u00e9\\n"',
+    ],
   },
   {
     type: 'date',
-    values: ['2020-02-29', '1970-01-01', '1969-12-31', '0001-01-01', '0001-12-31 BC', '0044-03-15 BC', '0099-12-31', '0100-01-01', '1582-10-04', '9999-12-31', '10000-01-01', '5874897-12-31', 'infinity', '-infinity'],
+    values: [
+      '2020-02-29',
+      '1970-01-01',
+      '1969-12-31',
+      '0001-01-01',
+      '0001-12-31 BC',
+      '0044-03-15 BC',
+      '0099-12-31',
+      '0100-01-01',
+      '1582-10-04',
+      '9999-12-31',
+      '10000-01-01',
+      '5874897-12-31',
+      'infinity',
+      '-infinity',
+    ],
   },
   {
     type: 'timestamp',
@@ -303,7 +341,20 @@ const TYPES = [
   },
   {
     type: 'inet',
-    values: ['192.168.1.5', '192.168.1.5/24', '0.0.0.0/0', '::1', '::', '1::', '::ffff:1.2.3.4', '::1.2.3.4', '2001:db8::1', '1:0:0:2:0:0:0:3', '1:0:2:3:4:5:6:7', 'fe80::1:2:3:4/64'],
+    values: [
+      '192.168.1.5',
+      '192.168.1.5/24',
+      '0.0.0.0/0',
+      '::1',
+      '::',
+      '1::',
+      '::ffff:1.2.3.4',
+      '::1.2.3.4',
+      '2001:db8::1',
+      '1:0:0:2:0:0:0:3',
+      '1:0:2:3:4:5:6:7',
+      'fe80::1:2:3:4/64',
+    ],
   },
   { type: 'cidr', values: ['10.0.0.0/8', '192.168.1.0/24', '1.2.3.4/32', '2001:db8::/32', '::/0', '::ffff:1.2.3.0/120'] },
   { type: 'macaddr', values: ['08:00:2b:01:02:03', 'ff:ff:ff:ff:ff:ff', '00:00:00:00:00:00'] },
@@ -315,7 +366,10 @@ const TYPES = [
   { type: 'path', values: ['[(1,2),(3,4),(0.1,1e+20)]', '((1,2),(3,4))', '[(0,0)]'] },
   { type: 'polygon', values: ['((1,2),(3,4),(5,5))', '((0,0))', '((0.5,123456789012345),(1234567890123456,-0.0001))'] },
   { type: 'line', values: ['{1,2,3}', '{1,-1,0}', '{0.1,0,1e+300}'] },
-  { type: 'tsvector', values: ['', 'a fat cat sat on a mat', "'it''s' 'back\\\\slash':1A,2B,3C,4D", "'ünï':1", { sql: `to_tsvector('english', 'The quick brown foxes jumped')` }] },
+  {
+    type: 'tsvector',
+    values: ['', 'a fat cat sat on a mat', "'it''s' 'back\\\\slash':1A,2B,3C,4D", "'ünï':1", { sql: `to_tsvector('english', 'The quick brown foxes jumped')` }],
+  },
   { type: 'xml', values: ['<a>x</a>', 'text only', '<r a="1"><b/></r>'] },
   { type: 'bit(4)', values: ['1010', '0000', '1111'] },
   { type: 'varbit', values: ['', '1', '10101', '1'.repeat(67)] },
@@ -332,7 +386,9 @@ const TYPES = [
           'happy go', '12:00:00.25', '12:00+05:30', 'x', ARRAY[1,NULL,3], ARRAY['a b', NULL, '', 'NULL', 'q"\\'], ROW(7, 'n', NULL, '{}')::comp,
           -9223372036854775808, '<a>x</a>')`,
       },
-      { sql: `ROW(NULL, 'NaN', '-Infinity', 'NaN', false, '', 'infinity', '-infinity', '0', '\\x', NULL, 'null', '0.0.0.0/0', 0, NULL, NULL, B'', 'empty', '', '24:00', '00:00-00:00:01', '', '{}', '{}', NULL, 0, '')` },
+      {
+        sql: `ROW(NULL, 'NaN', '-Infinity', 'NaN', false, '', 'infinity', '-infinity', '0', '\\x', NULL, 'null', '0.0.0.0/0', 0, NULL, NULL, B'', 'empty', '', '24:00', '00:00-00:00:01', '', '{}', '{}', NULL, 0, '')`,
+      },
     ],
   },
   { type: 'int4range', values: ['[1,10)', 'empty', '(,5]', '[3,)', '(,)'] },
@@ -370,7 +426,9 @@ async function checkType(t, e, { type, values }) {
   await same(t, e, column, [], { rowMode: 'array' })
   // 1-D with a NULL element, 2-D, empty.
   const [a, b = a] = lits
-  await same(t, e, `SELECT ARRAY[${lits.join(', ')}, NULL]::${type}[] AS a1, ARRAY[[${a}, NULL], [${b}, ${a}]]::${type}[] AS a2, '{}'::${type}[] AS a0`, [], { expectOk: true })
+  await same(t, e, `SELECT ARRAY[${lits.join(', ')}, NULL]::${type}[] AS a1, ARRAY[[${a}, NULL], [${b}, ${a}]]::${type}[] AS a2, '{}'::${type}[] AS a0`, [], {
+    expectOk: true,
+  })
   // The same values as (text) parameters, and as one array parameter.
   const texts = values.filter((v) => typeof v === 'string')
   if (texts.length > 0) {

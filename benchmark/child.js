@@ -19,9 +19,11 @@ async function runCell(lib, workload, concurrency) {
   const op = lib[workload]
   // Warm-up: fill the pool and the statement caches.
   const warmUntil = Date.now() + Math.min(500, duration / 4)
-  await Promise.all(Array.from({ length: Math.min(concurrency, 64) }, async () => {
-    while (Date.now() < warmUntil) await op()
-  }))
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, 64) }, async () => {
+      while (Date.now() < warmUntil) await op()
+    }),
+  )
   if (global.gc) global.gc()
   const latencies = []
   let ops = 0
@@ -31,19 +33,21 @@ async function runCell(lib, workload, concurrency) {
   const elu0 = performance.eventLoopUtilization()
   const t0 = performance.now()
   const deadline = t0 + duration
-  await Promise.all(Array.from({ length: concurrency }, async () => {
-    while (performance.now() < deadline) {
-      const s = performance.now()
-      try {
-        await op()
-        ops++
-        if (latencies.length < 200000) latencies.push(performance.now() - s)
-      } catch (e) {
-        errors++
-        if (errors === 1) process.stderr.write(`  ${lib.name} ${workload}: ${e.message}\n`)
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < deadline) {
+        const s = performance.now()
+        try {
+          await op()
+          ops++
+          if (latencies.length < 200000) latencies.push(performance.now() - s)
+        } catch (e) {
+          errors++
+          if (errors === 1) process.stderr.write(`  ${lib.name} ${workload}: ${e.message}\n`)
+        }
       }
-    }
-  }))
+    }),
+  )
   const elapsed = performance.now() - t0
   const elu = performance.eventLoopUtilization(elu0)
   clearInterval(rssTimer)

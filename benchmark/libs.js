@@ -55,7 +55,15 @@ async function pgdbpool(endpoint) {
 
 async function pg(endpoint) {
   const { Pool } = require('pg')
-  const pool = new Pool({ host: endpoint.host, port: endpoint.port, user: endpoint.user, password: endpoint.pass, database: endpoint.name, max: POOL_SIZE, application_name: 'bench-pg' })
+  const pool = new Pool({
+    host: endpoint.host,
+    port: endpoint.port,
+    user: endpoint.user,
+    password: endpoint.pass,
+    database: endpoint.name,
+    max: POOL_SIZE,
+    application_name: 'bench-pg',
+  })
   pool.on('error', () => {})
   return {
     name: 'pg',
@@ -89,7 +97,15 @@ async function pg(endpoint) {
 
 async function postgresjs(endpoint) {
   const postgres = require('postgres')
-  const sql = postgres({ host: endpoint.host, port: endpoint.port, user: endpoint.user, password: endpoint.pass, database: endpoint.name, max: POOL_SIZE, connection: { application_name: 'bench-postgresjs' } })
+  const sql = postgres({
+    host: endpoint.host,
+    port: endpoint.port,
+    user: endpoint.user,
+    password: endpoint.pass,
+    database: endpoint.name,
+    max: POOL_SIZE,
+    connection: { application_name: 'bench-postgresjs' },
+  })
   return {
     name: 'postgres.js',
     async checkout() {

@@ -8,14 +8,30 @@ const POOL_SIZE = 10
 const randomId = () => 1 + Math.floor(Math.random() * 10000)
 
 function pgConfig(endpoint, app) {
-  return { host: endpoint.host, port: endpoint.port, user: endpoint.user, password: endpoint.pass, database: endpoint.name, max: POOL_SIZE, application_name: app }
+  return {
+    host: endpoint.host,
+    port: endpoint.port,
+    user: endpoint.user,
+    password: endpoint.pass,
+    database: endpoint.name,
+    max: POOL_SIZE,
+    application_name: app,
+  }
 }
 
 /** The client each ORM runs on: a pg-shaped pool (pgdbpool/pg or pg) or postgres.js. */
 function driver(kind, endpoint, app) {
   if (kind === 'postgres.js') {
     const postgres = require('postgres')
-    const sql = postgres({ host: endpoint.host, port: endpoint.port, user: endpoint.user, password: endpoint.pass, database: endpoint.name, max: POOL_SIZE, connection: { application_name: app } })
+    const sql = postgres({
+      host: endpoint.host,
+      port: endpoint.port,
+      user: endpoint.user,
+      password: endpoint.pass,
+      database: endpoint.name,
+      max: POOL_SIZE,
+      connection: { application_name: app },
+    })
     return { sql, close: () => sql.end({ timeout: 5 }) }
   }
   const { Pool } = kind === 'pgdbpool' ? require('pgdbpool/pg') : require('pg')
@@ -31,7 +47,8 @@ function drizzleOn(kind) {
     const items = pgTable('bench_items', { id: integer('id').primaryKey(), name: text('name'), qty: integer('qty') })
     const counters = pgTable('bench_counters', { id: integer('id').primaryKey(), n: integer('n') })
     const d = driver(kind, endpoint, `bench-drizzle-${kind}`)
-    const db = kind === 'postgres.js' ? require('drizzle-orm/postgres-js').drizzle({ client: d.sql }) : require('drizzle-orm/node-postgres').drizzle({ client: d.pool })
+    const db =
+      kind === 'postgres.js' ? require('drizzle-orm/postgres-js').drizzle({ client: d.sql }) : require('drizzle-orm/node-postgres').drizzle({ client: d.pool })
     const lookup = (id) => db.select({ id: items.id, name: items.name, qty: items.qty }).from(items).where(eq(items.id, id))
     return {
       name: `drizzle/${kind}`,

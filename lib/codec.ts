@@ -222,7 +222,7 @@ export class PostgresInterval {
 
   /** PostgreSQL input text, e.g. `1 years 2 days 3.5 seconds`. */
   toPostgres(): string {
-    const parts = (['seconds', 'minutes', 'hours', 'days', 'months', 'years'] as const).filter((p) => Object.prototype.hasOwnProperty.call(this, p))
+    const parts = (['seconds', 'minutes', 'hours', 'days', 'months', 'years'] as const).filter((p) => Object.hasOwn(this, p))
     if (this.milliseconds && !parts.includes('seconds')) parts.push('seconds')
     if (parts.length === 0) return '0'
     return parts
@@ -479,7 +479,11 @@ function decodeError(e: unknown): Error {
   if (e instanceof Malformed) return new DBQueryError(`malformed result: ${e.message}`)
   const err = e as NodeJS.ErrnoException
   if (err?.code === 'ERR_STRING_TOO_LONG' || (err instanceof RangeError && /string/i.test(err.message))) {
-    return new DBQueryError('a value in the result is too large for a JavaScript string (V8 allows about 512 MiB); select it in parts (substring) or as bytea', {}, { cause: e })
+    return new DBQueryError(
+      'a value in the result is too large for a JavaScript string (V8 allows about 512 MiB); select it in parts (substring) or as bytea',
+      {},
+      { cause: e },
+    )
   }
   if (err instanceof SyntaxError) return new DBQueryError(`a json value in the result does not parse: ${err.message}`, {}, { cause: e })
   if (err instanceof RangeError) return new DBQueryError(`malformed result: ${err.message}`, {}, { cause: e })

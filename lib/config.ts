@@ -232,8 +232,44 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
   return v as T
 }
 
-const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight', 'options'] as const
-const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold', 'reset_on_release'] as const
+const ENDPOINT_KEYS = [
+  'id',
+  'host',
+  'port',
+  'name',
+  'user',
+  'pass',
+  'ssl',
+  'ssl_ca',
+  'ssl_cert',
+  'ssl_key',
+  'channel_binding',
+  'connect_timeout',
+  'query_timeout',
+  'session_tmp_buffer',
+  'application_name',
+  'weight',
+  'options',
+] as const
+const GROUP_KEYS = [
+  'connection_count',
+  'autocommit',
+  'sqlprepare',
+  'endpoints',
+  'target_session_attrs',
+  'balance',
+  'acquire_timeout',
+  'max_waiting',
+  'min_idle',
+  'idle_timeout',
+  'max_lifetime',
+  'max_uses',
+  'ping_after_idle',
+  'statement_cache_size',
+  'pipeline',
+  'leak_threshold',
+  'reset_on_release',
+] as const
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
 /** A percent-decoded part of a URL; a `%` that is not an escape is a ConfigError (never echoed: it may be the password). */
@@ -289,7 +325,10 @@ function endpointFromUrl(url: string, path: string): Record<string, unknown> {
         out.application_name = value
         break
       default:
-        throw new ConfigError(`${path}?${key}`, 'unsupported URL parameter (supported: sslmode, sslrootcert, sslcert, sslkey, channel_binding, connect_timeout, application_name)')
+        throw new ConfigError(
+          `${path}?${key}`,
+          'unsupported URL parameter (supported: sslmode, sslrootcert, sslcert, sslkey, channel_binding, connect_timeout, application_name)',
+        )
     }
   }
   return out
@@ -362,7 +401,10 @@ function normalizeEndpoint(raw: unknown, path: string): NormalizedEndpoint {
   } else if (ssl === 'verify-ca') {
     // libpq refuses verify-ca without a root certificate: a chain check against any public CA
     // without the host name check would accept the certificate of any site.
-    throw new ConfigError(`${path}.ssl_ca`, "is required with ssl 'verify-ca' (as in libpq); use ssl 'verify-full' to check the server against the public roots")
+    throw new ConfigError(
+      `${path}.ssl_ca`,
+      "is required with ssl 'verify-ca' (as in libpq); use ssl 'verify-full' to check the server against the public roots",
+    )
   }
   if ((obj.ssl_cert === undefined) !== (obj.ssl_key === undefined)) {
     const missing = obj.ssl_cert === undefined ? 'ssl_cert' : 'ssl_key'
@@ -409,7 +451,8 @@ function normalizeGroup(name: string, raw: unknown, endpoints: NormalizedEndpoin
       throw new ConfigError(`${path}.endpoints`, `must be a non-empty array of endpoint ids (got ${describe(raw.endpoints)})`)
     }
     endpointIndexes = raw.endpoints.map((ref: unknown, i: number) => {
-      const index = typeof ref === 'number' ? (Number.isInteger(ref) && ref >= 0 && ref < endpoints.length ? ref : -1) : endpoints.findIndex((e) => e.id === ref)
+      const index =
+        typeof ref === 'number' ? (Number.isInteger(ref) && ref >= 0 && ref < endpoints.length ? ref : -1) : endpoints.findIndex((e) => e.id === ref)
       if (index < 0) {
         const shown = typeof ref === 'string' ? JSON.stringify(ref) : typeof ref === 'number' ? String(ref) : describe(ref)
         throw new ConfigError(`${path}.endpoints[${i}]`, `names no configured endpoint: ${shown} (endpoints: ${endpoints.map((e) => e.id).join(', ')})`)

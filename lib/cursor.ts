@@ -36,7 +36,8 @@ export class Cursor<R = Record<string, unknown>> implements AsyncIterable<R> {
 
   constructor(host: CursorHost, text: string, params: readonly unknown[] | undefined, options: CursorOptions = {}, autocommit = true) {
     const batchSize = options.batchSize ?? 1000
-    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 2_147_483_647) throw new TypeError('cursor batchSize must be an integer from 1 to 2147483647')
+    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 2_147_483_647)
+      throw new TypeError('cursor batchSize must be an integer from 1 to 2147483647')
     this.#host = host
     this.#batchSize = batchSize
     this.#rowMode = options.rowMode ?? 'object'

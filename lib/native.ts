@@ -157,7 +157,17 @@ export class Core {
    * waiting for a connection gives up. `mayAbort`, if given, is asked first: false ignores the
    * abort (a handler statement after `release()`).
    */
-  submit<T>(op: Op, a: number, b: number, rowMode: RowMode | Decode | null, sql?: string, params?: readonly unknown[], signal?: AbortSignal, mayAbort?: () => boolean, extra?: Uint8Array): Promise<T> {
+  submit<T>(
+    op: Op,
+    a: number,
+    b: number,
+    rowMode: RowMode | Decode | null,
+    sql?: string,
+    params?: readonly unknown[],
+    signal?: AbortSignal,
+    mayAbort?: () => boolean,
+    extra?: Uint8Array,
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (signal?.aborted) {
         reject(new AbortError(signal.reason))
@@ -185,7 +195,9 @@ export class Core {
       } catch (e) {
         w.pos = mark
         if (slot < this.#slots.length) this.#freeSlots.push(slot)
-        reject(e instanceof RangeError ? new DBQueryError(`the statement or its parameters are too large to send (${e.message})`, {}, { cause: e }) : (e as Error))
+        reject(
+          e instanceof RangeError ? new DBQueryError(`the statement or its parameters are too large to send (${e.message})`, {}, { cause: e }) : (e as Error),
+        )
         return
       }
       if (this.#unsettled++ === 0) becameBusy(this)
@@ -237,7 +249,10 @@ export class Core {
       this.native.submit(w.buf.subarray(0, w.pos))
     } catch (e) {
       const native = fromNative(e)
-      const error = native instanceof PgDbPoolError && native.code === 'INTERNAL' ? native : new PgDbPoolError('INTERNAL', `the native core refused a submission: ${native.message}`, { cause: e })
+      const error =
+        native instanceof PgDbPoolError && native.code === 'INTERNAL'
+          ? native
+          : new PgDbPoolError('INTERNAL', `the native core refused a submission: ${native.message}`, { cause: e })
       // The core saw none of these ids: their slots are free again.
       for (const id of batch) {
         const op = this.#answered(id)

@@ -403,7 +403,11 @@ export class Handler implements AsyncDisposable {
       this.#leakTimer = setTimeout(() => {
         const leak: LeakEvent = { group: this.group, heldMs: Date.now() - taken, stack }
         if (pool.listenerCount('leak') > 0) pool.notify('leak', leak)
-        else process.emitWarning(`a handler of group '${leak.group}' has held its connection for ${leak.heldMs} ms (leak_threshold); ${stack}`, 'PgDbPoolLeakWarning')
+        else
+          process.emitWarning(
+            `a handler of group '${leak.group}' has held its connection for ${leak.heldMs} ms (leak_threshold); ${stack}`,
+            'PgDbPoolLeakWarning',
+          )
       }, leakThreshold)
       this.#leakTimer.unref()
     }

@@ -89,7 +89,15 @@ function checkTarballs(dir, pkg) {
   const { binaryName, packageName } = pkg.napi
   const main = path.join(dir, `${packageName}-${pkg.version}.tgz`)
   if (!check(fs.existsSync(main), `${main} is missing`)) return []
-  const expected = ['LICENSE', 'README.md', 'package.json', 'binding.js', 'binding.d.ts', 'pg/package.json', ...listDir(path.join(root, 'dist')).map((f) => `dist/${f}`)].sort()
+  const expected = [
+    'LICENSE',
+    'README.md',
+    'package.json',
+    'binding.js',
+    'binding.d.ts',
+    'pg/package.json',
+    ...listDir(path.join(root, 'dist')).map((f) => `dist/${f}`),
+  ].sort()
   const files = tarList(main)
   check(same(files, expected), `${path.basename(main)} must hold exactly ${expected.join(', ')}; it holds ${files.join(', ')}`)
   check(

@@ -19,11 +19,7 @@ function writeExt(dir, name, lines) {
 
 /** A self-signed CA: { name, cert, key } (file paths). */
 function makeCa(dir, name) {
-  const ext = writeExt(dir, name, [
-    'basicConstraints = critical, CA:TRUE',
-    'keyUsage = critical, keyCertSign, cRLSign',
-    'subjectKeyIdentifier = hash',
-  ])
+  const ext = writeExt(dir, name, ['basicConstraints = critical, CA:TRUE', 'keyUsage = critical, keyCertSign, cRLSign', 'subjectKeyIdentifier = hash'])
   const key = path.join(dir, `${name}.key`)
   const cert = path.join(dir, `${name}.crt`)
   openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', key], dir)
@@ -48,7 +44,27 @@ function makeLeaf(dir, name, ca, { cn = name, san = [], usage = 'serverAuth' } =
   const cert = path.join(dir, `${name}.crt`)
   openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', key], dir)
   openssl(['req', '-new', '-key', key, '-subj', `/CN=${cn}`, '-out', `${name}.csr`], dir)
-  openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', ca.cert, '-CAkey', ca.key, '-set_serial', `0x${crypto.randomBytes(8).toString('hex')}`, '-days', '2', '-extfile', ext, '-out', cert], dir)
+  openssl(
+    [
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      ca.cert,
+      '-CAkey',
+      ca.key,
+      '-set_serial',
+      `0x${crypto.randomBytes(8).toString('hex')}`,
+      '-days',
+      '2',
+      '-extfile',
+      ext,
+      '-out',
+      cert,
+    ],
+    dir,
+  )
   return { cert, key }
 }
 

@@ -12,14 +12,18 @@ const REPLICATION_USER = 'replicator'
 
 const CLUSTER_FLAGS = [
   // HA tests reason about which commits survive a kill(); with fsync=off this costs almost nothing.
-  '-c', 'synchronous_commit=on',
+  '-c',
+  'synchronous_commit=on',
   // No replication slots: they would be copied into every standby's data directory along with
   // the rest. Keeping WAL around lets a stopped standby catch up instead.
-  '-c', 'wal_keep_size=256MB',
+  '-c',
+  'wal_keep_size=256MB',
   // A standby retries a lost primary every 5 s by default; tests restart primaries a lot.
-  '-c', 'wal_retrieve_retry_interval=200ms',
+  '-c',
+  'wal_retrieve_retry_interval=200ms',
   // Long test queries on a standby must not be cancelled by vacuum on the primary.
-  '-c', 'hot_standby_feedback=on',
+  '-c',
+  'hot_standby_feedback=on',
 ]
 
 const LOG_TAIL = 16384
@@ -156,7 +160,12 @@ class ClusterNode extends Server {
     const signal = path.join(this.dataDir, 'standby.signal')
     fs.writeFileSync(signal, '')
     const auto = path.join(this.dataDir, 'postgresql.auto.conf')
-    const kept = fs.existsSync(auto) ? fs.readFileSync(auto, 'utf8').split('\n').filter((l) => l && !/^\s*(primary_conninfo|primary_slot_name|recovery_target_timeline)\s*=/.test(l)) : []
+    const kept = fs.existsSync(auto)
+      ? fs
+          .readFileSync(auto, 'utf8')
+          .split('\n')
+          .filter((l) => l && !/^\s*(primary_conninfo|primary_slot_name|recovery_target_timeline)\s*=/.test(l))
+      : []
     const conninfo = `host=127.0.0.1 port=${primary.port} user=${REPLICATION_USER} password=${PASSWORD} application_name=${this.name} connect_timeout=2`
     // 'latest' (the default, spelled out) is what lets a standby cross to a promoted node's timeline.
     kept.push(`primary_conninfo = '${conninfo}'`, `recovery_target_timeline = 'latest'`)

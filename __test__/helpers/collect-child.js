@@ -19,7 +19,11 @@ async function settle() {
 ;(async () => {
   const memory = []
   for (let i = 0; i < count; i++) {
-    const pool = new lib.Pool({ type: i % 10 === 0 ? 'threaded' : 'non-threaded', db: { ...endpoint, application_name: `collect-${i % 10}` }, groups: { default: { connection_count: 1 } } })
+    const pool = new lib.Pool({
+      type: i % 10 === 0 ? 'threaded' : 'non-threaded',
+      db: { ...endpoint, application_name: `collect-${i % 10}` },
+      groups: { default: { connection_count: 1 } },
+    })
     await pool.ready
     await pool.query('SELECT 1')
     await pool.withHandler('default', (db) => db.query('SELECT 2'))

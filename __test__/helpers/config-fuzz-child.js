@@ -23,8 +23,77 @@ function random() {
 const int = (n) => Math.floor(random() * n)
 const pick = (list) => list[int(list.length)]
 
-const NUMBERS = [0, -0, 1, -1, 2, 7, 10, 255, 256, 1000, 65535, 65536, 0.5, 1.5, -2.5, 1e-9, 1e3, 1e9, 2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 53 - 1, 2 ** 53, 2 ** 64, 1e20, 1e308, Number.MAX_VALUE, Number.MIN_VALUE, NaN, Infinity, -Infinity, -1e20]
-const STRINGS = ['', ' ', 'a', 'x'.repeat(300), '0', '10', '-1', '1e20', 'NaN', 'true', 'null', '%', '%zz', 'a\u0000b', '\u{1F600}', 'disable', 'prefer', 'require', 'verify-ca', 'verify-full', 'threaded', 'non-threaded', 'any', 'read-write', 'random', 'round-robin', 'string', 'bigint', 'number', 'date', '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----', '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----', '/nonexistent/file.pem', '__proto__', 'constructor']
+const NUMBERS = [
+  0,
+  -0,
+  1,
+  -1,
+  2,
+  7,
+  10,
+  255,
+  256,
+  1000,
+  65535,
+  65536,
+  0.5,
+  1.5,
+  -2.5,
+  1e-9,
+  1e3,
+  1e9,
+  2 ** 31 - 1,
+  2 ** 31,
+  2 ** 32,
+  2 ** 53 - 1,
+  2 ** 53,
+  2 ** 64,
+  1e20,
+  1e308,
+  Number.MAX_VALUE,
+  Number.MIN_VALUE,
+  NaN,
+  Infinity,
+  -Infinity,
+  -1e20,
+]
+const STRINGS = [
+  '',
+  ' ',
+  'a',
+  'x'.repeat(300),
+  '0',
+  '10',
+  '-1',
+  '1e20',
+  'NaN',
+  'true',
+  'null',
+  '%',
+  '%zz',
+  'a\u0000b',
+  '\u{1F600}',
+  'disable',
+  'prefer',
+  'require',
+  'verify-ca',
+  'verify-full',
+  'threaded',
+  'non-threaded',
+  'any',
+  'read-write',
+  'random',
+  'round-robin',
+  'string',
+  'bigint',
+  'number',
+  'date',
+  '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----',
+  '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----',
+  '/nonexistent/file.pem',
+  '__proto__',
+  'constructor',
+]
 
 function randomString() {
   if (random() < 0.7) return pick(STRINGS)
@@ -64,8 +133,42 @@ function randomValue(depth = 0) {
   }
 }
 
-const ENDPOINT_KEYS = ['id', 'host', 'port', 'name', 'user', 'pass', 'ssl', 'ssl_ca', 'ssl_cert', 'ssl_key', 'channel_binding', 'connect_timeout', 'query_timeout', 'session_tmp_buffer', 'application_name', 'weight']
-const GROUP_KEYS = ['connection_count', 'autocommit', 'sqlprepare', 'endpoints', 'target_session_attrs', 'balance', 'acquire_timeout', 'max_waiting', 'min_idle', 'idle_timeout', 'max_lifetime', 'max_uses', 'ping_after_idle', 'statement_cache_size', 'pipeline', 'leak_threshold']
+const ENDPOINT_KEYS = [
+  'id',
+  'host',
+  'port',
+  'name',
+  'user',
+  'pass',
+  'ssl',
+  'ssl_ca',
+  'ssl_cert',
+  'ssl_key',
+  'channel_binding',
+  'connect_timeout',
+  'query_timeout',
+  'session_tmp_buffer',
+  'application_name',
+  'weight',
+]
+const GROUP_KEYS = [
+  'connection_count',
+  'autocommit',
+  'sqlprepare',
+  'endpoints',
+  'target_session_attrs',
+  'balance',
+  'acquire_timeout',
+  'max_waiting',
+  'min_idle',
+  'idle_timeout',
+  'max_lifetime',
+  'max_uses',
+  'ping_after_idle',
+  'statement_cache_size',
+  'pipeline',
+  'leak_threshold',
+]
 const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval']
 const URL_PARAMS = ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'channel_binding', 'connect_timeout', 'application_name', 'port', 'bogus']
 // Host names that need no DNS (there is no network here): a random name would only be slow.
@@ -121,7 +224,11 @@ const pools = []
       if (e instanceof lib.ConfigError && typeof e.path === 'string' && !String(e.message).includes('fuzz-secret')) {
         report.configErrors++
       } else {
-        report.bad.push({ i, error: `${e && e.constructor && e.constructor.name}: ${e && e.message}`, config: String(require('node:util').inspect(config, { depth: 4 })).slice(0, 600) })
+        report.bad.push({
+          i,
+          error: `${e && e.constructor && e.constructor.name}: ${e && e.message}`,
+          config: String(require('node:util').inspect(config, { depth: 4 })).slice(0, 600),
+        })
       }
       continue
     }

@@ -32,7 +32,10 @@ const i32 = (v) => {
 }
 
 function rowDescription(columns) {
-  return msg('T', Buffer.concat([i16(columns.length), ...columns.map((c) => Buffer.concat([cstr(c.name), i32(0), i16(0), i32(c.oid), i16(-1), i32(-1), i16(1)]))]))
+  return msg(
+    'T',
+    Buffer.concat([i16(columns.length), ...columns.map((c) => Buffer.concat([cstr(c.name), i32(0), i16(0), i32(c.oid), i16(-1), i32(-1), i16(1)]))]),
+  )
 }
 
 function dataRow(cells) {

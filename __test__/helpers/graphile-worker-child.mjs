@@ -33,7 +33,7 @@ try {
   await Promise.race([listening, deadline(20000, 'LISTEN')])
   // The LISTEN statement itself is sent right after that event: wait until the server has it.
   for (let i = 0; i < 100; i++) {
-    const r = await pgPool.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE 'LISTEN \"jobs:insert\"%'")
+    const r = await pgPool.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE \'LISTEN "jobs:insert"%\'')
     if (r.rows[0].n > 0) break
     await new Promise((resolve) => setTimeout(resolve, 50))
   }

@@ -22,7 +22,10 @@ function plain(value) {
 }
 
 ;(async () => {
-  for (const [name, statement_cache_size] of [['named', 256], ['unnamed', 0]]) {
+  for (const [name, statement_cache_size] of [
+    ['named', 256],
+    ['unnamed', 0],
+  ]) {
     const pool = new lib.Pool({
       type: 'non-threaded',
       db: { ...endpoint, query_timeout: 0, connect_timeout: 5 },
@@ -33,9 +36,20 @@ function plain(value) {
       try {
         const r = await pool.query(sql)
         const row = r.rows[0]
-        console.log(JSON.stringify({ pool: name, sql, ok: true, rows: plain(r.rows), proto: row ? Object.getPrototypeOf(row) === Object.prototype : null, ownKeys: row ? Object.keys(row) : [] }))
+        console.log(
+          JSON.stringify({
+            pool: name,
+            sql,
+            ok: true,
+            rows: plain(r.rows),
+            proto: row ? Object.getPrototypeOf(row) === Object.prototype : null,
+            ownKeys: row ? Object.keys(row) : [],
+          }),
+        )
       } catch (e) {
-        console.log(JSON.stringify({ pool: name, sql, ok: false, error: { name: e && e.name, code: e && e.code, message: String(e && e.message).slice(0, 500) } }))
+        console.log(
+          JSON.stringify({ pool: name, sql, ok: false, error: { name: e && e.name, code: e && e.code, message: String(e && e.message).slice(0, 500) } }),
+        )
       }
     }
     await pool.close({ timeout: 1000 })

@@ -15,7 +15,11 @@ const outcome = (p) =>
   )
 
 ;(async () => {
-  const pool = new lib.Pool({ type: 'non-threaded', db: endpoint, groups: { default: { connection_count: 2 }, tx: { connection_count: 1, autocommit: false } } })
+  const pool = new lib.Pool({
+    type: 'non-threaded',
+    db: endpoint,
+    groups: { default: { connection_count: 2 }, tx: { connection_count: 1, autocommit: false } },
+  })
   await pool.ready
   out('one-shot panic', await outcome(pool.query('SELECT 1 AS v /* pgdbpool:panic */')))
   out('one-shot after', await outcome(pool.query('SELECT 2 AS v')))

@@ -98,7 +98,13 @@ class ExternalServer extends Server {
   }
   get endpoint() {
     const u = this.u
-    return { host: u.hostname, port: this.port, name: u.pathname.slice(1) || 'postgres', user: decodeURIComponent(u.username), pass: decodeURIComponent(u.password) }
+    return {
+      host: u.hostname,
+      port: this.port,
+      name: u.pathname.slice(1) || 'postgres',
+      user: decodeURIComponent(u.username),
+      pass: decodeURIComponent(u.password),
+    }
   }
   get url() {
     return this.u.toString()

@@ -46,11 +46,16 @@ function ensurePgBouncer() {
   }
   installing ??= new Promise((resolve, reject) => {
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
-    execFile('sh', ['-c', 'apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends pgbouncer'], { env, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      const bin = findBinary()
-      if (bin) resolve(bin)
-      else reject(new Error(`installing pgbouncer failed: ${err ? err.message : 'binary not found afterwards'}\n${stderr}`))
-    })
+    execFile(
+      'sh',
+      ['-c', 'apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=120 --no-install-recommends pgbouncer'],
+      { env, maxBuffer: 64 << 20 },
+      (err, stdout, stderr) => {
+        const bin = findBinary()
+        if (bin) resolve(bin)
+        else reject(new Error(`installing pgbouncer failed: ${err ? err.message : 'binary not found afterwards'}\n${stderr}`))
+      },
+    )
   })
   return installing
 }

@@ -71,6 +71,7 @@ async function main() {
       console.log('ready')
       await waitForGo()
       process.exit(0)
+      return
     }
     case 'worker-last-env': {
       // The main thread never loads the addon: the worker's environment is the only one, so

@@ -100,7 +100,8 @@ fn listen(pool: &Arc<Pool>, completions: &Arc<Completions>) {
         crate::rt::spawn(async move {
             let Some(pool) = weak.upgrade() else { return };
             let json = pool.events().drain_json();
-            let targets: Vec<Arc<Completions>> = LISTENERS.lock().get(&key).map(|list| list.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
+            let targets: Vec<Arc<Completions>> =
+                LISTENERS.lock().get(&key).map(|list| list.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
             for completions in targets {
                 completions.events(&json);
             }
@@ -243,7 +244,8 @@ impl Drop for Settle {
             if self.abortable {
                 self.completions.forget_abort(self.id);
             }
-            self.completions.complete(self.id, Err(PoolError::Internal("the operation was dropped before it finished (the runtime shut down)".into())));
+            self.completions
+                .complete(self.id, Err(PoolError::Internal("the operation was dropped before it finished (the runtime shut down)".into())));
         }
     }
 }
@@ -279,7 +281,11 @@ enum HandlerOp {
 impl HandlerOp {
     fn id(&self) -> u32 {
         match self {
-            HandlerOp::Acquire(id) | HandlerOp::Query(id, ..) | HandlerOp::PgQuery(id, ..) | HandlerOp::Commit(id) | HandlerOp::Rollback(id) => *id,
+            HandlerOp::Acquire(id)
+            | HandlerOp::Query(id, ..)
+            | HandlerOp::PgQuery(id, ..)
+            | HandlerOp::Commit(id)
+            | HandlerOp::Rollback(id) => *id,
         }
     }
 }
@@ -343,7 +349,16 @@ impl HandlerSlot {
     fn new(group: Arc<Group>, lease: Option<Lease>) -> Arc<Self> {
         Arc::new(Self {
             group,
-            state: Mutex::new(HandlerState { lease, canceller: None, queue: VecDeque::new(), running: false, current: None, released: false, cancels: Vec::new(), cancelled: false }),
+            state: Mutex::new(HandlerState {
+                lease,
+                canceller: None,
+                queue: VecDeque::new(),
+                running: false,
+                current: None,
+                released: false,
+                cancels: Vec::new(),
+                cancelled: false,
+            }),
         })
     }
 
@@ -542,10 +557,22 @@ fn parse_batch(batch: Bytes) -> std::result::Result<Vec<Parsed>, ()> {
 
 /// Work found in one submission, started together on the runtime.
 enum Job {
-    Query { id: u32, shot: Arc<OneShot>, sql: Bytes, params: Bytes, abort: Option<Arc<AbortCell>> },
+    Query {
+        id: u32,
+        shot: Arc<OneShot>,
+        sql: Bytes,
+        params: Bytes,
+        abort: Option<Arc<AbortCell>>,
+    },
     RunHandler(Arc<HandlerSlot>),
     /// A one-shot statement of `pgdbpool/pg`.
-    PgQuery { id: u32, shot: Arc<OneShot>, sql: Bytes, params: Bytes, mode: Arc<PgMode> },
+    PgQuery {
+        id: u32,
+        shot: Arc<OneShot>,
+        sql: Bytes,
+        params: Bytes,
+        mode: Arc<PgMode>,
+    },
 }
 
 impl Job {
@@ -568,7 +595,9 @@ impl Job {
                 }
             }),
             Job::RunHandler(slot) => Box::pin(slot.run_queue(completions)),
-            Job::PgQuery { id, shot, sql, params, mode } => Box::pin(PG_MODE.scope(mode, Job::Query { id, shot, sql, params, abort: None }.run(completions))),
+            Job::PgQuery { id, shot, sql, params, mode } => {
+                Box::pin(PG_MODE.scope(mode, Job::Query { id, shot, sql, params, abort: None }.run(completions)))
+            }
         }
     }
 }
@@ -725,7 +754,8 @@ impl NativePool {
                 build_pool(&config_json)?
             };
             pool.users.fetch_add(1, Ordering::SeqCst);
-            let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new(), aborts: Mutex::new(HashMap::new()) });
+            let completions =
+                Arc::new(Completions { queue: Mutex::new(Vec::new()), wake, taken: Notify::new(), aborts: Mutex::new(HashMap::new()) });
             listen(&pool, &completions);
             let oneshots = pool.groups.iter().map(|g| OneShot::new(g.clone(), g.config.pipeline)).collect();
             let core = Arc::new(Core {
@@ -794,7 +824,8 @@ impl NativePool {
     #[napi(catch_unwind)]
     pub fn submit(&self, batch: Buffer) -> Result<()> {
         let parsed = guarded("submit", || {
-            parse_batch(Bytes::from(batch.to_vec())).map_err(|()| napi::Error::from_reason("{\"code\":\"INTERNAL\",\"message\":\"malformed submission\"}"))
+            parse_batch(Bytes::from(batch.to_vec()))
+                .map_err(|()| napi::Error::from_reason("{\"code\":\"INTERNAL\",\"message\":\"malformed submission\"}"))
         })?;
         guarded("submit", || {
             self.start(parsed);
@@ -962,7 +993,9 @@ impl Core {
                     _ => self.completions.complete(id, Err(PoolError::Closed)),
                 },
                 (op::PG_QUERY, Some((sql, params))) => match (self.oneshots.get(a as usize), mode) {
-                    (Some(shot), Some(mode)) if !self.pool.is_closed() => jobs.push(Job::PgQuery { id, shot: shot.clone(), sql, params, mode }),
+                    (Some(shot), Some(mode)) if !self.pool.is_closed() => {
+                        jobs.push(Job::PgQuery { id, shot: shot.clone(), sql, params, mode })
+                    }
                     _ => self.completions.complete(id, Err(PoolError::Closed)),
                 },
                 (op::ACQUIRE, _) => match self.group(b) {
@@ -988,7 +1021,9 @@ impl Core {
                                 jobs.push(Job::RunHandler(slot));
                             }
                         }
-                        None if code == op::HANDLER_QUERY || code == op::PG_HANDLER_QUERY => self.completions.complete(id, Err(no_connection())),
+                        None if code == op::HANDLER_QUERY || code == op::PG_HANDLER_QUERY => {
+                            self.completions.complete(id, Err(no_connection()))
+                        }
                         // Nothing to end on a handler that never took a connection.
                         None => self.completions.complete(id, Ok(Vec::new())),
                     }
@@ -1027,7 +1062,11 @@ impl Core {
         let mut handlers = self.handlers.lock();
         let Some(slot) = handlers.get(handler).cloned() else { return false };
         let mut state = slot.state.lock();
-        if !state.running && hand_over && !state.cancelled && state.lease.as_mut().is_some_and(|lease| lease.hand_over(own_waiting as usize)) {
+        if !state.running
+            && hand_over
+            && !state.cancelled
+            && state.lease.as_mut().is_some_and(|lease| lease.hand_over(own_waiting as usize))
+        {
             // Same slot, same number: the next checkout takes it as it is.
             return true;
         }

@@ -77,7 +77,8 @@ pub struct Session {
 /// Everything a user can leave on a session, undone, except the pool's own prepared
 /// statements (as Npgsql and PgBouncer do when they keep prepared statements; `DISCARD ALL`
 /// would drop those too). One simple query, pipelined in front of the next user's statement.
-const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD SEQUENCES; DISCARD TEMP";
+const RESET: &str =
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD SEQUENCES; DISCARD TEMP";
 /// The same, after the user ran an SQL-level `PREPARE`: every prepared statement goes, ours
 /// too (the cache is emptied with it).
 const RESET_AND_DEALLOCATE: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD SEQUENCES; DISCARD TEMP; DEALLOCATE ALL";
@@ -315,9 +316,7 @@ impl Session {
             return result;
         }
         self.client.batch_execute("SET client_encoding TO 'UTF8'").await.map_err(|e| PoolError::from_pg(&e))?;
-        Err(PoolError::Query(
-            "client_encoding must stay UTF8 (results are decoded as UTF-8); it has been set back to UTF8".into(),
-        ))
+        Err(PoolError::Query("client_encoding must stay UTF8 (results are decoded as UTF-8); it has been set back to UTF8".into()))
     }
 
     async fn run(&self, sql: &str, params: &[u8], command: &str, begin: bool) -> Result<Vec<u8>, PoolError> {
@@ -334,9 +333,7 @@ impl Session {
             }
             // The server would answer ROLLBACK without an error; a lost commit must be loud.
             let _ = self.client.batch_execute("ROLLBACK").await;
-            return Err(PoolError::Query(
-                "COMMIT failed: the transaction was aborted by an earlier error and has been rolled back".into(),
-            ));
+            return Err(PoolError::Query("COMMIT failed: the transaction was aborted by an earlier error and has been rolled back".into()));
         }
         if params.is_empty() && is_script(sql) {
             // Several statements: the simple protocol at once (a failed prepare of the text would
@@ -417,9 +414,7 @@ impl Session {
             TxStatus::Failed => {
                 let rolled_back = self.client.batch_execute("ROLLBACK").await.map_err(|e| PoolError::from_pg(&e));
                 self.settle(rolled_back).await?;
-                Err(PoolError::Query(
-                    "commit failed: the transaction was aborted by an earlier error and has been rolled back".into(),
-                ))
+                Err(PoolError::Query("commit failed: the transaction was aborted by an earlier error and has been rolled back".into()))
             }
             TxStatus::InTransaction => {
                 let committed = self.client.batch_execute("COMMIT").await.map_err(|e| PoolError::while_running(&e));

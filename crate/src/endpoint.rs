@@ -15,8 +15,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
 use tokio_postgres::tls::MakeTlsConnect;
@@ -123,18 +123,15 @@ impl Endpoint {
     /// `role_needed`: some group using it has a `target_session_attrs` other than `any`.
     pub fn new(config: EndpointConfig, role_needed: bool, events: Arc<Events>) -> Result<Self, String> {
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&config.host)
-            .port(config.port)
-            .dbname(&config.name)
-            .user(&config.user)
-            .application_name(&config.application_name)
-            .options(format!(
+        pg.host(&config.host).port(config.port).dbname(&config.name).user(&config.user).application_name(&config.application_name).options(
+            format!(
                 "-c statement_timeout={} -c temp_buffers={}MB{}{}",
                 config.query_timeout,
                 config.session_tmp_buffer,
                 if config.options.is_empty() { "" } else { " " },
                 config.options
-            ));
+            ),
+        );
         if let Some(pass) = &config.pass {
             pg.password(pass);
         }
@@ -265,7 +262,12 @@ impl Endpoint {
         self.connect_with(&self.pg, wanted, sqlprepare).await
     }
 
-    async fn connect_with(self: &Arc<Self>, pg: &tokio_postgres::Config, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Opened, ConnectError> {
+    async fn connect_with(
+        self: &Arc<Self>,
+        pg: &tokio_postgres::Config,
+        wanted: TargetSessionAttrs,
+        sqlprepare: bool,
+    ) -> Result<Opened, ConnectError> {
         let attempt = async {
             let mut retried = false;
             let opened = loop {
@@ -474,17 +476,14 @@ fn check_for(mode: SslMode, has_ca: bool) -> Check {
 
 fn tls_config(config: &EndpointConfig) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous();
+    let builder =
+        ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?.dangerous();
     let ca_pem = config.ssl_ca.as_deref();
     let builder = match check_for(config.ssl, ca_pem.is_some()) {
         Check::None => builder.with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))),
         check => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider)
-                .build()
-                .map_err(|e| e.to_string())?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider).build().map_err(|e| e.to_string())?;
             if check == Check::Full {
                 builder.with_custom_certificate_verifier(webpki)
             } else {
@@ -494,9 +493,8 @@ fn tls_config(config: &EndpointConfig) -> Result<ClientConfig, String> {
     };
     match (config.ssl_cert.as_deref(), config.ssl_key.as_deref()) {
         (Some(cert_pem), Some(key_pem)) => {
-            let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("ssl_cert: {e}"))?;
+            let certs =
+                rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("ssl_cert: {e}"))?;
             if certs.is_empty() {
                 return Err("ssl_cert: no certificate found in PEM".into());
             }
@@ -504,9 +502,7 @@ fn tls_config(config: &EndpointConfig) -> Result<ClientConfig, String> {
             let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
                 .map_err(|_| "ssl_key: unreadable PEM".to_string())?
                 .ok_or_else(|| "ssl_key: no private key found in PEM".to_string())?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("ssl_cert / ssl_key: {e}"))
+            builder.with_client_auth_cert(certs, key).map_err(|e| format!("ssl_cert / ssl_key: {e}"))
         }
         (None, None) => Ok(builder.with_no_client_auth()),
         _ => Err("ssl_cert and ssl_key must be given together".into()),
@@ -537,10 +533,7 @@ fn connect_error_text(err: &tokio_postgres::Error, config: &EndpointConfig) -> S
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         // An io::Error's `source()` skips the error it wraps, so look inside it.
-        let inner = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|e| e as &(dyn std::error::Error + 'static));
+        let inner = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|e| e as &(dyn std::error::Error + 'static));
         for candidate in [Some(cause), inner].into_iter().flatten() {
             if let Some(rustls::Error::InvalidCertificate(cert_err)) = candidate.downcast_ref::<rustls::Error>() {
                 let hint = certificate_hint(cert_err, config);
@@ -554,9 +547,7 @@ fn connect_error_text(err: &tokio_postgres::Error, config: &EndpointConfig) -> S
 
 fn certificate_hint(err: &CertificateError, config: &EndpointConfig) -> String {
     match err {
-        CertificateError::UnknownIssuer if config.ssl_ca.is_some() => {
-            " (it is not signed by a CA in ssl_ca)".to_string()
-        }
+        CertificateError::UnknownIssuer if config.ssl_ca.is_some() => " (it is not signed by a CA in ssl_ca)".to_string(),
         CertificateError::UnknownIssuer => {
             " (it is not signed by a public CA; set ssl_ca to the CA that signed the server's certificate)".to_string()
         }
@@ -619,9 +610,9 @@ impl ServerCertVerifier for ChainOnly {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })) => {
+                Ok(ServerCertVerified::assertion())
+            }
             other => other,
         }
     }

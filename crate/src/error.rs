@@ -139,12 +139,9 @@ impl PoolError {
             PoolError::Timeout(m) => ("POOL_TIMEOUT", m.clone(), None, None),
             PoolError::Connection(m) => ("DB_CONNECTION", m.clone(), None, None),
             PoolError::Unsent(m) => ("DB_CONNECTION", format!("{m} (the statement was not run)"), None, None),
-            PoolError::Offline(causes) => (
-                "DB_OFFLINE",
-                format!("no endpoint could be reached: {}", causes.join("; ")),
-                Some(causes.as_slice()),
-                None,
-            ),
+            PoolError::Offline(causes) => {
+                ("DB_OFFLINE", format!("no endpoint could be reached: {}", causes.join("; ")), Some(causes.as_slice()), None)
+            }
             PoolError::Query(m) => ("DB_QUERY", m.clone(), None, None),
             PoolError::Aborted => ("ABORTED", "the operation was aborted".to_string(), None, None),
             PoolError::Internal(m) => ("INTERNAL", m.clone(), None, None),
@@ -169,9 +166,8 @@ impl PoolError {
                 ("DB_QUERY", db.message().to_string(), None, Some(wire))
             }
         };
-        serde_json::to_string(&Wire { code, message, causes, db }).unwrap_or_else(|_| {
-            r#"{"code":"DB_QUERY","message":"unserializable error"}"#.to_string()
-        })
+        serde_json::to_string(&Wire { code, message, causes, db })
+            .unwrap_or_else(|_| r#"{"code":"DB_QUERY","message":"unserializable error"}"#.to_string())
     }
 }
 
@@ -179,7 +175,9 @@ impl std::fmt::Display for PoolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PoolError::Closed => f.write_str("the pool is closed"),
-            PoolError::Timeout(m) | PoolError::Connection(m) | PoolError::Unsent(m) | PoolError::Query(m) | PoolError::Internal(m) => f.write_str(m),
+            PoolError::Timeout(m) | PoolError::Connection(m) | PoolError::Unsent(m) | PoolError::Query(m) | PoolError::Internal(m) => {
+                f.write_str(m)
+            }
             PoolError::Aborted => f.write_str("the operation was aborted"),
             PoolError::Offline(causes) => write!(f, "no endpoint could be reached: {}", causes.join("; ")),
             PoolError::Db(db) => write!(f, "{} (SQLSTATE {})", db.message(), db.code().code()),

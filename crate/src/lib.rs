@@ -11,18 +11,18 @@ mod endpoint;
 mod error;
 mod events;
 mod oneshot;
-mod pool;
 mod pgcompat;
 mod pgtext;
+mod pool;
 mod protocol;
 mod role;
 mod rt;
-mod slots;
-mod status;
 #[cfg(test)]
 mod server_tests;
+mod slots;
+mod status;
 
-pub use bindings::{NativePool, release_handler, try_acquire_handler};
+pub use bindings::{release_handler, try_acquire_handler, NativePool};
 
 /// Half the cores for tokio workers (at least 1, at most 4): on 2 cores a single worker, so a
 /// connection's task and the queries waiting on it run on one thread and tokio-postgres's

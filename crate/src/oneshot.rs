@@ -216,7 +216,13 @@ impl OneShot {
     }
 
     /// Runs a statement on a connection of its own (`lease`, or one from the group).
-    async fn run_alone(&self, lease: Option<Lease>, sql: &str, params: &[u8], abort: Option<&AbortCell>) -> Result<(Vec<u8>, Ticket), PoolError> {
+    async fn run_alone(
+        &self,
+        lease: Option<Lease>,
+        sql: &str,
+        params: &[u8],
+        abort: Option<&AbortCell>,
+    ) -> Result<(Vec<u8>, Ticket), PoolError> {
         let aborted = || abort.is_some_and(AbortCell::fired);
         let mut lease = match lease.or_else(|| self.group.try_acquire_now()) {
             Some(lease) => lease,

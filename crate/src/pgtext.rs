@@ -66,8 +66,19 @@ pub fn base_type(mut ty: &Type) -> &Type {
 
 /// Types whose binary form is their text (UTF-8): copied through unchanged.
 pub fn is_plain_text(ty: &Type) -> bool {
-    matches!(*ty, Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::XML | Type::JSON | Type::REFCURSOR | Type::VOID | Type::CSTRING)
-        || matches!(ty.kind(), PgKind::Enum(_))
+    matches!(
+        *ty,
+        Type::TEXT
+            | Type::VARCHAR
+            | Type::BPCHAR
+            | Type::NAME
+            | Type::UNKNOWN
+            | Type::XML
+            | Type::JSON
+            | Type::REFCURSOR
+            | Type::VOID
+            | Type::CSTRING
+    ) || matches!(ty.kind(), PgKind::Enum(_))
         || ty.name() == "citext"
 }
 
@@ -243,7 +254,9 @@ pub fn text_out(ty: &Type, raw: &[u8], s: &mut String) -> Res {
             PgKind::Composite(fields) => record_text(Some(fields), raw, s)?,
             _ if ty.name() == "hstore" => hstore_text(raw, s)?,
             // ltree's types: a version byte, then the text.
-            _ if matches!(ty.name(), "ltree" | "lquery" | "ltxtquery") => s.push_str(&String::from_utf8_lossy(raw.get(1..).unwrap_or_default())),
+            _ if matches!(ty.name(), "ltree" | "lquery" | "ltxtquery") => {
+                s.push_str(&String::from_utf8_lossy(raw.get(1..).unwrap_or_default()))
+            }
             // No known text form: the bytes as UTF-8 (right for text-like extension types).
             _ => s.push_str(&String::from_utf8_lossy(raw)),
         },
@@ -563,7 +576,18 @@ fn interval_text(raw: &[u8], s: &mut String) -> Res {
     let micros = time % 1_000_000;
     if is_zero || time != 0 {
         let minus = time < 0;
-        let _ = write!(s, "{}{}", if is_zero { "" } else { " " }, if minus { "-" } else if is_before { "+" } else { "" });
+        let _ = write!(
+            s,
+            "{}{}",
+            if is_zero { "" } else { " " },
+            if minus {
+                "-"
+            } else if is_before {
+                "+"
+            } else {
+                ""
+            }
+        );
         push_hms(hours.abs(), minutes.abs(), seconds.abs(), micros.abs(), s);
     }
     Ok(())
@@ -928,7 +952,16 @@ fn array_text(elem: &Type, raw: &[u8], s: &mut String) -> Res {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn array_level(elem: &Type, raw: &[u8], dims: &[(usize, i32)], d: usize, delim: char, pos: &mut usize, value: &mut String, s: &mut String) -> Res {
+fn array_level(
+    elem: &Type,
+    raw: &[u8],
+    dims: &[(usize, i32)],
+    d: usize,
+    delim: char,
+    pos: &mut usize,
+    value: &mut String,
+    s: &mut String,
+) -> Res {
     s.push('{');
     for i in 0..dims[d].0 {
         if i > 0 {
@@ -945,7 +978,9 @@ fn array_level(elem: &Type, raw: &[u8], dims: &[(usize, i32)], d: usize, delim: 
                 text_out(elem, data, value)?;
                 let needs = value.is_empty()
                     || value.eq_ignore_ascii_case("NULL")
-                    || value.chars().any(|c| matches!(c, '"' | '\\' | '{' | '}') || c == delim || matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
+                    || value.chars().any(|c| {
+                        matches!(c, '"' | '\\' | '{' | '}') || c == delim || matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+                    });
                 push_quoted(value, needs, false, s);
             }
         }

@@ -60,16 +60,8 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
-    const ALL: [Self; 8] = [
-        Self::IdleTimeout,
-        Self::MaxLifetime,
-        Self::MaxUses,
-        Self::Broken,
-        Self::WrongRole,
-        Self::Rebalance,
-        Self::Closed,
-        Self::Error,
-    ];
+    const ALL: [Self; 8] =
+        [Self::IdleTimeout, Self::MaxLifetime, Self::MaxUses, Self::Broken, Self::WrongRole, Self::Rebalance, Self::Closed, Self::Error];
 
     /// The name used in stats and events.
     pub fn as_str(self) -> &'static str {
@@ -222,11 +214,7 @@ impl Group {
                         && (ignore_bans || !ep.is_banned(now))
                         && (!standby_only || ep.role().is_some_and(|r| r.standby))
                 })
-                .map(|(i, ep)| Candidate {
-                    index: i,
-                    weight: ep.config.weight,
-                    busy: state.slots.at(i).in_use + state.slots.at(i).opening,
-                })
+                .map(|(i, ep)| Candidate { index: i, weight: ep.config.weight, busy: state.slots.at(i).in_use + state.slots.at(i).opening })
                 .collect()
         };
         let mut candidates = Vec::new();
@@ -256,10 +244,7 @@ impl Group {
     /// The last error of each endpoint that could serve the group, for a checkout refused
     /// because all of them are banned.
     fn banned_causes(&self, exclude: &[usize]) -> Vec<String> {
-        (0..self.endpoints.len())
-            .filter(|&i| !exclude.contains(&i) && self.eligible(i))
-            .map(|i| self.endpoints[i].banned_cause())
-            .collect()
+        (0..self.endpoints.len()).filter(|&i| !exclude.contains(&i) && self.eligible(i)).map(|i| self.endpoints[i].banned_cause()).collect()
     }
 
     /// Why a connection must not be (re)used now, if it must not.
@@ -362,15 +347,13 @@ impl Group {
             // Peek at the rotation; it advances only if this fast path succeeds, so a fall-back
             // to the asynchronous path does not skew the balance.
             let preferred = self.choose_at(&state, now, &[], self.tick.load(Ordering::Relaxed));
-            let e = preferred
-                .filter(|&e| state.slots.at(e).idle.last().is_some_and(usable))
-                .or_else(|| {
-                    // Only fall back to another endpoint when the preferred one cannot grow.
-                    if state.slots.can_grow() {
-                        return None;
-                    }
-                    (0..self.endpoints.len()).find(|&i| !self.endpoints[i].is_banned(now) && state.slots.at(i).idle.last().is_some_and(usable))
-                })?;
+            let e = preferred.filter(|&e| state.slots.at(e).idle.last().is_some_and(usable)).or_else(|| {
+                // Only fall back to another endpoint when the preferred one cannot grow.
+                if state.slots.can_grow() {
+                    return None;
+                }
+                (0..self.endpoints.len()).find(|&i| !self.endpoints[i].is_banned(now) && state.slots.at(i).idle.last().is_some_and(usable))
+            })?;
             let conn = state.slots.lend_now(e, usable)?;
             self.tick.fetch_add(1, Ordering::Relaxed);
             let id = register_lease(&mut state, &conn);
@@ -729,7 +712,12 @@ impl Group {
     /// acquired. A connection found dead before the statement was sent is replaced and the
     /// statement retried (see [`Lease::query`]); a statement that may have run is not retried.
     #[allow(dead_code, reason = "for the bindings, wired separately")]
-    pub async fn run_one_shot_held(self: &Arc<Self>, first: Option<Lease>, sql: &str, params: &[u8]) -> Result<(Vec<u8>, Lease), PoolError> {
+    pub async fn run_one_shot_held(
+        self: &Arc<Self>,
+        first: Option<Lease>,
+        sql: &str,
+        params: &[u8],
+    ) -> Result<(Vec<u8>, Lease), PoolError> {
         let mut lease = match first {
             Some(lease) => lease,
             None => self.acquire().await?,
@@ -905,7 +893,8 @@ impl Group {
             .collect::<Vec<_>>();
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let by_reason: Vec<(&'static str, u64)> = DisconnectReason::ALL.iter().map(|r| (r.as_str(), load(&c.disconnects[*r as usize]))).collect();
+        let by_reason: Vec<(&'static str, u64)> =
+            DisconnectReason::ALL.iter().map(|r| (r.as_str(), load(&c.disconnects[*r as usize]))).collect();
         GroupStats {
             name: self.config.name.clone(),
             max: self.config.connection_count,
@@ -1529,10 +1518,8 @@ impl Pool {
             .into_iter()
             .enumerate()
             .map(|(i, c)| {
-                let role_needed = config
-                    .groups
-                    .iter()
-                    .any(|g| g.target_session_attrs != TargetSessionAttrs::Any && g.endpoints.contains(&i));
+                let role_needed =
+                    config.groups.iter().any(|g| g.target_session_attrs != TargetSessionAttrs::Any && g.endpoints.contains(&i));
                 Endpoint::new(c, role_needed, events.clone()).map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;

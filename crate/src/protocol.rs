@@ -247,7 +247,8 @@ impl ResultWriter {
                     if raw.len() > self.max.saturating_sub(self.buf.len()) {
                         return Err(too_large(self.max));
                     }
-                    write_cell(&mut self.buf, *kind, ty, raw).map_err(|e| format!("column \"{}\": {e}", row.columns().get(i).map_or("?", |c| c.name())))?;
+                    write_cell(&mut self.buf, *kind, ty, raw)
+                        .map_err(|e| format!("column \"{}\": {e}", row.columns().get(i).map_or("?", |c| c.name())))?;
                 }
             }
             if self.buf.len() > self.max {
@@ -615,12 +616,52 @@ mod tests {
     #[test]
     fn hostile_values_never_panic() {
         let types = [
-            Type::BOOL, Type::INT2, Type::INT4, Type::INT8, Type::FLOAT4, Type::FLOAT8, Type::NUMERIC, Type::TEXT, Type::BYTEA,
-            Type::JSON, Type::JSONB, Type::DATE, Type::TIME, Type::TIMETZ, Type::TIMESTAMP, Type::TIMESTAMPTZ, Type::INTERVAL,
-            Type::POINT, Type::LSEG, Type::BOX, Type::PATH, Type::POLYGON, Type::LINE, Type::CIRCLE, Type::INET, Type::CIDR,
-            Type::MACADDR, Type::BIT, Type::VARBIT, Type::TS_VECTOR, Type::UUID, Type::MONEY, Type::INT4_RANGE, Type::RECORD,
-            Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::NUMERIC_ARRAY, Type::RECORD_ARRAY, Type::INT2_VECTOR, Type::OID_VECTOR,
-            Type::PG_SNAPSHOT, Type::TID, Type::PG_LSN, Type::INT4MULTI_RANGE, Type::XID8, Type::JSONPATH,
+            Type::BOOL,
+            Type::INT2,
+            Type::INT4,
+            Type::INT8,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::NUMERIC,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::JSON,
+            Type::JSONB,
+            Type::DATE,
+            Type::TIME,
+            Type::TIMETZ,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ,
+            Type::INTERVAL,
+            Type::POINT,
+            Type::LSEG,
+            Type::BOX,
+            Type::PATH,
+            Type::POLYGON,
+            Type::LINE,
+            Type::CIRCLE,
+            Type::INET,
+            Type::CIDR,
+            Type::MACADDR,
+            Type::BIT,
+            Type::VARBIT,
+            Type::TS_VECTOR,
+            Type::UUID,
+            Type::MONEY,
+            Type::INT4_RANGE,
+            Type::RECORD,
+            Type::INT4_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::NUMERIC_ARRAY,
+            Type::RECORD_ARRAY,
+            Type::INT2_VECTOR,
+            Type::OID_VECTOR,
+            Type::PG_SNAPSHOT,
+            Type::TID,
+            Type::PG_LSN,
+            Type::INT4MULTI_RANGE,
+            Type::XID8,
+            Type::JSONPATH,
         ];
         let mut rng = fastrand::Rng::with_seed(7);
         for ty in &types {

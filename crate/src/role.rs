@@ -90,9 +90,7 @@ impl RoleCell {
 
 /// Asks the server (one round trip, no prepared statement).
 pub async fn query_role(client: &Client) -> Result<Role, tokio_postgres::Error> {
-    let messages = client
-        .simple_query("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')")
-        .await?;
+    let messages = client.simple_query("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')").await?;
     let row = messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,

@@ -38,7 +38,10 @@ fn endpoint(id: &str, host: &str, port: u16, name: &str, user: &str, pass: Optio
 /// The server of `PGDBPOOL_TEST_URL`, as endpoint `real`.
 fn real_endpoint() -> Option<EndpointConfig> {
     let Ok(url) = std::env::var("PGDBPOOL_TEST_URL") else {
-        assert!(std::env::var_os("CI").is_none(), "PGDBPOOL_TEST_URL is not set: in CI these tests must run (npm run test:rust starts a server)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PGDBPOOL_TEST_URL is not set: in CI these tests must run (npm run test:rust starts a server)"
+        );
         return None;
     };
     let pg = tokio_postgres::Config::from_str(&url).expect("PGDBPOOL_TEST_URL");
@@ -98,7 +101,8 @@ fn events_record_the_lifecycle() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut seen = Vec::new();
         let replaced = |seen: &[Event]| {
-            has(seen, EventKind::Disconnect, "real", Some("g"), Some("max_uses")) && seen.iter().filter(|e| e.kind == EventKind::Connect).count() >= 2
+            has(seen, EventKind::Disconnect, "real", Some("g"), Some("max_uses"))
+                && seen.iter().filter(|e| e.kind == EventKind::Connect).count() >= 2
         };
         while Instant::now() < deadline && !replaced(&seen) {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -125,7 +129,8 @@ fn events_record_the_lifecycle() {
 fn hot_events_are_off_by_default() {
     let Some(real) = real_endpoint() else { return };
     block_on(async {
-        let pool = Pool::new(PoolConfig { endpoints: vec![real], groups: vec![group("g", vec![0], 0)], health_interval: 1000 }).expect("pool");
+        let pool =
+            Pool::new(PoolConfig { endpoints: vec![real], groups: vec![group("g", vec![0], 0)], health_interval: 1000 }).expect("pool");
         pool.warm_up().await.expect("warm up");
         for _ in 0..5 {
             assert!(pool.groups[0].run_one_shot("SELECT 1", &[]).await.is_ok());

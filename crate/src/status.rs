@@ -14,9 +14,9 @@
 //! handed over before its ReadyForQuery: [`SessionStatus::settled`] waits until every request
 //! written (each simple Query and each Sync earns one ReadyForQuery) has had its answer.
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -14,7 +14,16 @@ import { DatabaseError, toPgError } from './errors'
 import { escapeIdentifier, escapeLiteral } from './escape'
 import { MESSAGE_END, MESSAGE_NOTICE, MESSAGE_NOTIFICATION, attach, detach, parseNotice, parseNotification, subscribe } from './session'
 import { TypeOverrides, fastSet, types as globalTypes, type TypeParser, type TypeSource } from './types'
-import type { QueryArrayConfig, QueryArrayResult, QueryConfig as PgQueryConfig, QueryConfigValues, QueryResult, QueryResultRow, Submittable, TransactionStatus } from './typings'
+import type {
+  QueryArrayConfig,
+  QueryArrayResult,
+  QueryConfig as PgQueryConfig,
+  QueryConfigValues,
+  QueryResult,
+  QueryResultRow,
+  Submittable,
+  TransactionStatus,
+} from './typings'
 import { prepareValue } from './utils'
 
 type Callback = (err: Error | null | undefined, result?: any) => void
@@ -47,7 +56,12 @@ export interface QueryConfig {
  * does with its own BEGIN): every ORM sends BEGIN as a statement of its own.
  */
 export function deferrableBegin(text: string): boolean {
-  const words = text.trim().replace(/;$/, '').trim().toLowerCase().split(/[\s,]+/)
+  const words = text
+    .trim()
+    .replace(/;$/, '')
+    .trim()
+    .toLowerCase()
+    .split(/[\s,]+/)
   let i = 0
   if (words[0] === 'begin') {
     i = words[1] === 'work' || words[1] === 'transaction' ? 2 : 1
@@ -64,7 +78,11 @@ export function deferrableBegin(text: string): boolean {
   }
   while (i < words.length) {
     const [a, b, c, d] = words.slice(i, i + 4)
-    if (a === 'isolation' && b === 'level' && (c === 'serializable' || ((c === 'repeatable' || c === 'read') && (d === 'read' || d === 'committed' || d === 'uncommitted')))) {
+    if (
+      a === 'isolation' &&
+      b === 'level' &&
+      (c === 'serializable' || ((c === 'repeatable' || c === 'read') && (d === 'read' || d === 'committed' || d === 'uncommitted')))
+    ) {
       if (c === 'repeatable' && d !== 'read') return false
       if (c === 'read' && d !== 'committed' && d !== 'uncommitted') return false
       if (!once('isolation')) return false
@@ -387,11 +405,15 @@ export class Client extends EventEmitter {
   query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | PgQueryConfig<I>, values?: QueryConfigValues<I>): Promise<QueryResult<R>>
   query<R extends any[] = any[], I = any[]>(queryConfig: QueryArrayConfig<I>, callback: (err: Error, result: QueryArrayResult<R>) => void): void
   query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | PgQueryConfig<I>, callback: (err: Error, result: QueryResult<R>) => void): void
-  query<R extends QueryResultRow = any, I = any[]>(queryText: string, values: QueryConfigValues<I>, callback: (err: Error, result: QueryResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(
+    queryText: string,
+    values: QueryConfigValues<I>,
+    callback: (err: Error, result: QueryResult<R>) => void,
+  ): void
   query(config: any, values?: any, callback?: any): any {
     if (config !== null && typeof config === 'object' && typeof config.submit === 'function') {
       if (!(config instanceof Cursor)) {
-        throw new TypeError('pgdbpool/pg runs its own Cursor as a submittable; other submittables (pg-query-stream, pg-cursor) drive pg\'s socket themselves')
+        throw new TypeError("pgdbpool/pg runs its own Cursor as a submittable; other submittables (pg-query-stream, pg-cursor) drive pg's socket themselves")
       }
       if (typeof values === 'function') config.callback = values
       this.#submitCursor(config)
@@ -405,7 +427,8 @@ export class Client extends EventEmitter {
     const previous = this.#gate
     const client = this
     const host = {
-      run: (text: string, vals: readonly unknown[] | undefined, rowMode: RowMode, types: TypeSource | undefined) => this.#run(text, vals, rowMode, types) as Promise<Result>,
+      run: (text: string, vals: readonly unknown[] | undefined, rowMode: RowMode, types: TypeSource | undefined) =>
+        this.#run(text, vals, rowMode, types) as Promise<Result>,
       get inTransaction() {
         return client.inTransaction
       },

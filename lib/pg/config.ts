@@ -153,7 +153,10 @@ export function toPoolConfig(o: PgConfig, password: string | undefined, standalo
   const host = pick<string>('host', 'PGHOST') ?? 'localhost'
   const port = Number(pick<number | string>('port', 'PGPORT') ?? 5432)
   const database = pick<string>('database', 'PGDATABASE') ?? user
-  const tls = sslMode(o.ssl ?? (url.ssl as PgConfig['ssl']) ?? (defaults.ssl as PgConfig['ssl']), url.sslmode ?? (o.ssl === undefined ? env('PGSSLMODE') : undefined))
+  const tls = sslMode(
+    o.ssl ?? (url.ssl as PgConfig['ssl']) ?? (defaults.ssl as PgConfig['ssl']),
+    url.sslmode ?? (o.ssl === undefined ? env('PGSSLMODE') : undefined),
+  )
   const connectMs = millis(url.connectionTimeoutMillis ?? o.connectionTimeoutMillis, 'connectionTimeoutMillis') ?? 0
   const statementTimeout = millis(o.statement_timeout ?? defaults.statement_timeout, 'statement_timeout')
   const queryTimeout = millis(o.query_timeout ?? defaults.query_timeout, 'query_timeout')

@@ -14,7 +14,18 @@ export { types, TypeOverrides } from './types'
 export type { TypeParser, TypeSource } from './types'
 export type { Listener, Notification } from './listen'
 export type { PgConfig } from './config'
-export type { CustomTypesConfig, PoolOptions, QueryArrayConfig, QueryArrayResult, QueryConfigValues, QueryResult, QueryResultBase, QueryResultRow, Submittable, TransactionStatus } from './typings'
+export type {
+  CustomTypesConfig,
+  PoolOptions,
+  QueryArrayConfig,
+  QueryArrayResult,
+  QueryConfigValues,
+  QueryResult,
+  QueryResultBase,
+  QueryResultRow,
+  Submittable,
+  TransactionStatus,
+} from './typings'
 
 /** pg-native is not offered: always undefined. */
 export const native = undefined

@@ -236,7 +236,12 @@ class Hub {
 const hubs = new WeakMap<Pool, Map<string, Hub>>()
 
 /** See `Pool.listen` (lib/pool.ts) and `pgdbpool/pg`'s `pool.listen`. */
-export async function startListener(pool: Pool, channel: string, onNotify: (payload: string, notification: Notification) => void, options: ListenOptions = {}): Promise<Listener> {
+export async function startListener(
+  pool: Pool,
+  channel: string,
+  onNotify: (payload: string, notification: Notification) => void,
+  options: ListenOptions = {},
+): Promise<Listener> {
   if (typeof channel !== 'string' || channel.length === 0) throw new TypeError('listen: channel must be a non-empty string')
   if (typeof onNotify !== 'function') throw new TypeError('listen: onNotify must be a function')
   const group = options.group ?? 'default'

@@ -112,7 +112,11 @@ export class Pool extends EventEmitter implements ClientOwner {
   #checkout(): Promise<Client> {
     if (this.ending) return Promise.reject(new Error('Cannot use a pool after calling end on the pool'))
     const inner = this.#pool()
-    if (inner instanceof Promise) return inner.then(() => this.#checkout(), (e) => Promise.reject(toPgError(e)))
+    if (inner instanceof Promise)
+      return inner.then(
+        () => this.#checkout(),
+        (e) => Promise.reject(toPgError(e)),
+      )
     let db: Handler
     let got: Promise<void>
     try {
@@ -188,7 +192,11 @@ export class Pool extends EventEmitter implements ClientOwner {
   query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | QueryConfig<I>, values?: QueryConfigValues<I>): Promise<QueryResult<R>>
   query<R extends any[] = any[], I = any[]>(queryConfig: QueryArrayConfig<I>, callback: (err: Error, result: QueryArrayResult<R>) => void): void
   query<R extends QueryResultRow = any, I = any[]>(queryTextOrConfig: string | QueryConfig<I>, callback: (err: Error, result: QueryResult<R>) => void): void
-  query<R extends QueryResultRow = any, I = any[]>(queryText: string, values: QueryConfigValues<I>, callback: (err: Error, result: QueryResult<R>) => void): void
+  query<R extends QueryResultRow = any, I = any[]>(
+    queryText: string,
+    values: QueryConfigValues<I>,
+    callback: (err: Error, result: QueryResult<R>) => void,
+  ): void
   query(config: any, values?: any, callback?: any): any {
     let q: ReturnType<typeof normalizeQuery>
     try {
@@ -226,7 +234,13 @@ export class Pool extends EventEmitter implements ClientOwner {
   }
 
   /** One statement on any connection of the group: pgdbpool's one-shot path (pipelined). */
-  #oneShot(inner: PgDbPool, text: string, values: readonly unknown[] | undefined, rowMode: RowMode, queryTypes: TypeSource | undefined): Promise<Result | Result[]> {
+  #oneShot(
+    inner: PgDbPool,
+    text: string,
+    values: readonly unknown[] | undefined,
+    rowMode: RowMode,
+    queryTypes: TypeSource | undefined,
+  ): Promise<Result | Result[]> {
     try {
       if (typeof text !== 'string') throw new TypeError('Client was passed a query without text')
       const prepared = prepareValues(values)

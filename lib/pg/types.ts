@@ -138,7 +138,7 @@ function compute(source: TypeSource): FastSet {
   }
   const chunk = Buffer.allocUnsafe(4 + 4 * fast.length)
   chunk.writeUInt32BE(fast.length, 0)
-  fast.forEach((oid, i) => chunk.writeUInt32BE(oid, 4 + 4 * i))
+  for (const [i, oid] of fast.entries()) chunk.writeUInt32BE(oid, 4 + 4 * i)
   return { chunk, parsers }
 }
 
