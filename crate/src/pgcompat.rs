@@ -371,7 +371,8 @@ pub fn script_results(captured: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Sessions of handlers held by pg clients, by (JS pool object number, handler number), so that
 /// subscriptions reach them while a statement runs (the lease is then with its task).
-static ATTACHED: LazyLock<Mutex<HashMap<(u32, u32), Arc<SessionStatus>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+type Attached = HashMap<(u32, u32), Arc<SessionStatus>>;
+static ATTACHED: LazyLock<Mutex<Attached>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Remembers `status` as the session of `(core, handler)`; returns the backend's pid.
 pub fn attach(core: u32, handler: u32, status: Arc<SessionStatus>) -> u32 {
@@ -424,7 +425,7 @@ mod tests {
         msg(&mut captured, b'C', b"SELECT 1\0");
         let out = script_results(&captured).expect("parses");
         assert_eq!(out[0], 2);
-        assert_eq!(u32::from_be_bytes(out[1..5].try_into().unwrap()), 2);
+        assert_eq!(u32::from_be_bytes(out[1..5].try_into().expect("4 bytes")), 2);
     }
 
     #[test]
