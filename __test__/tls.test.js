@@ -218,3 +218,59 @@ test('TLS settings are validated with key paths, without echoing secrets', (t) =
     }
   }
 })
+
+test('a cancel request of a TLS session goes over TLS, to the address the session reached', async (t) => {
+  // A relay in front of the TLS server records how each connection starts: an SSLRequest
+  // (80877103) or a plain CancelRequest (80877102), which would carry the session's key in clear.
+  const net = require('node:net')
+  const openings = []
+  const relay = net.createServer((client) => {
+    let first = true
+    const upstream = net.connect(tls.port, '127.0.0.1')
+    client.on('data', (chunk) => {
+      if (first && chunk.length >= 8) openings.push(chunk.readUInt32BE(4))
+      first = false
+      upstream.write(chunk)
+    })
+    upstream.on('data', (chunk) => client.write(chunk))
+    const end = () => {
+      client.destroy()
+      upstream.destroy()
+    }
+    client.on('error', end).on('close', end)
+    upstream.on('error', end).on('close', end)
+  })
+  await new Promise((resolve) => relay.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => relay.close())
+  // No statement_timeout: only the cancel request can end the sleep.
+  const pool = makePool(t, tls, { port: relay.address().port, ssl: 'require', query_timeout: 0 })
+  const db = pool.handler()
+  t.true((await db.query(SSL_SQL)).rows[0].ssl)
+  const controller = new AbortController()
+  const sleeping = db.query('SELECT pg_sleep(30)', [], { signal: controller.signal })
+  // Abort once the statement runs on the server, so that the cancel request is what ends it.
+  const { waitFor } = require('./helpers/pg')
+  await waitFor(async () => (await tls.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")).rows[0].n === 1, {
+    ms: 10000,
+    what: 'the sleep to run',
+  })
+  const before = openings.length
+  controller.abort()
+  await t.throwsAsync(sleeping, { name: 'AbortError' })
+  await waitFor(
+    async () => (await tls.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")).rows[0].n === 0,
+    {
+      ms: 10000,
+      what: 'the server to cancel the sleep',
+    },
+  )
+  await waitFor(() => openings.length > before, { ms: 5000, what: 'the cancel connection' })
+  const cancels = openings.slice(before)
+  t.deepEqual(
+    cancels,
+    cancels.map(() => 80877103),
+    `every cancel connection started with an SSLRequest: ${cancels}`,
+  )
+  t.false(openings.includes(80877102), 'no CancelRequest went in plain text')
+  await db.release()
+})
