@@ -64,8 +64,8 @@ function pad(n: number, width = 2): string {
   return String(n).padStart(width, '0')
 }
 
-/** node-postgres's text form of a Date: local time with its UTC offset. */
-function dateToString(date: Date): string {
+/** node-postgres's text form of a Date: local time with its UTC offset (` BC` before year 1). */
+export function dateToString(date: Date): string {
   let offset = -date.getTimezoneOffset()
   let year = date.getFullYear()
   const bc = year < 1

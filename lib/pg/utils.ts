@@ -1,26 +1,10 @@
 // Parameters and escaping as node-postgres does them (pg/lib/utils.js's behaviour, our code).
 
+import { dateToString } from '../codec'
 import { defaults } from './defaults'
 
 function pad(n: number, width = 2): string {
   return String(n).padStart(width, '0')
-}
-
-/** A Date as pg sends it: local time with its UTC offset (` BC` for years before 1). */
-function dateToString(date: Date): string {
-  let offset = -date.getTimezoneOffset()
-  let year = date.getFullYear()
-  const bc = year < 1
-  if (bc) year = Math.abs(year) + 1
-  let out = `${pad(year, 4)}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}.${pad(date.getMilliseconds(), 3)}`
-  if (offset < 0) {
-    out += '-'
-    offset *= -1
-  } else {
-    out += '+'
-  }
-  out += `${pad(Math.floor(offset / 60))}:${pad(offset % 60)}`
-  return bc ? `${out} BC` : out
 }
 
 /** A Date in UTC (`defaults.parseInputDatesAsUTC`). */
