@@ -577,7 +577,7 @@ test.serial(
     for (const [name, size] of Object.entries(seen.maxSize)) t.true(size <= groups[name].connection_count, `${name} reached ${size} connections`)
 
     // Nothing checked out or waiting (releases complete in the core a moment after release()).
-    await waitFor(() => Object.values(pool.stats().groups).every((g) => g.inUse === 0 && g.waiting === 0), { ms: 5000, what: 'nothing checked out' }).catch(
+    await waitFor(() => Object.values(pool.stats().groups).every((g) => g.inUse === 0 && g.waiting === 0), { ms: 15000, what: 'nothing checked out' }).catch(
       () => {},
     )
     mark('checked in')
