@@ -1,20 +1,84 @@
-//! Picks the endpoint for a checkout among a group's usable endpoints.
+//! Which endpoint a checkout (or a new session) of a group goes to: the candidates are the
+//! endpoints whose role fits the group, healthy ones first, and the group's balance strategy
+//! picks among them.
 
-use crate::config::Balance;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Balance, GroupConfig, TargetSessionAttrs};
+use crate::endpoint::Endpoint;
+use crate::pool::slots::Slots;
+
+/// A group's endpoints as one decision sees them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupEndpoints<'a> {
+    /// The group's endpoints, in the group's order.
+    pub(crate) endpoints: &'a [Arc<Endpoint>],
+    /// The group's configuration (balance strategy, wanted role).
+    pub(crate) config: &'a GroupConfig,
+}
+
+impl GroupEndpoints<'_> {
+    /// Whether endpoint `e`'s known role lets the group use it.
+    pub(crate) fn eligible(&self, e: usize) -> bool {
+        self.endpoints[e].allows(self.config.target_session_attrs)
+    }
+
+    /// Endpoint for a new connection or checkout: eligible healthy ones by the balance strategy
+    /// (only standbys while one is healthy, for `prefer-standby`); when every eligible endpoint
+    /// is banned, all of them (trying beats failing blind). `tick` advances the rotation.
+    pub(crate) fn choose<C>(&self, slots: &Slots<C>, now: Instant, exclude: &[usize], tick: usize) -> Option<usize> {
+        let build = |ignore_bans: bool, standby_only: bool| -> Vec<Candidate> {
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(i, ep)| {
+                    !exclude.contains(i)
+                        && self.eligible(*i)
+                        && (ignore_bans || !ep.is_banned(now))
+                        && (!standby_only || ep.role().is_some_and(|r| r.standby))
+                })
+                .map(|(i, ep)| Candidate { index: i, weight: ep.config.weight, busy: slots.at(i).in_use + slots.at(i).opening })
+                .collect()
+        };
+        let mut candidates = Vec::new();
+        if self.config.target_session_attrs == TargetSessionAttrs::PreferStandby {
+            candidates = build(false, true);
+        }
+        if candidates.is_empty() {
+            candidates = build(false, false);
+        }
+        if candidates.is_empty() {
+            candidates = build(true, false);
+        }
+        choose(self.config.balance, &candidates, tick)
+    }
+
+    /// Where to open a new connection, given the endpoint `e` that [`Self::choose`] picked: `e`
+    /// itself unless it is banned (picked because every endpoint is), in which case only an
+    /// endpoint whose forced attempt can be claimed now (see [`Endpoint::claim_forced_attempt`]).
+    pub(crate) fn open_target(&self, e: usize, now: Instant, exclude: &[usize]) -> Option<usize> {
+        let may_open = |i: usize| !self.endpoints[i].is_banned(now) || self.endpoints[i].claim_forced_attempt(now);
+        if may_open(e) {
+            return Some(e);
+        }
+        (0..self.endpoints.len()).find(|&i| i != e && !exclude.contains(&i) && self.eligible(i) && may_open(i))
+    }
+}
 
 /// What the balancer knows of one endpoint of a group.
 #[derive(Debug, Clone, Copy)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// Index within the group.
-    pub index: usize,
+    pub(crate) index: usize,
     /// Configured weight (≥ 1).
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// Connections of the group on it that are checked out or being opened.
-    pub busy: usize,
+    pub(crate) busy: usize,
 }
 
 /// Chooses one candidate; `tick` is a counter that advances on every call.
-pub fn choose(strategy: Balance, candidates: &[Candidate], tick: usize) -> Option<usize> {
+pub(crate) fn choose(strategy: Balance, candidates: &[Candidate], tick: usize) -> Option<usize> {
     if candidates.is_empty() {
         return None;
     }

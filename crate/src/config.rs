@@ -8,7 +8,7 @@ use serde::Deserialize;
 /// TLS mode of an endpoint, with libpq's meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum SslMode {
+pub(crate) enum SslMode {
     /// Plain TCP.
     Disable,
     /// TLS when the server offers it, without certificate checks.
@@ -24,7 +24,7 @@ pub enum SslMode {
 
 impl SslMode {
     /// The mode's name as configured.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -38,7 +38,7 @@ impl SslMode {
 /// SCRAM channel binding (`tls-server-end-point`), with libpq's meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ChannelBinding {
+pub(crate) enum ChannelBinding {
     /// Never bind.
     Disable,
     /// Bind when TLS and SCRAM allow it.
@@ -50,7 +50,7 @@ pub enum ChannelBinding {
 /// Which kind of server a group may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum TargetSessionAttrs {
+pub(crate) enum TargetSessionAttrs {
     /// Any reachable server.
     Any,
     /// A server that accepts writes.
@@ -67,7 +67,7 @@ pub enum TargetSessionAttrs {
 
 impl TargetSessionAttrs {
     /// The configuration spelling, for messages.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Any => "any",
             Self::ReadWrite => "read-write",
@@ -82,7 +82,7 @@ impl TargetSessionAttrs {
 /// How a group picks the endpoint for a new checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Balance {
+pub(crate) enum Balance {
     /// Weighted rotation.
     RoundRobin,
     /// The endpoint with the fewest connections in use.
@@ -94,43 +94,43 @@ pub enum Balance {
 /// One PostgreSQL server. Its `Debug` leaves out the password and the client key.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EndpointConfig {
+pub(crate) struct EndpointConfig {
     /// Name groups use to refer to this endpoint.
-    pub id: String,
+    pub(crate) id: String,
     /// Host name or IP address.
-    pub host: String,
+    pub(crate) host: String,
     /// TCP port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Database name.
-    pub name: String,
+    pub(crate) name: String,
     /// Role to log in as.
-    pub user: String,
+    pub(crate) user: String,
     /// Password, if any.
-    pub pass: Option<String>,
+    pub(crate) pass: Option<String>,
     /// TLS mode.
-    pub ssl: SslMode,
+    pub(crate) ssl: SslMode,
     /// PEM text of the CA bundle for `verify-ca` / `verify-full` (the public webpki roots
     /// when absent); with `require`, makes it check the chain like `verify-ca`.
-    pub ssl_ca: Option<String>,
+    pub(crate) ssl_ca: Option<String>,
     /// SCRAM channel binding.
-    pub channel_binding: ChannelBinding,
+    pub(crate) channel_binding: ChannelBinding,
     /// PEM text of a client certificate (chain) presented to the server.
-    pub ssl_cert: Option<String>,
+    pub(crate) ssl_cert: Option<String>,
     /// PEM text of the client certificate's private key.
-    pub ssl_key: Option<String>,
+    pub(crate) ssl_key: Option<String>,
     /// Seconds allowed for TCP connect, TLS and startup together.
-    pub connect_timeout: f64,
+    pub(crate) connect_timeout: f64,
     /// Milliseconds, sent as the session's `statement_timeout` (0 disables).
-    pub query_timeout: u64,
+    pub(crate) query_timeout: u64,
     /// Megabytes, sent as the session's `temp_buffers`.
-    pub session_tmp_buffer: u64,
+    pub(crate) session_tmp_buffer: u64,
     /// `application_name` reported to the server.
-    pub application_name: String,
+    pub(crate) application_name: String,
     /// Relative share of new connections.
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// More startup `options` (libpq's `options`, e.g. `-c search_path=app`), after the pool's own.
     #[serde(default)]
-    pub options: String,
+    pub(crate) options: String,
 }
 
 impl std::fmt::Debug for EndpointConfig {
@@ -159,62 +159,62 @@ impl std::fmt::Debug for EndpointConfig {
 /// One group of connections with its own size and behaviour.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GroupConfig {
+pub(crate) struct GroupConfig {
     /// Group name, as used by `new Handler(name)`.
-    pub name: String,
+    pub(crate) name: String,
     /// Upper bound on the group's open connections, over all its endpoints.
-    pub connection_count: usize,
+    pub(crate) connection_count: usize,
     /// When false, the first statement of a handler opens a transaction.
-    pub autocommit: bool,
+    pub(crate) autocommit: bool,
     /// Run `"SQLPrepare"."PrepareQueries"()` on each new connection.
-    pub sqlprepare: bool,
+    pub(crate) sqlprepare: bool,
     /// Indexes into the pool's endpoint list.
-    pub endpoints: Vec<usize>,
+    pub(crate) endpoints: Vec<usize>,
     /// Server role this group accepts.
-    pub target_session_attrs: TargetSessionAttrs,
+    pub(crate) target_session_attrs: TargetSessionAttrs,
     /// Balancing strategy.
-    pub balance: Balance,
+    pub(crate) balance: Balance,
     /// Milliseconds a checkout may wait for a connection.
-    pub acquire_timeout: u64,
+    pub(crate) acquire_timeout: u64,
     /// Waiters allowed in the queue before checkouts fail fast.
-    pub max_waiting: usize,
+    pub(crate) max_waiting: usize,
     /// Connections kept open even when idle.
-    pub min_idle: usize,
+    pub(crate) min_idle: usize,
     /// Milliseconds after which an idle connection above `min_idle` is closed (0: never).
-    pub idle_timeout: u64,
+    pub(crate) idle_timeout: u64,
     /// Milliseconds after which a connection is replaced (0: never).
-    pub max_lifetime: u64,
+    pub(crate) max_lifetime: u64,
     /// Checkouts after which a connection is replaced (0: unlimited).
-    pub max_uses: u64,
+    pub(crate) max_uses: u64,
     /// Milliseconds of idleness after which a connection is pinged before hand-out.
-    pub ping_after_idle: u64,
+    pub(crate) ping_after_idle: u64,
     /// Prepared statements cached per connection (0: no named statements).
-    pub statement_cache_size: usize,
+    pub(crate) statement_cache_size: usize,
     /// How many one-shot statements may be in flight on one connection once every connection
     /// is busy (1 turns pipelining off).
-    pub pipeline: usize,
+    pub(crate) pipeline: usize,
     /// Undo what a user changed on a session (settings, role, temp tables, locks, LISTEN,
     /// cursors, prepared statements) before the next user gets it.
-    pub reset_on_release: bool,
+    pub(crate) reset_on_release: bool,
 }
 
 /// The whole pool.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PoolConfig {
+pub(crate) struct PoolConfig {
     /// All endpoints, in configuration order.
-    pub endpoints: Vec<EndpointConfig>,
+    pub(crate) endpoints: Vec<EndpointConfig>,
     /// All groups, in configuration order.
-    pub groups: Vec<GroupConfig>,
+    pub(crate) groups: Vec<GroupConfig>,
     /// Milliseconds between health-monitor rounds.
-    pub health_interval: u64,
+    pub(crate) health_interval: u64,
 }
 
 impl PoolConfig {
     /// Parses the JSON the TypeScript layer produced, and checks every number against the
     /// range `lib/config.ts` documents: a value out of range must be an error here, never a
     /// panic later (a `Duration` that cannot hold it, an allocation that cannot be made).
-    pub fn from_json(json: &str) -> Result<Self, String> {
+    pub(crate) fn from_json(json: &str) -> Result<Self, String> {
         let config: Self = serde_json::from_str(json).map_err(|e| e.to_string())?;
         for (i, e) in config.endpoints.iter().enumerate() {
             let at = |key: &str| format!("endpoints[{i}].{key}");

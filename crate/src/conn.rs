@@ -19,7 +19,7 @@ use crate::protocol::{command_of, decode_params, is_script, Param, ResultWriter}
 use crate::status::{SessionStatus, TxStatus};
 
 /// A stand-alone statement ready to run on a shared session (see [`Session::prepare_shared`]).
-pub enum Shared {
+pub(crate) enum Shared {
     /// A prepared statement from the cache.
     Named(Statement),
     /// No named statements on this session (`statement_cache_size: 0`): one unnamed round trip.
@@ -30,7 +30,7 @@ pub enum Shared {
 
 /// A session owned by the pool. Boxed: the pool moves sessions in and out of its idle lists
 /// and leases on every checkout, and the client alone is hundreds of bytes.
-pub struct PgConn(Box<Session>);
+pub(crate) struct PgConn(Box<Session>);
 
 impl std::ops::Deref for PgConn {
     type Target = Session;
@@ -46,24 +46,24 @@ impl std::ops::DerefMut for PgConn {
 }
 
 /// What a `PgConn` holds.
-pub struct Session {
+pub(crate) struct Session {
     /// The tokio-postgres client.
-    pub client: Client,
+    pub(crate) client: Client,
     /// Transaction status and reported settings, as the server last said (see `status.rs`).
-    pub status: Arc<SessionStatus>,
+    pub(crate) status: Arc<SessionStatus>,
     /// How to cancel what runs on this session; shared, not rebuilt, on every checkout.
-    pub cancel_token: Arc<CancelTarget>,
+    pub(crate) cancel_token: Arc<CancelTarget>,
     /// Index of its endpoint within the group.
-    pub endpoint: usize,
+    pub(crate) endpoint: usize,
     /// When it was last returned to the pool by a user (for `idle_timeout`).
-    pub last_used: Instant,
+    pub(crate) last_used: Instant,
     /// When the server last answered on it (for `ping_after_idle`).
-    pub last_alive: Instant,
+    pub(crate) last_alive: Instant,
     /// How many times it was checked out (for `max_uses`); atomic because a lease handed
     /// straight to the next checkout counts a use through a shared reference.
-    pub uses: AtomicU64,
+    pub(crate) uses: AtomicU64,
     /// When it must be replaced (`max_lifetime`, jittered).
-    pub expires: Option<Instant>,
+    pub(crate) expires: Option<Instant>,
     /// Its user ran something that may have changed session state (anything but a plain
     /// one-shot read or write): reset it before the next user. Atomic because a script can
     /// turn up on the shared (pipelined) path.
@@ -95,7 +95,7 @@ fn is_transaction_control(command: &str) -> bool {
 
 impl PgConn {
     /// Wraps a fresh session.
-    pub fn new(opened: Opened, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
+    pub(crate) fn new(opened: Opened, endpoint: usize, cache_size: usize, max_lifetime_ms: u64) -> Self {
         Self(Box::new(Session::new(opened, endpoint, cache_size, max_lifetime_ms)))
     }
 }
@@ -124,12 +124,12 @@ impl Session {
     }
 
     /// Whether the socket is gone.
-    pub fn is_broken(&self) -> bool {
+    pub(crate) fn is_broken(&self) -> bool {
         self.client.is_closed()
     }
 
     /// The server's transaction status after the last statement.
-    pub fn tx(&self) -> TxStatus {
+    pub(crate) fn tx(&self) -> TxStatus {
         self.status.tx()
     }
 
@@ -151,7 +151,7 @@ impl Session {
     /// Its user is done with it: if they may have changed session state, the reset goes out in
     /// front of the next statement (of whoever gets the session next). Returns whether a reset
     /// is now due.
-    pub fn end_of_user(&mut self) -> bool {
+    pub(crate) fn end_of_user(&mut self) -> bool {
         let settings = self.status.take_settings_changed();
         let prepared = self.status.take_prepared();
         let used = std::mem::take(self.used.get_mut());
@@ -171,13 +171,13 @@ impl Session {
     }
 
     /// Whether a reset is waiting for the next statement.
-    pub fn reset_due(&self) -> bool {
+    pub(crate) fn reset_due(&self) -> bool {
         self.reset_due.is_some()
     }
 
     /// Sends the due reset on its own now (rolling back first when `rollback`), for a session
     /// that must be clean before it goes back to the pool.
-    pub async fn reset_now(&mut self, rollback: bool) -> Result<(), PoolError> {
+    pub(crate) async fn reset_now(&mut self, rollback: bool) -> Result<(), PoolError> {
         let reset = self.reset_due.take();
         let text = match (rollback, reset) {
             (true, Some(reset)) => format!("ROLLBACK; {reset}"),
@@ -217,7 +217,7 @@ impl Session {
     /// round trip (on a cache miss) is a step of its own, so that the statement itself goes to
     /// the socket in one write at the first poll of `execute_shared`: the pool orders the
     /// statements sharing a session by those writes.
-    pub async fn prepare_shared(&self, sql: &str, params: &[u8]) -> Result<Shared, PoolError> {
+    pub(crate) async fn prepare_shared(&self, sql: &str, params: &[u8]) -> Result<Shared, PoolError> {
         if self.client.is_closed() {
             return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
         }
@@ -238,7 +238,7 @@ impl Session {
     /// Runs a statement prepared by [`Session::prepare_shared`]; everything it sends goes out
     /// at its first poll. `Ok(None)`: the text holds several statements, which must run on an
     /// exclusive session.
-    pub async fn execute_shared(&self, prepared: Shared, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
+    pub(crate) async fn execute_shared(&self, prepared: Shared, sql: &str, params: &[u8]) -> Result<Option<Vec<u8>>, PoolError> {
         let params = decode_params(params).map_err(PoolError::Query)?;
         let command = command_of(sql);
         let result = match prepared {
@@ -271,7 +271,7 @@ impl Session {
     ///
     /// A failure from before the statement could run is [`PoolError::Unsent`]; a lost
     /// connection after that is a [`PoolError::Connection`] that says it may have run.
-    pub async fn query(&mut self, sql: &str, params: &[u8], begin: bool, plain: bool) -> Result<Vec<u8>, PoolError> {
+    pub(crate) async fn query(&mut self, sql: &str, params: &[u8], begin: bool, plain: bool) -> Result<Vec<u8>, PoolError> {
         if self.client.is_closed() {
             // tokio-postgres would fail this at once without writing anything.
             return Err(PoolError::Unsent("connection closed before the statement was sent".into()));
@@ -408,7 +408,7 @@ impl Session {
 
     /// Commits; an aborted transaction or a failing COMMIT is an error. Outside a transaction
     /// (the user ended it in SQL, or never began one) there is nothing to send.
-    pub async fn commit(&mut self) -> Result<(), PoolError> {
+    pub(crate) async fn commit(&mut self) -> Result<(), PoolError> {
         match self.tx() {
             TxStatus::Idle => Ok(()),
             TxStatus::Failed => {
@@ -424,7 +424,7 @@ impl Session {
     }
 
     /// Rolls back an open or failed transaction.
-    pub async fn rollback(&mut self) -> Result<(), PoolError> {
+    pub(crate) async fn rollback(&mut self) -> Result<(), PoolError> {
         if self.tx() == TxStatus::Idle {
             return Ok(());
         }
@@ -493,7 +493,7 @@ async fn execute_unnamed(client: &Client, sql: &str, params: &[Param<'_>], comma
 /// and writes, which cannot open a transaction or change session state. Scripts of several
 /// statements cannot be prepared, so they never get here (they fail to prepare and take the
 /// exclusive path's fallback instead).
-pub fn pipelinable(sql: &str) -> bool {
+pub(crate) fn pipelinable(sql: &str) -> bool {
     matches!(command_of(sql).as_str(), "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "WITH" | "VALUES" | "TABLE" | "MERGE")
 }
 

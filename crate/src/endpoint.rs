@@ -30,13 +30,13 @@ use crate::role::{self, Role, RoleCell};
 use crate::status::{SessionStatus, Watched, WatchedTls};
 
 /// A session just opened: its client, what the server reports on it, and where it went.
-pub struct Opened {
+pub(crate) struct Opened {
     /// The tokio-postgres client.
-    pub client: Client,
+    pub(crate) client: Client,
     /// Transaction status and reported settings, kept current by the connection task.
-    pub status: Arc<SessionStatus>,
+    pub(crate) status: Arc<SessionStatus>,
     /// How to cancel what runs on it.
-    pub cancel: CancelTarget,
+    pub(crate) cancel: CancelTarget,
     role: Option<Role>,
 }
 
@@ -49,14 +49,14 @@ struct OpenFailure {
 
 /// What a cancel request needs: the session's key, and the address the session reached (so
 /// the request goes to the same server even if the host name now resolves elsewhere).
-pub struct CancelTarget {
+pub(crate) struct CancelTarget {
     token: CancelToken,
     address: Option<SocketAddr>,
 }
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The server could not be reached or refused the session; counts against its health.
     Unreachable(String),
     /// The server works but has the wrong role for the group.
@@ -65,7 +65,7 @@ pub enum ConnectError {
 
 /// Outcome of a health check on an open session.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// The server answered.
     Alive,
     /// The session failed; the endpoint may still be fine.
@@ -76,31 +76,31 @@ pub enum Answer {
 
 /// Health of one endpoint, shared by all groups.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     /// Until when new connections avoid this endpoint.
-    pub banned_until: Option<Instant>,
+    pub(crate) banned_until: Option<Instant>,
     /// Failures in a row.
-    pub failures: u32,
+    pub(crate) failures: u32,
     /// Last failure, for `stats()` and `DBOfflineError`.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// When a checkout last connected here although the endpoint was banned (see
     /// [`Endpoint::claim_forced_attempt`]).
-    pub forced_at: Option<Instant>,
+    pub(crate) forced_at: Option<Instant>,
 }
 
 /// A configured server.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Its configuration (the password stays here and is never formatted).
-    pub config: EndpointConfig,
+    pub(crate) config: EndpointConfig,
     /// Its id, shared with events.
-    pub id: Arc<str>,
+    pub(crate) id: Arc<str>,
     pg: tokio_postgres::Config,
     /// The same, with an `application_name` that tells health-probe sessions apart: they are
     /// short-lived and outside every group's `connection_count`.
     probe_pg: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
     /// Shared health state.
-    pub health: Mutex<Health>,
+    pub(crate) health: Mutex<Health>,
     /// Last role the server reported or was seen to have.
     role: RoleCell,
     /// Some group cares about roles, so sessions learn it even on pre-14 servers.
@@ -108,6 +108,17 @@ pub struct Endpoint {
     /// A background check of this endpoint is running.
     checking: AtomicBool,
     events: Arc<Events>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration holds the password: only say which server this is.
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("host", &self.config.host)
+            .field("port", &self.config.port)
+            .finish_non_exhaustive()
+    }
 }
 
 const BAN_BASE: Duration = Duration::from_millis(200);
@@ -121,7 +132,7 @@ const FORCED_GAP: Duration = BAN_BASE;
 impl Endpoint {
     /// Prepares connection settings; fails only on an unusable TLS configuration.
     /// `role_needed`: some group using it has a `target_session_attrs` other than `any`.
-    pub fn new(config: EndpointConfig, role_needed: bool, events: Arc<Events>) -> Result<Self, String> {
+    pub(crate) fn new(config: EndpointConfig, role_needed: bool, events: Arc<Events>) -> Result<Self, String> {
         let mut pg = tokio_postgres::Config::new();
         pg.host(&config.host).port(config.port).dbname(&config.name).user(&config.user).application_name(&config.application_name).options(
             format!(
@@ -164,17 +175,17 @@ impl Endpoint {
     }
 
     /// `host:port` for messages.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{}:{}", self.config.host, self.config.port)
     }
 
     /// The connect timeout as a duration.
-    pub fn connect_timeout(&self) -> Duration {
+    pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.config.connect_timeout)
     }
 
     /// Whether new connections should avoid this endpoint now.
-    pub fn is_banned(&self, now: Instant) -> bool {
+    pub(crate) fn is_banned(&self, now: Instant) -> bool {
         self.health.lock().banned_until.is_some_and(|until| until > now)
     }
 
@@ -184,7 +195,7 @@ impl Endpoint {
     /// server down a crowd of callers turned into thousands of refused connects a second (the
     /// pool spinning while its server restarts). Checkouts that get no attempt fail at once
     /// with `DBOfflineError`.
-    pub fn claim_forced_attempt(&self, now: Instant) -> bool {
+    pub(crate) fn claim_forced_attempt(&self, now: Instant) -> bool {
         let mut health = self.health.lock();
         if health.forced_at.is_some_and(|t| now.saturating_duration_since(t) < FORCED_GAP) {
             return false;
@@ -194,13 +205,13 @@ impl Endpoint {
     }
 
     /// `label: last error` of a banned endpoint, for `DBOfflineError`.
-    pub fn banned_cause(&self) -> String {
+    pub(crate) fn banned_cause(&self) -> String {
         let health = self.health.lock();
         format!("{}: {} (banned)", self.label(), health.last_error.as_deref().unwrap_or("unreachable"))
     }
 
     /// Records a failed attempt and bans the endpoint with jittered exponential backoff.
-    pub fn record_failure(&self, error: &str) {
+    pub(crate) fn record_failure(&self, error: &str) {
         let newly = {
             let mut health = self.health.lock();
             health.failures = health.failures.saturating_add(1);
@@ -216,7 +227,7 @@ impl Endpoint {
     }
 
     /// Records a successful session: the endpoint is healthy again.
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         let was_failing = {
             let mut health = self.health.lock();
             let was = health.failures > 0;
@@ -230,35 +241,35 @@ impl Endpoint {
     }
 
     /// The server's last known role.
-    pub fn role(&self) -> Option<Role> {
+    pub(crate) fn role(&self) -> Option<Role> {
         self.role.get()
     }
 
     /// Whether a group with `wanted` may use this endpoint, as far as we know (an unknown role
     /// is checked when a session is opened).
-    pub fn allows(&self, wanted: TargetSessionAttrs) -> bool {
+    pub(crate) fn allows(&self, wanted: TargetSessionAttrs) -> bool {
         self.role.get().is_none_or(|r| r.fits(wanted))
     }
 
     /// Records the server's role; a change is an event.
-    pub fn set_role(&self, role: Role) {
+    pub(crate) fn set_role(&self, role: Role) {
         if self.role.set(role).is_some() {
             self.events.record(EventKind::RoleChange, None, Some(&self.id), Some(role.describe().into()));
         }
     }
 
     /// Claims the right to run a background check; `false` if one is already running.
-    pub fn begin_check(&self) -> bool {
+    pub(crate) fn begin_check(&self) -> bool {
         !self.checking.swap(true, Ordering::AcqRel)
     }
 
     /// Ends a background check claimed with [`Endpoint::begin_check`].
-    pub fn end_check(&self) {
+    pub(crate) fn end_check(&self) {
         self.checking.store(false, Ordering::Release);
     }
 
     /// Opens a session set up for a group that wants `wanted`, within the connect timeout.
-    pub async fn connect(self: &Arc<Self>, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Opened, ConnectError> {
+    pub(crate) async fn connect(self: &Arc<Self>, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Opened, ConnectError> {
         self.connect_with(&self.pg, wanted, sqlprepare).await
     }
 
@@ -314,7 +325,7 @@ impl Endpoint {
 
     /// Opens and closes a session to see whether the server answers (learning its role on the
     /// way); bans or re-admits the endpoint accordingly.
-    pub async fn probe(self: &Arc<Self>) -> bool {
+    pub(crate) async fn probe(self: &Arc<Self>) -> bool {
         match self.connect_with(&self.probe_pg, TargetSessionAttrs::Any, false).await {
             Ok(opened) => {
                 drop(opened);
@@ -331,7 +342,7 @@ impl Endpoint {
     /// Health check through an open session within `limit`: the role query when some group
     /// cares about roles (which also records the role), else an empty query. Silence bans
     /// the endpoint only when `limit` is the full connect timeout.
-    pub async fn check_session(&self, client: &Client, limit: Duration) -> Answer {
+    pub(crate) async fn check_session(&self, client: &Client, limit: Duration) -> Answer {
         let work = async {
             if self.role_needed {
                 role::query_role(client).await.map(|r| self.set_role(r))
@@ -367,7 +378,7 @@ impl Endpoint {
     /// nothing more on the session until this returns; it is a best effort (a proxy may close
     /// the cancel connection before passing it on), so a cancelled session is also never
     /// handed to another user.
-    pub async fn cancel(&self, target: &CancelTarget) {
+    pub(crate) async fn cancel(&self, target: &CancelTarget) {
         let socket = match target.address {
             Some(address) => TcpStream::connect(address).await.map(Socket::Tcp),
             None if self.config.host.starts_with('/') => {
@@ -639,7 +650,7 @@ impl ServerCertVerifier for ChainOnly {
 
 /// A session's transport.
 #[derive(Debug)]
-pub enum Socket {
+pub(crate) enum Socket {
     /// TCP.
     Tcp(TcpStream),
     /// A Unix-domain socket (`host` is a directory).

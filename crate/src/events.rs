@@ -2,8 +2,8 @@
 //! queue until JavaScript drains them.
 //!
 //! Recording never blocks on JavaScript and never grows without bound: past
-//! [`Events::CAPACITY`] the oldest event is dropped and counted. Acquire and release happen on
-//! every checkout, so they are recorded only while [`Events::set_hot`] is on.
+//! [`Events::CAPACITY`] the oldest event is dropped and counted. Checkouts and releases are
+//! not recorded here: they happen on the JavaScript side, which emits their events itself.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,15 +16,11 @@ use serde::Serialize;
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// A connection was opened.
     Connect,
     /// A connection was closed; `reason` says why (see `DisconnectReason`).
     Disconnect,
-    /// A connection was checked out (only while hot events are on).
-    Acquire,
-    /// A connection was given back (only while hot events are on).
-    Release,
     /// An endpoint was banned after a failure; `reason` is the failure.
     Ban,
     /// A banned endpoint answered again.
@@ -37,41 +33,38 @@ pub enum EventKind {
 
 /// One event.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// What happened.
     #[serde(rename = "type")]
-    pub kind: EventKind,
+    pub(crate) kind: EventKind,
     /// Milliseconds since the Unix epoch.
-    pub at: u64,
+    pub(crate) at: u64,
     /// Group name, for events of one group's connections.
-    pub group: Option<Arc<str>>,
+    pub(crate) group: Option<Arc<str>>,
     /// Endpoint id.
-    pub endpoint: Option<Arc<str>>,
+    pub(crate) endpoint: Option<Arc<str>>,
     /// Why, for disconnect, ban, role_change and error.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 /// Called (from any thread) when the queue goes from empty to non-empty.
-pub type Waker = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// The bounded event queue of one pool.
 #[derive(Default)]
-#[allow(dead_code, reason = "the draining side is called by the bindings, wired separately")]
-pub struct Events {
+pub(crate) struct Events {
     queue: Mutex<VecDeque<Event>>,
     pending: AtomicBool,
     dropped: AtomicU64,
-    hot: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
-#[allow(dead_code, reason = "the draining side is called by the bindings, wired separately")]
 impl Events {
     /// Events kept before the oldest is dropped.
-    pub const CAPACITY: usize = 10_000;
+    pub(crate) const CAPACITY: usize = 10_000;
 
     /// Queues an event, dropping the oldest one when full.
-    pub fn record(&self, kind: EventKind, group: Option<&Arc<str>>, endpoint: Option<&Arc<str>>, reason: Option<String>) {
+    pub(crate) fn record(&self, kind: EventKind, group: Option<&Arc<str>>, endpoint: Option<&Arc<str>>, reason: Option<String>) {
         let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let event = Event { kind, at, group: group.cloned(), endpoint: endpoint.cloned(), reason };
         let was_empty = {
@@ -92,23 +85,14 @@ impl Events {
         }
     }
 
-    /// Whether acquire/release events are recorded.
-    pub fn hot(&self) -> bool {
-        self.hot.load(Ordering::Relaxed)
-    }
-
-    /// Turns recording of acquire/release events on or off (off by default: they are per checkout).
-    pub fn set_hot(&self, on: bool) {
-        self.hot.store(on, Ordering::Relaxed);
-    }
-
-    /// Cheap check for queued events (one atomic load).
-    pub fn has_events(&self) -> bool {
+    /// Whether events are queued.
+    #[cfg(test)]
+    pub(crate) fn has_events(&self) -> bool {
         self.pending.load(Ordering::Acquire)
     }
 
     /// Takes every queued event, oldest first.
-    pub fn drain(&self) -> Vec<Event> {
+    pub(crate) fn drain(&self) -> Vec<Event> {
         let mut queue = self.queue.lock();
         self.pending.store(false, Ordering::Release);
         queue.drain(..).collect()
@@ -116,18 +100,19 @@ impl Events {
 
     /// Takes every queued event as a JSON array of
     /// `{type, at, group, endpoint, reason}` objects (`"[]"` when there are none).
-    pub fn drain_json(&self) -> String {
+    pub(crate) fn drain_json(&self) -> String {
         serde_json::to_string(&self.drain()).unwrap_or_else(|_| "[]".into())
     }
 
     /// Events dropped because the queue was full, since the pool started.
-    pub fn dropped(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Sets (or clears) the callback run when the queue becomes non-empty. It must be cheap and
     /// must not call back into the pool synchronously (e.g. a non-blocking threadsafe function).
-    pub fn set_waker(&self, waker: Option<Waker>) {
+    pub(crate) fn set_waker(&self, waker: Option<Waker>) {
         *self.waker.lock() = waker;
     }
 }

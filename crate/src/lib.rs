@@ -2,6 +2,7 @@
 //! through napi-rs. See SPEC.md and README.md at the repository root.
 
 #![deny(unsafe_code)]
+#![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations, clippy::all)]
 
 mod balancer;
 mod bindings;
@@ -19,7 +20,6 @@ mod role;
 mod rt;
 #[cfg(test)]
 mod server_tests;
-mod slots;
 mod status;
 
 pub use bindings::{release_handler, set_max_result_bytes, try_acquire_handler, NativePool};

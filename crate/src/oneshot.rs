@@ -29,7 +29,7 @@ use crate::error::PoolError;
 use crate::pool::{Group, Lease, Pipe};
 
 /// A connection this module holds, with the order of the statements in flight on it.
-pub struct Shared {
+pub(crate) struct Shared {
     lease: Lease,
     pipe: Pipe,
 }
@@ -66,14 +66,14 @@ impl Drop for SlotWait<'_> {
 
 /// The abort of one statement that has an `AbortSignal` (fired from the JS thread).
 #[derive(Default)]
-pub struct AbortCell {
+pub(crate) struct AbortCell {
     fired: AtomicBool,
     notify: Notify,
 }
 
 impl AbortCell {
     /// Aborts the statement.
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.fired.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }
@@ -138,10 +138,10 @@ enum Pick {
 
 /// A result this big is not worth pipelining: it costs the server as much as the round trip,
 /// and results piling up behind each other only cost memory.
-pub const LARGE_RESULT: usize = 256 * 1024;
+pub(crate) const LARGE_RESULT: usize = 256 * 1024;
 
 /// The one-shot query path of one group.
-pub struct OneShot {
+pub(crate) struct OneShot {
     group: Arc<Group>,
     depth: usize,
     held: Mutex<Holding>,
@@ -150,7 +150,7 @@ pub struct OneShot {
 }
 
 /// Keeps the connection a one-shot result came from until the result has been delivered.
-pub enum Ticket {
+pub(crate) enum Ticket {
     /// A pipelined slot on a held connection.
     Shared(Arc<OneShot>, Arc<Shared>),
     /// A connection of its own.
@@ -167,7 +167,7 @@ impl Drop for Ticket {
 
 impl OneShot {
     /// The one-shot path of `group`; `depth` is how many statements may share a connection.
-    pub fn new(group: Arc<Group>, depth: usize) -> Arc<Self> {
+    pub(crate) fn new(group: Arc<Group>, depth: usize) -> Arc<Self> {
         let remembered = NonZeroUsize::MIN.saturating_add(255);
         Arc::new(Self { group, depth: depth.max(1), held: Mutex::new(Holding::default()), large: Mutex::new(LruCache::new(remembered)) })
     }
@@ -175,7 +175,7 @@ impl OneShot {
     /// Runs one stand-alone statement; the ticket holds its connection until dropped. With
     /// `abort`, the statement gives up while it waits for a connection or a slot when that
     /// fires, and then never reaches the server.
-    pub async fn run(self: &Arc<Self>, sql: &str, params: &[u8], abort: Option<&AbortCell>) -> Result<(Vec<u8>, Ticket), PoolError> {
+    pub(crate) async fn run(self: &Arc<Self>, sql: &str, params: &[u8], abort: Option<&AbortCell>) -> Result<(Vec<u8>, Ticket), PoolError> {
         let aborted = || abort.is_some_and(AbortCell::fired);
         if pipelinable(sql) && !self.large.lock().contains(sql) {
             let lease = match self.pick()? {

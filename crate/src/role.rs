@@ -17,24 +17,24 @@ use crate::config::TargetSessionAttrs;
 
 /// A server's role as far as `target_session_attrs` cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Role {
+pub(crate) struct Role {
     /// In recovery: a hot standby.
-    pub standby: bool,
+    pub(crate) standby: bool,
     /// New transactions are read-only (a standby, or `default_transaction_read_only = on`).
-    pub read_only: bool,
+    pub(crate) read_only: bool,
 }
 
 const KNOWN: u8 = 0b100;
 
 impl Role {
     /// From the reported GUCs; `None` when the server does not report `in_hot_standby`.
-    pub fn from_params(in_hot_standby: Option<&str>, default_read_only: Option<&str>) -> Option<Self> {
+    pub(crate) fn from_params(in_hot_standby: Option<&str>, default_read_only: Option<&str>) -> Option<Self> {
         let standby = in_hot_standby? == "on";
         Some(Self { standby, read_only: standby || default_read_only == Some("on") })
     }
 
     /// Whether a group with `wanted` may use a server with this role (libpq's meanings).
-    pub fn fits(self, wanted: TargetSessionAttrs) -> bool {
+    pub(crate) fn fits(self, wanted: TargetSessionAttrs) -> bool {
         match wanted {
             TargetSessionAttrs::Any | TargetSessionAttrs::PreferStandby => true,
             TargetSessionAttrs::ReadWrite => !self.read_only,
@@ -45,7 +45,7 @@ impl Role {
     }
 
     /// `"primary"` or `"standby"`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         if self.standby {
             "standby"
         } else {
@@ -54,7 +54,7 @@ impl Role {
     }
 
     /// Human-readable, for events and errors.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match (self.standby, self.read_only) {
             (true, _) => "standby",
             (false, true) => "primary (read-only)",
@@ -73,23 +73,23 @@ impl Role {
 
 /// A role that may not be known yet, readable from any thread without a lock.
 #[derive(Debug, Default)]
-pub struct RoleCell(AtomicU8);
+pub(crate) struct RoleCell(AtomicU8);
 
 impl RoleCell {
     /// The last role stored, if any.
-    pub fn get(&self) -> Option<Role> {
+    pub(crate) fn get(&self) -> Option<Role> {
         Role::from_bits(self.0.load(Ordering::Acquire))
     }
 
     /// Stores `role`; returns the previous value when it differs.
-    pub fn set(&self, role: Role) -> Option<Option<Role>> {
+    pub(crate) fn set(&self, role: Role) -> Option<Option<Role>> {
         let before = Role::from_bits(self.0.swap(role.bits(), Ordering::AcqRel));
         (before != Some(role)).then_some(before)
     }
 }
 
 /// Asks the server (one round trip, no prepared statement).
-pub async fn query_role(client: &Client) -> Result<Role, tokio_postgres::Error> {
+pub(crate) async fn query_role(client: &Client) -> Result<Role, tokio_postgres::Error> {
     let messages = client.simple_query("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')").await?;
     let row = messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => Some(row),
@@ -102,7 +102,7 @@ pub async fn query_role(client: &Client) -> Result<Role, tokio_postgres::Error> 
 }
 
 /// The role a session's server reported last, if it reports it.
-pub fn reported_role<S, T>(connection: &Connection<S, T>) -> Option<Role>
+pub(crate) fn reported_role<S, T>(connection: &Connection<S, T>) -> Option<Role>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -112,7 +112,7 @@ where
 
 /// Runs a session's connection task. Whenever the server reports a different role (see the
 /// module docs), `changed` is called with it.
-pub async fn drive<S, T>(mut connection: Connection<S, T>, mut last: Option<Role>, changed: impl Fn(Role))
+pub(crate) async fn drive<S, T>(mut connection: Connection<S, T>, mut last: Option<Role>, changed: impl Fn(Role))
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,

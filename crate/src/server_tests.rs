@@ -5,13 +5,15 @@
 //! expose yet. Only tests: an `expect` that fails here is the test failing.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::block_on;
 
 use crate::config::{Balance, ChannelBinding, EndpointConfig, GroupConfig, PoolConfig, SslMode, TargetSessionAttrs};
+use crate::error::PoolError;
 use crate::events::{Event, EventKind};
-use crate::pool::Pool;
+use crate::pool::{Group, Pool};
 
 fn endpoint(id: &str, host: &str, port: u16, name: &str, user: &str, pass: Option<String>) -> EndpointConfig {
     EndpointConfig {
@@ -77,6 +79,15 @@ fn group(name: &str, endpoints: Vec<usize>, max_uses: u64) -> GroupConfig {
     }
 }
 
+/// One statement on any connection of the group, released at once.
+async fn run_one_shot(group: &Arc<Group>, sql: &str) -> Result<Vec<u8>, PoolError> {
+    let mut lease = match group.try_acquire_now() {
+        Some(lease) => lease,
+        None => group.acquire().await?,
+    };
+    lease.query(sql, &[], true).await
+}
+
 fn has(events: &[Event], kind: EventKind, endpoint: &str, group: Option<&str>, reason: Option<&str>) -> bool {
     events.iter().any(|e| {
         e.kind == kind
@@ -93,10 +104,9 @@ fn events_record_the_lifecycle() {
     block_on(async {
         let config = PoolConfig { endpoints: vec![real, dead], groups: vec![group("g", vec![0, 1], 1)], health_interval: 50 };
         let pool = Pool::new(config).expect("pool");
-        pool.events().set_hot(true);
         pool.warm_up().await.expect("warm up");
         let g = pool.groups[0].clone();
-        assert!(g.run_one_shot("SELECT 1", &[]).await.is_ok());
+        assert!(run_one_shot(&g, "SELECT 1").await.is_ok());
         // max_uses 1: the connection is closed at release and replaced in the background.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut seen = Vec::new();
@@ -116,28 +126,9 @@ fn events_record_the_lifecycle() {
         assert!(has(&seen, EventKind::RoleChange, "real", None, Some("primary")), "{seen:?}");
         assert!(has(&seen, EventKind::Error, "dead", Some("g"), Some("refused")), "{seen:?}");
         assert!(has(&seen, EventKind::Ban, "dead", None, Some("refused")), "{seen:?}");
-        assert!(has(&seen, EventKind::Acquire, "real", Some("g"), None), "{seen:?}");
-        assert!(has(&seen, EventKind::Release, "real", Some("g"), None), "{seen:?}");
         assert!(has(&seen, EventKind::Disconnect, "real", Some("g"), Some("max_uses")), "{seen:?}");
         assert!(has(&seen, EventKind::Disconnect, "real", Some("g"), Some("closed")), "{seen:?}");
         let json = serde_json::to_string(&seen).expect("json");
         assert!(json.contains(r#""type":"disconnect""#) && json.contains(r#""reason":"max_uses""#), "{json}");
-    });
-}
-
-#[test]
-fn hot_events_are_off_by_default() {
-    let Some(real) = real_endpoint() else { return };
-    block_on(async {
-        let pool =
-            Pool::new(PoolConfig { endpoints: vec![real], groups: vec![group("g", vec![0], 0)], health_interval: 1000 }).expect("pool");
-        pool.warm_up().await.expect("warm up");
-        for _ in 0..5 {
-            assert!(pool.groups[0].run_one_shot("SELECT 1", &[]).await.is_ok());
-        }
-        pool.close(Duration::from_secs(1)).await;
-        let seen = pool.events().drain();
-        assert!(seen.iter().all(|e| !matches!(e.kind, EventKind::Acquire | EventKind::Release)), "{seen:?}");
-        assert!(has(&seen, EventKind::Connect, "real", Some("g"), None));
     });
 }

@@ -29,7 +29,7 @@ use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 
 /// Where the session's transaction stands, as the server last said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxStatus {
+pub(crate) enum TxStatus {
     /// Not in a transaction.
     Idle,
     /// In a transaction.
@@ -41,7 +41,7 @@ pub enum TxStatus {
 /// What the server has told about one session; written by the connection task, read by the
 /// pool.
 #[derive(Debug)]
-pub struct SessionStatus {
+pub(crate) struct SessionStatus {
     status: AtomicU8,
     /// A ParameterStatus arrived after startup: a reported setting was changed.
     settings_changed: AtomicBool,
@@ -58,7 +58,7 @@ pub struct SessionStatus {
     /// Woken on every ReadyForQuery and at the end of the stream.
     waiter: AtomicWaker,
     /// The backend pid, asynchronous messages and script answers, for `pgdbpool/pg`.
-    pub pg: crate::pgcompat::SessionTap,
+    pub(crate) pg: crate::pgcompat::SessionTap,
 }
 
 impl Default for SessionStatus {
@@ -79,7 +79,7 @@ impl Default for SessionStatus {
 
 impl SessionStatus {
     /// The transaction status of the last ReadyForQuery.
-    pub fn tx(&self) -> TxStatus {
+    pub(crate) fn tx(&self) -> TxStatus {
         match self.status.load(Ordering::Acquire) {
             b'T' => TxStatus::InTransaction,
             b'E' => TxStatus::Failed,
@@ -88,18 +88,18 @@ impl SessionStatus {
     }
 
     /// Whether the server announced a changed setting since the last call.
-    pub fn take_settings_changed(&self) -> bool {
+    pub(crate) fn take_settings_changed(&self) -> bool {
         self.settings_changed.load(Ordering::Acquire) && self.settings_changed.swap(false, Ordering::AcqRel)
     }
 
     /// Whether the server last reported a `client_encoding` other than UTF8.
-    pub fn foreign_encoding(&self) -> bool {
+    pub(crate) fn foreign_encoding(&self) -> bool {
         self.foreign_encoding.load(Ordering::Acquire)
     }
 
     /// Waits until every request written so far has had its ReadyForQuery (or the stream has
     /// ended), so that [`SessionStatus::tx`] is the status after the last of them.
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         let done = || self.ended.load(Ordering::Acquire) || self.answered.load(Ordering::Acquire) >= self.sent.load(Ordering::Acquire);
         if done() {
             return;
@@ -127,7 +127,7 @@ impl SessionStatus {
     }
 
     /// Whether an SQL-level `PREPARE` ran since the last call.
-    pub fn take_prepared(&self) -> bool {
+    pub(crate) fn take_prepared(&self) -> bool {
         self.prepared.load(Ordering::Acquire) && self.prepared.swap(false, Ordering::AcqRel)
     }
 }
@@ -288,7 +288,7 @@ impl Writer {
 
 /// A stream whose backend messages are watched (see the module docs).
 #[derive(Debug)]
-pub struct Watched<S> {
+pub(crate) struct Watched<S> {
     inner: S,
     reader: Reader,
     writer: Writer,
@@ -297,7 +297,7 @@ pub struct Watched<S> {
 impl<S> Watched<S> {
     /// Watches `inner`, recording into `status`; `ssl_requested`: the first byte read is the
     /// answer to an SSLRequest.
-    pub fn new(inner: S, status: Arc<SessionStatus>, ssl_requested: bool) -> Self {
+    pub(crate) fn new(inner: S, status: Arc<SessionStatus>, ssl_requested: bool) -> Self {
         let framing = if ssl_requested { Framing::SslAnswer } else { Framing::Header { len: 0, buf: [0; 5] } };
         Self { inner, reader: Reader { framing, started: false, status }, writer: Writer::new(ssl_requested) }
     }
@@ -378,14 +378,14 @@ impl<S: TlsStream + Unpin> TlsStream for Watched<S> {
 
 /// A TLS connector whose decrypted stream is watched; channel binding and certificate checks
 /// stay the wrapped connector's.
-pub struct WatchedTls<T> {
+pub(crate) struct WatchedTls<T> {
     inner: T,
     status: Arc<SessionStatus>,
 }
 
 impl<T> WatchedTls<T> {
     /// Wraps `inner`, recording into `status`.
-    pub fn new(inner: T, status: Arc<SessionStatus>) -> Self {
+    pub(crate) fn new(inner: T, status: Arc<SessionStatus>) -> Self {
         Self { inner, status }
     }
 }

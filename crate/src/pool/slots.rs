@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 /// What a waiting checkout is given.
 #[derive(Debug)]
-pub enum Grant<C> {
+pub(crate) enum Grant<C> {
     /// An idle session, already counted as in use.
     Conn(C),
     /// A unit of capacity: the waiter opens a session itself ([`Slots::open_granted`]) or
@@ -37,27 +37,27 @@ struct Waiter<C> {
 
 /// One endpoint's share.
 #[derive(Debug)]
-pub struct Counts<C> {
+pub(crate) struct Counts<C> {
     /// Idle sessions, the most recently returned last.
-    pub idle: Vec<C>,
+    pub(crate) idle: Vec<C>,
     /// Lent to users.
-    pub in_use: usize,
+    pub(crate) in_use: usize,
     /// Being opened.
-    pub opening: usize,
+    pub(crate) opening: usize,
     /// Lent to the health monitor.
-    pub checking: usize,
+    pub(crate) checking: usize,
 }
 
 impl<C> Counts<C> {
     /// Sessions of this endpoint in any state.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.idle.len() + self.in_use + self.opening + self.checking
     }
 }
 
 /// Where a session that comes back was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holder {
+pub(crate) enum Holder {
     /// A user.
     User,
     /// The health monitor.
@@ -66,7 +66,7 @@ pub enum Holder {
 
 /// The capacity of one group (see the module docs).
 #[derive(Debug)]
-pub struct Slots<C> {
+pub(crate) struct Slots<C> {
     endpoints: Vec<Counts<C>>,
     total: usize,
     max: usize,
@@ -79,7 +79,7 @@ pub struct Slots<C> {
 
 impl<C> Slots<C> {
     /// Empty slots for `endpoints` endpoints and `max` sessions in all.
-    pub fn new(endpoints: usize, max: usize) -> Self {
+    pub(crate) fn new(endpoints: usize, max: usize) -> Self {
         Self {
             endpoints: (0..endpoints).map(|_| Counts { idle: Vec::new(), in_use: 0, opening: 0, checking: 0 }).collect(),
             total: 0,
@@ -92,44 +92,44 @@ impl<C> Slots<C> {
     }
 
     /// Endpoint `e`'s share.
-    pub fn at(&self, e: usize) -> &Counts<C> {
+    pub(crate) fn at(&self, e: usize) -> &Counts<C> {
         &self.endpoints[e]
     }
 
     /// Every endpoint's share, in order.
-    pub fn all(&self) -> &[Counts<C>] {
+    pub(crate) fn all(&self) -> &[Counts<C>] {
         &self.endpoints
     }
 
     /// Units of capacity taken.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.total
     }
 
     /// Whether another session may be opened.
-    pub fn can_grow(&self) -> bool {
+    pub(crate) fn can_grow(&self) -> bool {
         self.total < self.max
     }
 
     /// Checkouts waiting.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.waiters.len()
     }
 
     /// Whether the group was closed.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
 
     /// A new id, for a waiter or a lease.
-    pub fn next_id(&mut self) -> u64 {
+    pub(crate) fn next_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         id
     }
 
     /// Takes a new unit of capacity and starts opening it on `e`; `false` at capacity.
-    pub fn reserve_open(&mut self, e: usize) -> bool {
+    pub(crate) fn reserve_open(&mut self, e: usize) -> bool {
         if self.closed || self.total >= self.max {
             return false;
         }
@@ -139,14 +139,14 @@ impl<C> Slots<C> {
     }
 
     /// A unit granted to a waiter starts opening on `e`.
-    pub fn open_granted(&mut self, e: usize) {
+    pub(crate) fn open_granted(&mut self, e: usize) {
         self.granted -= 1;
         self.endpoints[e].opening += 1;
     }
 
     /// A session opened on `e` goes to its opener; `false` (and the unit freed) if the group
     /// was closed meanwhile.
-    pub fn opened(&mut self, e: usize) -> bool {
+    pub(crate) fn opened(&mut self, e: usize) -> bool {
         self.endpoints[e].opening -= 1;
         if self.closed {
             self.total -= 1;
@@ -157,7 +157,7 @@ impl<C> Slots<C> {
     }
 
     /// Opening on `e` ended without a session: the unit passes on.
-    pub fn open_failed(&mut self, e: usize) {
+    pub(crate) fn open_failed(&mut self, e: usize) {
         self.endpoints[e].opening -= 1;
         self.free_unit();
     }
@@ -165,7 +165,7 @@ impl<C> Slots<C> {
     /// Lends the most recently returned idle session of `e` if `fit` accepts it; sessions
     /// `fit` refuses (with a reason) are taken out and returned in `retired`, their units
     /// passed on.
-    pub fn lend<R>(&mut self, e: usize, mut fit: impl FnMut(&C) -> Option<R>, retired: &mut Vec<(C, R)>) -> Option<C> {
+    pub(crate) fn lend<R>(&mut self, e: usize, mut fit: impl FnMut(&C) -> Option<R>, retired: &mut Vec<(C, R)>) -> Option<C> {
         while let Some(conn) = self.endpoints[e].idle.pop() {
             match fit(&conn) {
                 None => {
@@ -183,7 +183,7 @@ impl<C> Slots<C> {
 
     /// Lends `e`'s most recently returned idle session if `usable` says so, without retiring
     /// anything (the synchronous fast path).
-    pub fn lend_now(&mut self, e: usize, usable: impl Fn(&C) -> bool) -> Option<C> {
+    pub(crate) fn lend_now(&mut self, e: usize, usable: impl Fn(&C) -> bool) -> Option<C> {
         if !self.endpoints[e].idle.last().is_some_and(usable) {
             return None;
         }
@@ -194,7 +194,7 @@ impl<C> Slots<C> {
 
     /// A session of `e` comes back healthy from `holder`: it goes to the first waiter still
     /// waiting, else to the idle list.
-    pub fn take_back(&mut self, e: usize, mut conn: C, holder: Holder) {
+    pub(crate) fn take_back(&mut self, e: usize, mut conn: C, holder: Holder) {
         self.release_from(e, holder);
         if self.closed {
             // `close` already answered every waiter; nothing can be lent any more.
@@ -218,14 +218,14 @@ impl<C> Slots<C> {
     }
 
     /// A session of `e` held by `holder` is closed: its unit passes on.
-    pub fn retire(&mut self, e: usize, holder: Holder) {
+    pub(crate) fn retire(&mut self, e: usize, holder: Holder) {
         self.release_from(e, holder);
         self.free_unit();
     }
 
     /// A session of `e` held by `holder` is closed and replaced: its unit starts opening on
     /// `to` (nobody is waiting, or it would pass to them instead).
-    pub fn retire_and_replace(&mut self, e: usize, holder: Holder, to: usize) {
+    pub(crate) fn retire_and_replace(&mut self, e: usize, holder: Holder, to: usize) {
         self.release_from(e, holder);
         if self.closed {
             self.total -= 1;
@@ -235,7 +235,7 @@ impl<C> Slots<C> {
     }
 
     /// Takes an idle session off `from` to be closed; its unit starts opening on `to`.
-    pub fn move_idle(&mut self, from: usize, to: usize) -> Option<C> {
+    pub(crate) fn move_idle(&mut self, from: usize, to: usize) -> Option<C> {
         let conn = self.endpoints[from].idle.pop()?;
         self.endpoints[to].opening += 1;
         Some(conn)
@@ -243,7 +243,7 @@ impl<C> Slots<C> {
 
     /// Takes out every idle session `drop_it` picks (given the endpoint and the number of
     /// units that would be left); their units pass on.
-    pub fn retire_idle<R>(&mut self, mut drop_it: impl FnMut(usize, &C, usize) -> Option<R>) -> Vec<(C, R)> {
+    pub(crate) fn retire_idle<R>(&mut self, mut drop_it: impl FnMut(usize, &C, usize) -> Option<R>) -> Vec<(C, R)> {
         let mut retired = Vec::new();
         for e in 0..self.endpoints.len() {
             let idle = std::mem::take(&mut self.endpoints[e].idle);
@@ -261,7 +261,7 @@ impl<C> Slots<C> {
     }
 
     /// Lends the health monitor `e`'s longest-idle session.
-    pub fn borrow_oldest(&mut self, e: usize) -> Option<C> {
+    pub(crate) fn borrow_oldest(&mut self, e: usize) -> Option<C> {
         if self.closed || self.endpoints[e].idle.is_empty() {
             return None;
         }
@@ -270,7 +270,7 @@ impl<C> Slots<C> {
     }
 
     /// Queues a checkout; it is answered through the receiver, oldest first.
-    pub fn enqueue(&mut self) -> (u64, oneshot::Receiver<Grant<C>>) {
+    pub(crate) fn enqueue(&mut self) -> (u64, oneshot::Receiver<Grant<C>>) {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id();
         self.waiters.push_back(Waiter { id, tx });
@@ -278,7 +278,7 @@ impl<C> Slots<C> {
     }
 
     /// Takes waiter `id` out of the queue; `false` if it was answered already.
-    pub fn dequeue(&mut self, id: u64) -> bool {
+    pub(crate) fn dequeue(&mut self, id: u64) -> bool {
         match self.waiters.iter().position(|w| w.id == id) {
             Some(pos) => {
                 self.waiters.remove(pos);
@@ -290,13 +290,13 @@ impl<C> Slots<C> {
 
     /// A unit granted to a waiter (or otherwise freed) passes to the first waiter still
     /// waiting, or is freed.
-    pub fn pass_capacity(&mut self) {
+    pub(crate) fn pass_capacity(&mut self) {
         self.granted -= 1;
         self.free_unit();
     }
 
     /// Closes: every waiter hears `Closed`, the idle sessions are returned for closing.
-    pub fn close(&mut self) -> Vec<C> {
+    pub(crate) fn close(&mut self) -> Vec<C> {
         self.closed = true;
         for waiter in self.waiters.drain(..) {
             let _ = waiter.tx.send(Grant::Closed);

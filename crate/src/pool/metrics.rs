@@ -1,0 +1,170 @@
+//! What a group counts and reports: why sessions were closed, its counters, and the
+//! `stats()` snapshot of a group and its endpoints.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::group::Group;
+
+/// Why a connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DisconnectReason {
+    /// Idle longer than `idle_timeout`, above `min_idle`.
+    IdleTimeout,
+    /// Older than `max_lifetime`.
+    MaxLifetime,
+    /// Checked out `max_uses` times.
+    MaxUses,
+    /// The socket was found closed, or the server stopped answering.
+    Broken,
+    /// The server's role no longer fits the group.
+    WrongRole,
+    /// Capacity moved to another endpoint (one that came back, or away from a banned one).
+    Rebalance,
+    /// The pool was closed.
+    Closed,
+    /// A statement failed in a way that leaves the session unusable.
+    Error,
+}
+
+impl DisconnectReason {
+    const ALL: [Self; 8] =
+        [Self::IdleTimeout, Self::MaxLifetime, Self::MaxUses, Self::Broken, Self::WrongRole, Self::Rebalance, Self::Closed, Self::Error];
+
+    /// The name used in stats and events.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::IdleTimeout => "idle_timeout",
+            Self::MaxLifetime => "max_lifetime",
+            Self::MaxUses => "max_uses",
+            Self::Broken => "broken",
+            Self::WrongRole => "wrong_role",
+            Self::Rebalance => "rebalance",
+            Self::Closed => "closed",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Process-wide counters of one group.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(super) acquires: AtomicU64,
+    pub(super) waits: AtomicU64,
+    pub(super) timeouts: AtomicU64,
+    pub(super) connects: AtomicU64,
+    pub(super) connect_errors: AtomicU64,
+    pub(super) disconnects: [AtomicU64; DisconnectReason::ALL.len()],
+    pub(super) query_errors: AtomicU64,
+    pub(super) retries: AtomicU64,
+    pub(super) resets: AtomicU64,
+    pub(super) release_rollbacks: AtomicU64,
+}
+
+pub(super) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Gauges and counters of one endpoint within a group.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EndpointStats {
+    id: String,
+    host: String,
+    port: u16,
+    size: usize,
+    idle: usize,
+    in_use: usize,
+    opening: usize,
+    banned: bool,
+    wrong_role: bool,
+    role: Option<&'static str>,
+    read_only: Option<bool>,
+    failures: u32,
+    last_error: Option<String>,
+}
+
+/// Gauges and counters of one group.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GroupStats {
+    name: String,
+    max: usize,
+    size: usize,
+    idle: usize,
+    in_use: usize,
+    opening: usize,
+    waiting: usize,
+    acquires: u64,
+    waits: u64,
+    timeouts: u64,
+    connects: u64,
+    connect_errors: u64,
+    disconnects: u64,
+    disconnects_by_reason: BTreeMap<&'static str, u64>,
+    query_errors: u64,
+    retries: u64,
+    resets: u64,
+    release_rollbacks: u64,
+    endpoints: Vec<EndpointStats>,
+}
+
+impl Group {
+    pub(super) fn stats(&self) -> GroupStats {
+        let now = Instant::now();
+        let state = self.state.lock();
+        let endpoints = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let health = ep.health.lock();
+                let role = ep.role();
+                EndpointStats {
+                    id: ep.config.id.clone(),
+                    host: ep.config.host.clone(),
+                    port: ep.config.port,
+                    size: state.slots.at(i).size(),
+                    // A connection the monitor is checking is idle as far as users care.
+                    idle: state.slots.at(i).idle.len() + state.slots.at(i).checking,
+                    in_use: state.slots.at(i).in_use,
+                    opening: state.slots.at(i).opening,
+                    banned: health.banned_until.is_some_and(|t| t > now),
+                    wrong_role: !self.eligible(i),
+                    role: role.map(|r| r.name()),
+                    read_only: role.map(|r| r.read_only),
+                    failures: health.failures,
+                    last_error: health.last_error.clone(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let by_reason: Vec<(&'static str, u64)> =
+            DisconnectReason::ALL.iter().map(|r| (r.as_str(), load(&c.disconnects[*r as usize]))).collect();
+        GroupStats {
+            name: self.config.name.clone(),
+            max: self.config.connection_count,
+            size: state.slots.total(),
+            idle: state.slots.all().iter().map(|s| s.idle.len() + s.checking).sum(),
+            in_use: state.slots.all().iter().map(|s| s.in_use).sum(),
+            opening: state.slots.all().iter().map(|s| s.opening).sum(),
+            waiting: state.slots.waiting() + self.slot_waiting.load(Ordering::Relaxed),
+            acquires: load(&c.acquires),
+            waits: load(&c.waits),
+            timeouts: load(&c.timeouts),
+            connects: load(&c.connects),
+            connect_errors: load(&c.connect_errors),
+            disconnects: by_reason.iter().map(|(_, n)| n).sum(),
+            disconnects_by_reason: by_reason.into_iter().collect(),
+            query_errors: load(&c.query_errors),
+            retries: load(&c.retries),
+            resets: load(&c.resets),
+            release_rollbacks: load(&c.release_rollbacks),
+            endpoints,
+        }
+    }
+}
