@@ -272,12 +272,12 @@ export class Pool extends EventEmitter {
   stats(): PoolStats {
     const groups: Record<string, GroupStats> = {}
     for (const g of JSON.parse(this.#native.stats()) as GroupStats[]) {
-      // Handler checkouts of this thread wait in JS; the core sees only their acquire requests.
+      // Handler checkouts of this thread wait in JS and are counted there; the core leaves out
+      // the acquire requests it serves on their behalf.
       const checkout = this.#checkouts[this.#groups.get(g.name)!]
-      g.waiting = Math.max(0, g.waiting - checkout.requested) + checkout.waiting
-      // Counted once each: a waiting checkout, not also the acquire request made on its behalf.
-      g.waits = Math.max(0, g.waits - checkout.requests) + checkout.waits
-      g.timeouts = g.timeouts - checkout.requestTimeouts + checkout.timeouts
+      g.waiting += checkout.waiting
+      g.waits += checkout.waits
+      g.timeouts += checkout.timeouts
       groups[g.name] = g
     }
     return { type: this.#config.type, users: this.#native.users, closed: this.closed, groups }

@@ -423,7 +423,7 @@ impl HandlerSlot {
                 match op {
                     HandlerOp::Acquire(_) => match lease {
                         Some(_) => Ok(Vec::new()),
-                        None => self.group.acquire().await.map(|l| {
+                        None => self.group.acquire_relayed().await.map(|l| {
                             lease = Some(l);
                             Vec::new()
                         }),

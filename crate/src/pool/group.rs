@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
 use super::lease::{Lease, Returning};
-use super::metrics::{bump, Counters, DisconnectReason};
+use super::metrics::{bump, Asker, Counters, DisconnectReason};
 use super::slots::{self, Holder, Slots};
 use crate::balancer::GroupEndpoints;
 use crate::config::GroupConfig;
@@ -167,7 +167,7 @@ impl Group {
         state.slots.lend(e, |conn| self.unfit(conn, now), retired)
     }
 
-    fn plan(&self, exclude: &[usize], retired: &mut Retired) -> Result<Plan, PoolError> {
+    fn plan(&self, exclude: &[usize], asker: Asker, retired: &mut Retired) -> Result<Plan, PoolError> {
         let now = Instant::now();
         let mut state = self.state.lock();
         if state.slots.is_closed() {
@@ -226,9 +226,9 @@ impl Group {
                 }
             }
         }
-        self.check_max_waiting(&state)?;
-        let (id, rx) = state.slots.enqueue();
-        bump(&self.counters.waits);
+        self.check_max_waiting(&state, asker)?;
+        let (id, rx) = state.slots.enqueue(asker == Asker::Relay);
+        self.counters.count_wait(asker);
         Ok(Plan::Wait(id, rx))
     }
 
@@ -344,20 +344,20 @@ impl Group {
     /// Counts a one-shot statement that waits for a pipeline slot; refused past `max_waiting`,
     /// like a checkout. Pair with [`Group::slot_wait_ended`].
     pub(crate) fn slot_wait_begins(&self) -> Result<(), PoolError> {
-        self.check_max_waiting(&self.state.lock())?;
+        self.check_max_waiting(&self.state.lock(), Asker::Core)?;
         self.slot_waiting.fetch_add(1, Ordering::Relaxed);
-        bump(&self.counters.waits);
+        self.counters.count_wait(Asker::Core);
         Ok(())
     }
 
     /// Refuses one more waiter once `max_waiting` checkouts (queued here or waiting for a
     /// pipeline slot) already wait.
-    fn check_max_waiting(&self, state: &GroupState) -> Result<(), PoolError> {
+    fn check_max_waiting(&self, state: &GroupState, asker: Asker) -> Result<(), PoolError> {
         let waiting = state.slots.waiting() + self.slot_waiting.load(Ordering::Relaxed);
         if waiting < self.config.max_waiting {
             return Ok(());
         }
-        bump(&self.counters.timeouts);
+        self.counters.count_timeout(asker);
         Err(PoolError::Timeout(format!("group '{}': {waiting} checkouts already waiting (max_waiting)", self.config.name)))
     }
 
@@ -373,7 +373,12 @@ impl Group {
 
     /// The error of a checkout that waited out `acquire_timeout` (counted as a timeout).
     pub(crate) fn timeout_error(&self, detail: &str) -> PoolError {
-        bump(&self.counters.timeouts);
+        self.timeout_error_for(Asker::Core, detail)
+    }
+
+    /// [`Group::timeout_error`] of a checkout made by `asker`.
+    pub(super) fn timeout_error_for(&self, asker: Asker, detail: &str) -> PoolError {
+        self.counters.count_timeout(asker);
         PoolError::Timeout(format!(
             "group '{}': no connection within acquire_timeout ({} ms): {detail}",
             self.config.name, self.config.acquire_timeout
@@ -409,22 +414,28 @@ impl Group {
     /// Checks a connection out, waiting in FIFO order; the whole checkout (waiting, opening,
     /// pinging) ends within `acquire_timeout`.
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
-        self.acquire_avoiding(Vec::new()).await
+        self.acquire_avoiding(Vec::new(), Asker::Core).await
+    }
+
+    /// [`Group::acquire`] on behalf of handler checkouts that wait in JavaScript: served in
+    /// the same FIFO, but not counted as a wait or timeout of the group (see [`Asker::Relay`]).
+    pub(crate) async fn acquire_relayed(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        self.acquire_avoiding(Vec::new(), Asker::Relay).await
     }
 
     /// [`Group::acquire`], opening new connections elsewhere than on `avoid` while another
     /// endpoint can serve the group.
-    pub(super) async fn acquire_avoiding(self: &Arc<Self>, avoid: Vec<usize>) -> Result<Lease, PoolError> {
+    pub(super) async fn acquire_avoiding(self: &Arc<Self>, avoid: Vec<usize>, asker: Asker) -> Result<Lease, PoolError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout);
         let elsewhere = (0..self.endpoints.len()).any(|i| !avoid.contains(&i) && self.eligible(i));
         let mut failed: Vec<usize> = if elsewhere { avoid } else { Vec::new() };
         let mut causes: Vec<String> = Vec::new();
         loop {
             if tokio::time::Instant::now() >= deadline {
-                return Err(self.timeout_error("every attempt failed or was too slow"));
+                return Err(self.timeout_error_for(asker, "every attempt failed or was too slow"));
             }
             let mut retired = Retired::new();
-            let plan = self.plan(&failed, &mut retired);
+            let plan = self.plan(&failed, asker, &mut retired);
             self.retire(retired);
             let mut conn = match plan? {
                 Plan::NoEndpoint => return Err(self.no_endpoint_error(causes)),
@@ -433,14 +444,14 @@ impl Group {
                     return Err(self.no_endpoint_error(causes));
                 }
                 Plan::Ready(conn) => conn,
-                Plan::Open(e) => match self.open_until(e, deadline).await? {
+                Plan::Open(e) => match self.open_until(e, deadline, asker).await? {
                     Ok(conn) => conn,
                     Err((e, cause)) => {
                         self.note_failure(e, cause, &mut failed, &mut causes)?;
                         continue;
                     }
                 },
-                Plan::Wait(id, rx) => match self.wait(id, rx, deadline).await? {
+                Plan::Wait(id, rx) => match self.wait(id, rx, deadline, asker).await? {
                     Grant::Conn(conn) => conn,
                     Grant::Closed => return Err(PoolError::Closed),
                     Grant::Open => {
@@ -449,7 +460,7 @@ impl Group {
                             causes.extend(self.banned_causes(&failed));
                             return Err(self.no_endpoint_error(causes));
                         };
-                        match self.open_until(e, deadline).await? {
+                        match self.open_until(e, deadline, asker).await? {
                             Ok(conn) => conn,
                             Err((e, cause)) => {
                                 self.note_failure(e, cause, &mut failed, &mut causes)?;
@@ -504,7 +515,13 @@ impl Group {
         Ok(())
     }
 
-    async fn wait(self: &Arc<Self>, id: u64, rx: oneshot::Receiver<Grant>, deadline: tokio::time::Instant) -> Result<Grant, PoolError> {
+    async fn wait(
+        self: &Arc<Self>,
+        id: u64,
+        rx: oneshot::Receiver<Grant>,
+        deadline: tokio::time::Instant,
+        asker: Asker,
+    ) -> Result<Grant, PoolError> {
         let mut queued = Queued { group: self, id, rx: Some(rx) };
         let Some(rx) = queued.rx.as_mut() else { return Err(PoolError::Closed) };
         if let Ok(Ok(grant)) = tokio::time::timeout_at(deadline, rx).await {
@@ -517,7 +534,7 @@ impl Group {
         let mut state = self.state.lock();
         if state.slots.dequeue(id) {
             drop(state);
-            return Err(self.timeout_error("every connection stayed in use"));
+            return Err(self.timeout_error_for(asker, "every connection stayed in use"));
         }
         drop(state);
         rx.close();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::group::{register_lease, Group, Return};
-use super::metrics::{bump, DisconnectReason};
+use super::metrics::{bump, Asker, DisconnectReason};
 use super::pipe::{Late, Pipe};
 use crate::config::TargetSessionAttrs;
 use crate::conn::{pipelinable, PgConn};
@@ -181,7 +181,7 @@ impl Lease {
                     bump(&self.group.counters.retries);
                     // Another endpoint if there is one: this one just lost a session.
                     let avoid = self.conn.as_ref().map(|c| vec![c.endpoint]).unwrap_or_default();
-                    let fresh = self.group.acquire_avoiding(avoid).await?;
+                    let fresh = self.group.acquire_avoiding(avoid, Asker::Core).await?;
                     // The old lease (marked broken) gives its connection back as it drops.
                     drop(std::mem::replace(self, fresh));
                 }
@@ -235,7 +235,7 @@ impl Lease {
         match self.note(result) {
             Err(PoolError::Unsent(_)) => {
                 bump(&self.group.counters.retries);
-                let mut fresh = self.group.acquire_avoiding(vec![conn.endpoint]).await?;
+                let mut fresh = self.group.acquire_avoiding(vec![conn.endpoint], Asker::Core).await?;
                 fresh.query(sql, params, true).await.map(Some)
             }
             other => other,

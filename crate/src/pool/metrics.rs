@@ -64,6 +64,34 @@ pub(crate) struct Counters {
     pub(super) release_rollbacks: AtomicU64,
 }
 
+/// Whose checkout this is, as the group's wait and timeout counters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asker {
+    /// A checkout of the core's own (a one-shot statement, a retry): its waits and timeouts are
+    /// the group's.
+    Core,
+    /// An acquire request made on behalf of handler checkouts that wait in JavaScript. Those
+    /// count their own waits and timeouts, so the request is not counted again (nor shown as
+    /// waiting); `stats()` in JS adds its own figures to the core's.
+    Relay,
+}
+
+impl Counters {
+    /// A checkout starts waiting.
+    pub(super) fn count_wait(&self, asker: Asker) {
+        if asker == Asker::Core {
+            bump(&self.waits);
+        }
+    }
+
+    /// A checkout gives up (acquire_timeout or max_waiting).
+    pub(super) fn count_timeout(&self, asker: Asker) {
+        if asker == Asker::Core {
+            bump(&self.timeouts);
+        }
+    }
+}
+
 pub(super) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -152,7 +180,7 @@ impl Group {
             idle: state.slots.all().iter().map(|s| s.idle.len() + s.checking).sum(),
             in_use: state.slots.all().iter().map(|s| s.in_use).sum(),
             opening: state.slots.all().iter().map(|s| s.opening).sum(),
-            waiting: state.slots.waiting() + self.slot_waiting.load(Ordering::Relaxed),
+            waiting: state.slots.waiting() - state.slots.relayed_waiting() + self.slot_waiting.load(Ordering::Relaxed),
             acquires: load(&c.acquires),
             waits: load(&c.waits),
             timeouts: load(&c.timeouts),

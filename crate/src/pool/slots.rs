@@ -33,6 +33,8 @@ pub(crate) enum Grant<C> {
 struct Waiter<C> {
     id: u64,
     tx: oneshot::Sender<Grant<C>>,
+    /// Queued on behalf of checkouts that wait (and are counted) somewhere else.
+    relayed: bool,
 }
 
 /// One endpoint's share.
@@ -114,6 +116,11 @@ impl<C> Slots<C> {
     /// Checkouts waiting.
     pub(crate) fn waiting(&self) -> usize {
         self.waiters.len()
+    }
+
+    /// Of the checkouts waiting, those queued with `relayed` (see [`Slots::enqueue`]).
+    pub(crate) fn relayed_waiting(&self) -> usize {
+        self.waiters.iter().filter(|w| w.relayed).count()
     }
 
     /// Whether the group was closed.
@@ -269,11 +276,13 @@ impl<C> Slots<C> {
         Some(self.endpoints[e].idle.remove(0))
     }
 
-    /// Queues a checkout; it is answered through the receiver, oldest first.
-    pub(crate) fn enqueue(&mut self) -> (u64, oneshot::Receiver<Grant<C>>) {
+    /// Queues a checkout; it is answered through the receiver, oldest first. `relayed` marks
+    /// one made on behalf of checkouts that wait elsewhere: it is served like any other, and
+    /// told apart only by [`Slots::relayed_waiting`].
+    pub(crate) fn enqueue(&mut self, relayed: bool) -> (u64, oneshot::Receiver<Grant<C>>) {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id();
-        self.waiters.push_back(Waiter { id, tx });
+        self.waiters.push_back(Waiter { id, tx, relayed });
         (id, rx)
     }
 
@@ -364,11 +373,26 @@ mod tests {
         let mut slots = Slots::<u32>::new(1, 1);
         assert!(slots.reserve_open(0));
         assert!(slots.opened(0));
-        let (_, mut first) = slots.enqueue();
-        let (_, mut second) = slots.enqueue();
+        let (_, mut first) = slots.enqueue(false);
+        let (_, mut second) = slots.enqueue(false);
         slots.take_back(0, 7, Holder::User);
         assert!(matches!(grant(&mut first), Some(Grant::Conn(7))));
         assert!(grant(&mut second).is_none());
+        slots.check();
+    }
+
+    #[test]
+    fn relayed_waiters_are_served_in_turn_and_counted_apart() {
+        let mut slots = Slots::<u32>::new(1, 1);
+        assert!(slots.reserve_open(0));
+        assert!(slots.opened(0));
+        let (_, mut relayed) = slots.enqueue(true);
+        let (_, mut own) = slots.enqueue(false);
+        assert_eq!((slots.waiting(), slots.relayed_waiting()), (2, 1));
+        slots.take_back(0, 7, Holder::User);
+        assert!(matches!(grant(&mut relayed), Some(Grant::Conn(7))));
+        assert!(grant(&mut own).is_none());
+        assert_eq!((slots.waiting(), slots.relayed_waiting()), (1, 0));
         slots.check();
     }
 
@@ -377,9 +401,9 @@ mod tests {
         let mut slots = Slots::<u32>::new(1, 1);
         assert!(slots.reserve_open(0));
         assert!(slots.opened(0));
-        let (_, gone) = slots.enqueue();
+        let (_, gone) = slots.enqueue(false);
         drop(gone);
-        let (_, mut next) = slots.enqueue();
+        let (_, mut next) = slots.enqueue(false);
         slots.take_back(0, 7, Holder::User);
         assert!(matches!(grant(&mut next), Some(Grant::Conn(7))));
         assert_eq!(slots.at(0).in_use, 1);
@@ -392,7 +416,7 @@ mod tests {
         assert!(slots.reserve_open(0));
         assert!(slots.opened(0));
         assert!(!slots.reserve_open(1), "at capacity");
-        let (_, mut waiter) = slots.enqueue();
+        let (_, mut waiter) = slots.enqueue(false);
         slots.retire(0, Holder::User);
         assert!(matches!(grant(&mut waiter), Some(Grant::Open)));
         assert_eq!(slots.total(), 1, "the unit moved, it was not freed");
@@ -423,7 +447,7 @@ mod tests {
         assert!(slots.reserve_open(0));
         assert!(slots.opened(0));
         assert!(slots.reserve_open(0));
-        let (_, mut waiter) = slots.enqueue();
+        let (_, mut waiter) = slots.enqueue(false);
         assert!(slots.close().is_empty());
         assert!(matches!(grant(&mut waiter), Some(Grant::Closed)));
         assert!(!slots.opened(0), "a session opened after close is not lent");
@@ -554,7 +578,7 @@ mod tests {
                 Step::Wait => {
                     // As the group plans a checkout: wait only when nothing is idle or free.
                     if !slots.is_closed() && !slots.can_grow() && slots.all().iter().all(|c| c.idle.is_empty()) {
-                        w.waiting.push_back(slots.enqueue());
+                        w.waiting.push_back(slots.enqueue(false));
                     }
                 }
                 Step::GiveUp => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::group::{Group, GroupState, Retired, Return};
-use super::metrics::{bump, DisconnectReason};
+use super::metrics::{bump, Asker, DisconnectReason};
 use super::Pool;
 use crate::config::TargetSessionAttrs;
 use crate::conn::PgConn;
@@ -74,6 +74,7 @@ impl Group {
         self: &Arc<Self>,
         e: usize,
         deadline: tokio::time::Instant,
+        asker: Asker,
     ) -> Result<Result<PgConn, (usize, String)>, PoolError> {
         let (tx, rx) = oneshot::channel();
         let group = self.clone();
@@ -86,7 +87,7 @@ impl Group {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(PoolError::Connection(format!("{}: connect attempt aborted", self.endpoints[e].label()))),
-            Err(_) => Err(self.timeout_error(&format!("connecting to {} took longer", self.endpoints[e].label()))),
+            Err(_) => Err(self.timeout_error_for(asker, &format!("connecting to {} took longer", self.endpoints[e].label()))),
         }
     }
 
