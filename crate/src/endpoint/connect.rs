@@ -1,0 +1,227 @@
+//! Opening a session: the socket (TCP or Unix-domain), TLS, the startup through
+//! `connect_raw` with the byte stream watched, the role check and `sqlprepare`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Connection, NoTls};
+
+use super::tls::connect_error_text;
+use super::{CancelTarget, Endpoint};
+use crate::config::TargetSessionAttrs;
+use crate::error::pg_error_text;
+use crate::role::{self, Role};
+use crate::status::{SessionStatus, Watched, WatchedTls};
+
+/// A session just opened: its client, what the server reports on it, and where it went.
+pub(crate) struct Opened {
+    /// The tokio-postgres client.
+    pub(crate) client: Client,
+    /// Transaction status and reported settings, kept current by the connection task.
+    pub(crate) status: Arc<SessionStatus>,
+    /// How to cancel what runs on it.
+    pub(crate) cancel: CancelTarget,
+    role: Option<Role>,
+}
+
+/// Why a session could not be opened.
+struct OpenFailure {
+    text: String,
+    /// The server ended the starting session with `ADMIN_SHUTDOWN` (terminated, or shutting down).
+    terminated: bool,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// The server could not be reached or refused the session; counts against its health.
+    Unreachable(String),
+    /// The server works but has the wrong role for the group.
+    WrongRole(String),
+}
+
+impl Endpoint {
+    /// Opens a session set up for a group that wants `wanted`, within the connect timeout.
+    pub(crate) async fn connect(self: &Arc<Self>, wanted: TargetSessionAttrs, sqlprepare: bool) -> Result<Opened, ConnectError> {
+        self.connect_with(&self.pg, wanted, sqlprepare).await
+    }
+
+    pub(super) async fn connect_with(
+        self: &Arc<Self>,
+        pg: &tokio_postgres::Config,
+        wanted: TargetSessionAttrs,
+        sqlprepare: bool,
+    ) -> Result<Opened, ConnectError> {
+        let attempt = async {
+            let mut retried = false;
+            let opened = loop {
+                match self.open(pg).await {
+                    Ok(opened) => break opened,
+                    // A session terminated while it started (pg_terminate_backend of a backend
+                    // still starting) says nothing about the server: once more. A server that
+                    // is shutting down refuses the second attempt.
+                    Err(failure) if failure.terminated && !retried => retried = true,
+                    Err(failure) => return Err(ConnectError::Unreachable(failure.text)),
+                }
+            };
+            let client = &opened.client;
+            let role = match opened.role {
+                Some(role) => Some(role),
+                None if wanted != TargetSessionAttrs::Any || self.role_needed => {
+                    Some(role::query_role(client).await.map_err(|e| ConnectError::Unreachable(pg_error_text(&e)))?)
+                }
+                None => None,
+            };
+            if let Some(role) = role {
+                self.set_role(role);
+                if !role.fits(wanted) {
+                    return Err(ConnectError::WrongRole(format!(
+                        "server is a {}, target_session_attrs is '{}'",
+                        role.describe(),
+                        wanted.as_str()
+                    )));
+                }
+            }
+            if sqlprepare {
+                client
+                    .batch_execute(r#"SELECT "SQLPrepare"."PrepareQueries"()"#)
+                    .await
+                    .map_err(|e| ConnectError::Unreachable(format!("sqlprepare failed: {}", pg_error_text(&e))))?;
+            }
+            Ok(opened)
+        };
+        match tokio::time::timeout(self.connect_timeout(), attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Unreachable(format!("connect timeout after {}s", self.config.connect_timeout))),
+        }
+    }
+
+    /// Opens the socket and runs the startup through `connect_raw`, with the byte stream
+    /// watched (see `status.rs`) below TLS, or above it when the session is encrypted.
+    async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<Opened, OpenFailure> {
+        let (socket, address) = self.socket().await.map_err(|text| OpenFailure { text, terminated: false })?;
+        let status = Arc::new(SessionStatus::default());
+        let failed = |e: tokio_postgres::Error| OpenFailure {
+            terminated: e.as_db_error().is_some_and(|db| *db.code() == SqlState::ADMIN_SHUTDOWN),
+            text: connect_error_text(&e, &self.config),
+        };
+        let (client, role) = match &self.tls {
+            None => {
+                let (client, connection) = pg.connect_raw(Watched::new(socket, status.clone(), false), NoTls).await.map_err(failed)?;
+                (client, self.drive(connection))
+            }
+            Some(tls) => {
+                let connector = match MakeTlsConnect::<Watched<Socket>>::make_tls_connect(&mut tls.clone(), &self.config.host) {
+                    Ok(connector) => connector,
+                    Err(never) => match never {},
+                };
+                let watched = Watched::new(socket, status.clone(), true);
+                let (client, connection) = pg.connect_raw(watched, WatchedTls::new(connector, status.clone())).await.map_err(failed)?;
+                (client, self.drive(connection))
+            }
+        };
+        let cancel = CancelTarget { token: client.cancel_token(), address };
+        Ok(Opened { client, role, status, cancel })
+    }
+
+    /// A connected socket to the server and the address it reached (`None` for a Unix-domain
+    /// socket): keepalives on, Nagle off, as tokio-postgres's own connect does.
+    async fn socket(&self) -> Result<(Socket, Option<SocketAddr>), String> {
+        let host = self.config.host.as_str();
+        let port = self.config.port;
+        let refused = |e: io::Error| format!("error connecting to server: {e}");
+        if host.starts_with('/') {
+            let path = format!("{host}/.s.PGSQL.{port}");
+            return Ok((Socket::Unix(UnixStream::connect(path).await.map_err(refused)?), None));
+        }
+        let tcp = TcpStream::connect((host, port)).await.map_err(refused)?;
+        tcp.set_nodelay(true).map_err(refused)?;
+        // A peer that vanished without a FIN is noticed in about a minute, not the kernel's
+        // default of two hours plus eleven minutes.
+        let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10)).with_retries(3);
+        SockRef::from(&tcp).set_tcp_keepalive(&keepalive).map_err(refused)?;
+        let address = tcp.peer_addr().ok();
+        Ok((Socket::Tcp(tcp), address))
+    }
+
+    /// Spawns the session's connection task, which keeps this endpoint's role current from
+    /// what the server reports; returns the role reported at startup.
+    fn drive<S, T>(self: &Arc<Self>, connection: Connection<S, T>) -> Option<Role>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let reported = role::reported_role(&connection);
+        let endpoint = Arc::downgrade(self);
+        tokio::spawn(role::drive(connection, reported, move |role| {
+            if let Some(endpoint) = endpoint.upgrade() {
+                endpoint.set_role(role);
+            }
+        }));
+        reported
+    }
+}
+
+/// A session's transport.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A Unix-domain socket (`host` is a directory).
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
