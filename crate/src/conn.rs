@@ -201,8 +201,8 @@ impl Session {
     }
 
     /// Forgets the cached statement of `sql` if `result` says the server no longer has it as
-    /// prepared (26000, after `DEALLOCATE` / `DISCARD`) or its result shape changed (0A000,
-    /// after `ALTER TABLE`); returns whether it did, so that the caller may run it again.
+    /// prepared (`INVALID_SQL_STATEMENT_NAME`, after `DEALLOCATE` / `DISCARD`) or its result
+    /// shape changed (`FEATURE_NOT_SUPPORTED`, after `ALTER TABLE`); returns whether it did, so that the caller may run it again.
     fn forget_stale(&self, sql: &str, result: &Result<Vec<u8>, PoolError>) -> bool {
         let Err(PoolError::Db(db)) = result else { return false };
         let stale = *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
@@ -502,7 +502,7 @@ pub(crate) fn pipelinable(sql: &str) -> bool {
 /// a result type it does not know, the first time it meets it (and keeps it for later lookups).
 fn is_lost_type_lookup(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
-        db.code().code() == "26000"
+        *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
             && db
                 .message()
                 .strip_prefix("prepared statement \"s")
@@ -512,5 +512,5 @@ fn is_lost_type_lookup(e: &tokio_postgres::Error) -> bool {
 }
 
 fn is_multi_statement_error(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| db.code().code() == "42601" && db.message().contains("multiple commands"))
+    e.as_db_error().is_some_and(|db| *db.code() == SqlState::SYNTAX_ERROR && db.message().contains("multiple commands"))
 }

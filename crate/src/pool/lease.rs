@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::error::SqlState;
+
 use super::group::{register_lease, Group, Return};
 use super::metrics::{bump, Asker, DisconnectReason};
 use super::pipe::{Late, Pipe};
@@ -115,8 +117,8 @@ impl Lease {
         let Err(e) = &result else { return result };
         bump(&self.group.counters.query_errors);
         if let PoolError::Db(db) = e {
-            // read_only_sql_transaction: the server may have become read-only (or a standby).
-            if db.code().code() == "25006" && self.group.config.target_session_attrs != TargetSessionAttrs::Any {
+            // The server may have become read-only (or a standby).
+            if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION && self.group.config.target_session_attrs != TargetSessionAttrs::Any {
                 self.recheck.store(true, Ordering::Relaxed);
             }
         }
