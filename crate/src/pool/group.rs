@@ -80,6 +80,9 @@ impl Hasher for IdHasher {
 }
 
 /// A group of connections.
+///
+/// Its methods (about 700 lines) are spread by concern over group.rs, upkeep.rs, metrics.rs and
+/// mod.rs: all of them work under the one lock of the group's state.
 pub(crate) struct Group {
     /// Its configuration.
     pub(crate) config: GroupConfig,
