@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
 use super::lease::{Lease, Returning};
-use super::metrics::{bump, Asker, Counters, DisconnectReason};
+use super::metrics::{Asker, Counters, DisconnectReason};
 use super::slots::{self, Holder, Slots};
 use crate::balancer::GroupEndpoints;
 use crate::config::GroupConfig;
@@ -231,7 +231,7 @@ impl Group {
         }
         self.check_max_waiting(&state, asker)?;
         let (id, rx) = state.slots.enqueue(asker == Asker::Relay);
-        self.counters.count_wait(asker);
+        self.counters.waited(asker);
         Ok(Plan::Wait(id, rx))
     }
 
@@ -261,7 +261,7 @@ impl Group {
             let id = register_lease(&mut state, &conn);
             (conn, id)
         };
-        bump(&self.counters.acquires);
+        self.counters.acquired();
         Some(Lease::registered(self.clone(), conn, id))
     }
 
@@ -278,7 +278,7 @@ impl Group {
     /// Counts and closes retired connections (outside the state lock).
     pub(super) fn retire(&self, retired: Retired) {
         for (conn, reason) in retired {
-            bump(&self.counters.disconnects[reason as usize]);
+            self.counters.disconnected(reason);
             self.record(EventKind::Disconnect, conn.endpoint, Some(reason.as_str().into()));
         }
     }
@@ -349,7 +349,7 @@ impl Group {
     pub(crate) fn slot_wait_begins(&self) -> Result<(), PoolError> {
         self.check_max_waiting(&self.state.lock(), Asker::Core)?;
         self.slot_waiting.fetch_add(1, Ordering::Relaxed);
-        self.counters.count_wait(Asker::Core);
+        self.counters.waited(Asker::Core);
         Ok(())
     }
 
@@ -360,7 +360,7 @@ impl Group {
         if waiting < self.config.max_waiting {
             return Ok(());
         }
-        self.counters.count_timeout(asker);
+        self.counters.timed_out(asker);
         Err(PoolError::Timeout(format!("group '{}': {waiting} checkouts already waiting (max_waiting)", self.config.name)))
     }
 
@@ -381,7 +381,7 @@ impl Group {
 
     /// [`Group::timeout_error`] of a checkout made by `asker`.
     pub(super) fn timeout_error_for(&self, asker: Asker, detail: &str) -> PoolError {
-        self.counters.count_timeout(asker);
+        self.counters.timed_out(asker);
         PoolError::Timeout(format!(
             "group '{}': no connection within acquire_timeout ({} ms): {detail}",
             self.config.name, self.config.acquire_timeout
@@ -391,7 +391,7 @@ impl Group {
     /// The error of a pipelined statement that waited out `acquire_timeout` behind the
     /// statements ahead of it on its connection (counted as a timeout).
     pub(super) fn queued_too_long(&self) -> PoolError {
-        bump(&self.counters.timeouts);
+        self.counters.timed_out(Asker::Core);
         PoolError::Timeout(format!(
             "group '{}': the statement waited longer than acquire_timeout ({} ms) behind other statements on its connection; it had been sent and may still run",
             self.config.name, self.config.acquire_timeout
@@ -501,7 +501,7 @@ impl Group {
                     continue;
                 }
             }
-            bump(&self.counters.acquires);
+            self.counters.acquired();
             return Ok(Lease::new(self.clone(), conn));
         }
     }

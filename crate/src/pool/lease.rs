@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 
 use super::group::{register_lease, Group, Return};
-use super::metrics::{bump, Asker, DisconnectReason};
+use super::metrics::{Asker, DisconnectReason};
 use super::pipe::{Late, Pipe};
 use crate::config::TargetSessionAttrs;
 use crate::conn::{pipelinable, PgConn};
@@ -93,7 +93,7 @@ impl Lease {
     /// turned off, so instead of banning the endpoint outright, probe it: silence bans it.
     fn timed_out(&self, limit: Duration) -> PoolError {
         self.broken.store(true, Ordering::Relaxed);
-        bump(&self.group.counters.query_errors);
+        self.group.counters.query_failed();
         let Some(conn) = self.conn.as_ref() else { return PoolError::Closed };
         let endpoint = self.group.endpoints[conn.endpoint].clone();
         let text = format!("no answer within {} ms (query_timeout, checked client-side)", limit.as_millis());
@@ -115,7 +115,7 @@ impl Lease {
 
     fn note<T>(&self, result: Result<T, PoolError>) -> Result<T, PoolError> {
         let Err(e) = &result else { return result };
-        bump(&self.group.counters.query_errors);
+        self.group.counters.query_failed();
         if let PoolError::Db(db) = e {
             // The server may have become read-only (or a standby).
             if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION && self.group.config.target_session_attrs != TargetSessionAttrs::Any {
@@ -180,7 +180,7 @@ impl Lease {
             match result {
                 Err(PoolError::Unsent(_)) if standalone && retries < self.group.endpoints.len() + 2 => {
                     retries += 1;
-                    bump(&self.group.counters.retries);
+                    self.group.counters.retried();
                     // Another endpoint if there is one: this one just lost a session.
                     let avoid = self.conn.as_ref().map(|c| vec![c.endpoint]).unwrap_or_default();
                     let fresh = self.group.acquire_avoiding(avoid, Asker::Core).await?;
@@ -236,7 +236,7 @@ impl Lease {
         };
         match self.note(result) {
             Err(PoolError::Unsent(_)) => {
-                bump(&self.group.counters.retries);
+                self.group.counters.retried();
                 let mut fresh = self.group.acquire_avoiding(vec![conn.endpoint], Asker::Core).await?;
                 fresh.query(sql, params, true).await.map(Some)
             }
@@ -255,7 +255,7 @@ impl Lease {
             Late::Queued => self.group.queued_too_long(),
             Late::Unsent => PoolError::Unsent("the shared connection was given up before the statement was sent".into()),
             Late::GivenUp(limit) => {
-                bump(&self.group.counters.query_errors);
+                self.group.counters.query_failed();
                 PoolError::Connection(format!(
                     "{}: no answer within {} ms to a statement sent before this one on its connection (query_timeout, checked client-side); the connection was given up, and this statement had been sent and may have run",
                     self.group.endpoints[endpoint].label(),
@@ -300,10 +300,10 @@ impl Lease {
             let Some(conn) = self.conn.as_mut() else { return false };
             // A new user: what the last one changed is reset in front of its first statement.
             if self.group.config.reset_on_release && conn.end_of_user() {
-                bump(&self.group.counters.resets);
+                self.group.counters.reset();
             }
             conn.uses.fetch_add(1, Ordering::Relaxed);
-            bump(&self.group.counters.acquires);
+            self.group.counters.acquired();
         }
         ok
     }
@@ -348,7 +348,7 @@ impl Drop for Lease {
             return;
         }
         if group.config.reset_on_release && conn.end_of_user() {
-            bump(&group.counters.resets);
+            group.counters.reset();
         }
         let in_transaction = conn.tx() != TxStatus::Idle;
         if in_transaction || self.recheck.load(Ordering::Relaxed) {
@@ -359,7 +359,7 @@ impl Drop for Lease {
             // else's transaction or on a server that can no longer serve the group.
             let recheck = self.recheck.load(Ordering::Relaxed);
             if in_transaction {
-                bump(&group.counters.release_rollbacks);
+                group.counters.rolled_back_at_release();
             }
             // Should the task never run to its end (the runtime shut down with the last JS
             // environment), the guard closes the session and frees its slot instead.

@@ -52,16 +52,16 @@ impl DisconnectReason {
 /// Process-wide counters of one group.
 #[derive(Default, Debug)]
 pub(crate) struct Counters {
-    pub(super) acquires: AtomicU64,
-    pub(super) waits: AtomicU64,
-    pub(super) timeouts: AtomicU64,
-    pub(super) connects: AtomicU64,
-    pub(super) connect_errors: AtomicU64,
-    pub(super) disconnects: [AtomicU64; DisconnectReason::ALL.len()],
-    pub(super) query_errors: AtomicU64,
-    pub(super) retries: AtomicU64,
-    pub(super) resets: AtomicU64,
-    pub(super) release_rollbacks: AtomicU64,
+    acquires: AtomicU64,
+    waits: AtomicU64,
+    timeouts: AtomicU64,
+    connects: AtomicU64,
+    connect_errors: AtomicU64,
+    disconnects: [AtomicU64; DisconnectReason::ALL.len()],
+    query_errors: AtomicU64,
+    retries: AtomicU64,
+    resets: AtomicU64,
+    release_rollbacks: AtomicU64,
 }
 
 /// Whose checkout this is, as the group's wait and timeout counters see it.
@@ -77,22 +77,62 @@ pub(crate) enum Asker {
 }
 
 impl Counters {
+    /// A checkout got a connection.
+    pub(super) fn acquired(&self) {
+        bump(&self.acquires);
+    }
+
     /// A checkout starts waiting.
-    pub(super) fn count_wait(&self, asker: Asker) {
+    pub(super) fn waited(&self, asker: Asker) {
         if asker == Asker::Core {
             bump(&self.waits);
         }
     }
 
     /// A checkout gives up (acquire_timeout or max_waiting).
-    pub(super) fn count_timeout(&self, asker: Asker) {
+    pub(super) fn timed_out(&self, asker: Asker) {
         if asker == Asker::Core {
             bump(&self.timeouts);
         }
     }
+
+    /// A session was opened.
+    pub(super) fn connected(&self) {
+        bump(&self.connects);
+    }
+
+    /// Opening a session failed.
+    pub(super) fn connect_failed(&self) {
+        bump(&self.connect_errors);
+    }
+
+    /// A session was closed.
+    pub(super) fn disconnected(&self, reason: DisconnectReason) {
+        bump(&self.disconnects[reason as usize]);
+    }
+
+    /// A statement failed.
+    pub(super) fn query_failed(&self) {
+        bump(&self.query_errors);
+    }
+
+    /// A statement that was never sent runs again on another connection.
+    pub(super) fn retried(&self) {
+        bump(&self.retries);
+    }
+
+    /// A session is reset for its next user.
+    pub(super) fn reset(&self) {
+        bump(&self.resets);
+    }
+
+    /// A session came back inside a transaction and is rolled back.
+    pub(super) fn rolled_back_at_release(&self) {
+        bump(&self.release_rollbacks);
+    }
 }
 
-pub(super) fn bump(counter: &AtomicU64) {
+fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 

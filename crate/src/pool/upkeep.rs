@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::group::{Group, GroupState, Retired, Return};
-use super::metrics::{bump, Asker, DisconnectReason};
+use super::metrics::{Asker, DisconnectReason};
 use super::Pool;
 use crate::config::TargetSessionAttrs;
 use crate::conn::PgConn;
@@ -29,7 +29,7 @@ impl Group {
         match endpoint.connect(self.config.target_session_attrs, self.config.sqlprepare).await {
             Ok(opened) => {
                 endpoint.record_success();
-                bump(&self.counters.connects);
+                self.counters.connected();
                 let conn = PgConn::new(opened, e, self.config.statement_cache_size, self.config.max_lifetime);
                 if !self.state.lock().slots.opened(e) {
                     // `close` waits for this open to end: without the wake-up it slept until
@@ -41,7 +41,7 @@ impl Group {
                 Ok(conn)
             }
             Err(err) => {
-                bump(&self.counters.connect_errors);
+                self.counters.connect_failed();
                 let text = match err {
                     ConnectError::Unreachable(text) => {
                         endpoint.record_failure(&text);
