@@ -27,6 +27,7 @@ use crate::events::{EventKind, Events};
 
 type Grant = slots::Grant<PgConn>;
 
+/// What the group's lock guards.
 pub(super) struct GroupState {
     /// Capacity and idle sessions; changed only through its transitions.
     pub(super) slots: Slots<PgConn>,
@@ -34,9 +35,13 @@ pub(super) struct GroupState {
     pub(super) leased: HashMap<u64, (usize, Arc<CancelTarget>), BuildHasherDefault<IdHasher>>,
 }
 
+/// What one checkout does next, decided under the lock by [`Group::plan`].
 enum Plan {
+    /// Use this idle session.
     Ready(PgConn),
+    /// Open a session on this endpoint (its capacity is reserved).
     Open(usize),
+    /// Wait in the FIFO under this id.
     Wait(u64, oneshot::Receiver<Grant>),
     /// No endpoint is left that could serve the group (wrong role, or failed just now).
     NoEndpoint,
@@ -170,6 +175,10 @@ impl Group {
         state.slots.lend(e, |conn| self.unfit(conn, now), retired)
     }
 
+    /// Decides what a checkout does next, avoiding the endpoints in `exclude`: an idle session
+    /// at hand, a new one while the group can grow, else a place in the FIFO (unless
+    /// `max_waiting` checkouts already wait). Unusable idle sessions met on the way go to
+    /// `retired`.
     fn plan(&self, exclude: &[usize], asker: Asker, retired: &mut Retired) -> Result<Plan, PoolError> {
         let now = Instant::now();
         let mut state = self.state.lock();

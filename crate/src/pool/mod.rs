@@ -1,12 +1,10 @@
 //! The pool: groups of connections over endpoints shared between them.
 //!
-//! Layout: `group.rs` decides each checkout (idle session, new session or a place in the FIFO)
-//! and takes sessions back; `slots.rs` is the group's capacity as a state machine with named
-//! transitions; `crate::balancer` picks the endpoint a checkout tries; `lease.rs` is a
-//! checked-out session (statements, release) and `pipe.rs` orders pipelined statements;
-//! `upkeep.rs` opens sessions and runs the health monitor and periodic upkeep; `metrics.rs`
-//! holds the counters and the `stats()` types. This file builds the pool, warms it up and
-//! closes it.
+//! Layout: `group.rs` decides each checkout (an idle session, a new one or a place in the FIFO)
+//! and takes sessions back; `slots.rs` is the group's capacity as a state machine;
+//! `crate::balancer` picks the endpoint a checkout tries; `lease.rs` is a checked-out session and
+//! `pipe.rs` orders pipelined statements; `upkeep.rs` opens sessions and runs the monitor and the
+//! upkeep; `metrics.rs` counts. This file builds the pool, warms it up and closes it.
 //!
 //! Roles are a property of the endpoint (see `role.rs`): a group uses an endpoint whose known
 //! role fits its `target_session_attrs`, never hands out a connection on one that does not,
@@ -138,7 +136,7 @@ impl Pool {
 
 impl Group {
     /// Opens one connection per endpoint so that `init` can report unreachable endpoints.
-    pub(crate) async fn warm_up(self: &Arc<Self>) -> Result<(), PoolError> {
+    async fn warm_up(self: &Arc<Self>) -> Result<(), PoolError> {
         if self.state.lock().slots.total() > 0 {
             // Joined an already running (shared) pool.
             return Ok(());
@@ -175,16 +173,19 @@ impl Group {
         Err(PoolError::Offline(causes))
     }
 
+    /// Answers every waiter with `Closed` and closes the idle sessions.
     fn close(&self) {
         let idle = self.state.lock().slots.close();
         self.retire(idle.into_iter().map(|c| (c, DisconnectReason::Closed)).collect());
     }
 
+    /// Sessions still checked out or being opened.
     fn outstanding(&self) -> usize {
         let state = self.state.lock();
         state.slots.all().iter().map(|s| s.in_use + s.opening).sum()
     }
 
+    /// Sends a cancel request for whatever runs on every session still checked out.
     fn cancel_leased(&self) {
         let leased: Vec<(usize, Arc<CancelTarget>)> = self.state.lock().leased.values().cloned().collect();
         for (e, token) in leased {
