@@ -52,9 +52,9 @@ impl Endpoint {
 
     /// Claims a connect attempt on this banned endpoint for a checkout that found every endpoint
     /// of its group banned ("trying beats failing blind"). One such attempt per `FORCED_GAP`,
-    /// whoever asks: without the limit each checkout made its own attempt, and with the only
-    /// server down a crowd of callers turned into thousands of refused connects a second (the
-    /// pool spinning while its server restarts). Checkouts that get no attempt fail at once
+    /// whoever asks: without the limit each checkout would make its own attempt, and with the
+    /// only server down a crowd of callers would turn into thousands of refused connects a
+    /// second (the pool spinning while its server restarts). Checkouts that get no attempt fail at once
     /// with `DBOfflineError`.
     pub(crate) fn claim_forced_attempt(&self, now: Instant) -> bool {
         let mut health = self.health.lock();

@@ -32,8 +32,8 @@ impl Group {
                 self.counters.connected();
                 let conn = PgConn::new(opened, e, self.config.statement_cache_size, self.config.max_lifetime);
                 if !self.state.lock().slots.opened(e) {
-                    // `close` waits for this open to end: without the wake-up it slept until
-                    // its timeout (5 s by default) whenever a connect was in flight.
+                    // `close` waits for this open to end: without the wake-up it would sleep
+                    // until its timeout (5 s by default) whenever a connect is in flight.
                     self.returned.notify_waiters();
                     return Err((e, "pool closed while connecting".into()));
                 }
