@@ -18,21 +18,15 @@ export declare class NativePool {
   static open(configJson: string, shared: boolean, onComplete: () => void): NativePool
   /** This object's number for `tryAcquireHandler` and `releaseHandler`. */
   get id(): number
-  /**
-   * Completions queued since the last call, as one Buffer (see [`Completions`]): whole
-   * records up to [`TAKE_CHUNK`] bytes (at least one); for the rest, JS is woken again.
-   * Copied into memory the JS engine owns: a Buffer over Rust memory is freed only by a
-   * finalizer the engine runs when it sees fit, and RSS grew by gigabytes under a stream of
-   * large results. A copy that fails leaves the queue as it was.
-   */
+  /** Completions queued since the last call, as one Buffer (see `Completions::take`). */
   takeCompletions(): Buffer
   /** How many JS pool objects (across threads) use this pool. */
   get users(): number
   /** Opens the first connections; rejects with DB_OFFLINE when a group reaches no endpoint. */
   warmUp(): Promise<void>
   /**
-   * Starts every operation in `batch` (see [`Reader`]); each completes its id. A malformed
-   * batch is a bug in `lib/native.ts` and throws, having started none of its operations.
+   * Starts every operation in `batch` (the submission format, see `wire`); each completes its
+   * id. A malformed batch throws, having started none of its operations.
    */
   submit(batch: Buffer): void
   /**
@@ -56,8 +50,8 @@ export declare class NativePool {
   pgAttach(handler: number): number
   /**
    * `pgdbpool/pg`: delivers the asynchronous messages (notifications, notices, the end of the
-   * connection) of `handler`'s session as completions of id 0, status 3, tagged `subscription`
-   * (see `lib/native.ts`); with `on` false, stops. False if the session is not attached.
+   * connection) of `handler`'s session as completion records of status `ASYNC_MESSAGE`,
+   * tagged `subscription`; with `on` false, stops. False if the session is not attached.
    */
   pgSubscribe(handler: number, subscription: number, on: boolean): boolean
   /** `pgdbpool/pg`: forgets `handler`'s session (at release) and ends its subscription. */

@@ -1,4 +1,4 @@
-// Both halves of the boundary format (see crate/src/protocol.rs): parameters go to Rust as one
+// Both halves of the boundary format (see crate/src/codec/): parameters go to Rust as one
 // Buffer, a result comes back as one Buffer and is turned into rows here in a tight loop.
 
 import type { TypeOptions } from './config'
@@ -42,21 +42,22 @@ const enum Kind {
 const PG_EPOCH_MS = 946_684_800_000
 
 // Node's own decoders behind `buf.toString(encoding, start, end)`: that wrapper's argument
-// checks cost as much as decoding a short cell. Runtimes without them get an equivalent.
-declare global {
-  interface Buffer {
-    utf8Slice(start: number, end: number): string
-    latin1Slice(start: number, end: number): string
-  }
-}
-if (typeof Buffer.prototype.utf8Slice !== 'function' || typeof Buffer.prototype.latin1Slice !== 'function') {
-  Buffer.prototype.utf8Slice = function (this: Buffer, start: number, end: number) {
-    return this.toString('utf8', start, end)
-  }
-  Buffer.prototype.latin1Slice = function (this: Buffer, start: number, end: number) {
-    return this.toString('latin1', start, end)
-  }
-}
+// checks cost as much as decoding a short cell. Picked once; runtimes without them get
+// `toString`. Buffer.prototype itself is left alone.
+type Slice = (this: Buffer, start: number, end: number) => string
+const bufferMethods = Buffer.prototype as unknown as { utf8Slice?: Slice; latin1Slice?: Slice }
+const utf8Slice: Slice =
+  typeof bufferMethods.utf8Slice === 'function'
+    ? bufferMethods.utf8Slice
+    : function (this: Buffer, start: number, end: number) {
+        return this.toString('utf8', start, end)
+      }
+const latin1Slice: Slice =
+  typeof bufferMethods.latin1Slice === 'function'
+    ? bufferMethods.latin1Slice
+    : function (this: Buffer, start: number, end: number) {
+        return this.toString('latin1', start, end)
+      }
 
 // ---------- parameters ----------
 
@@ -365,13 +366,13 @@ class Decoder {
         if (len !== 8) badSize(kind, len)
         return buf.readDoubleBE(pos)
       case Kind.Text:
-        return buf.utf8Slice(pos, pos + len)
+        return utf8Slice.call(buf, pos, pos + len)
       case Kind.Json:
-        return JSON.parse(buf.utf8Slice(pos, pos + len))
+        return JSON.parse(utf8Slice.call(buf, pos, pos + len))
       case Kind.Bytea:
         return Buffer.from(buf.subarray(pos, pos + len))
       case Kind.Int8: {
-        const text = buf.latin1Slice(pos, pos + len)
+        const text = latin1Slice.call(buf, pos, pos + len)
         return this.types.int8 === 'string' ? text : this.types.int8 === 'bigint' ? BigInt(text) : Number(text)
       }
       case Kind.Timestamptz:
@@ -401,7 +402,7 @@ class Decoder {
         if (len !== 24) badSize(kind, len)
         return { x: buf.readDoubleBE(pos), y: buf.readDoubleBE(pos + 8), radius: buf.readDoubleBE(pos + 16) }
       case Kind.Number:
-        return parseFloat(buf.latin1Slice(pos, pos + len))
+        return parseFloat(latin1Slice.call(buf, pos, pos + len))
       case Kind.Array:
         return this.array(pos, pos + len)
       default:

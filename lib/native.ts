@@ -1,5 +1,6 @@
-// The boundary with the Rust core (SPEC §7.1): operations of one tick go over as one Buffer,
-// results come back in batches, and promises are matched to them by id.
+// The boundary with the Rust core: operations of one tick go over as one Buffer (`submit`),
+// results come back in batches (`drain`), and promises are matched to them by id. The only module
+// that loads the generated binding. The byte formats are crate/src/bindings/wire.rs's.
 
 import { constants as bufferConstants } from 'node:buffer'
 
@@ -8,7 +9,16 @@ import { AbortError, DBQueryError, PgDbPoolError, fromNative, fromWire } from '.
 
 export type NativePool = import('../binding').NativePool
 
+// eslint-disable-next-line @typescript-eslint/no-require-imports
 const binding: typeof import('../binding') = require('../binding.js')
+
+/**
+ * Creates (or, with `shared`, joins) the native pool for `configJson`; `wake` is called when
+ * completions are queued (`Core.wakeUp`). Throws the native error as it is (see `fromNative`).
+ */
+export function openNativePool(configJson: string, shared: boolean, wake: () => void): NativePool {
+  return binding.NativePool.open(configJson, shared, wake)
+}
 
 // The largest result the core builds: what one Buffer can hold here (and a u32 can count).
 // PGDBPOOL_MAX_RESULT_BYTES lowers it (for tests of the limit).
@@ -34,17 +44,60 @@ function becameIdle(core: Core): void {
   if (busy.size === 0) keepAlive.unref()
 }
 
-/** Operation codes of the submission format (crate/src/bindings.rs, `mod op`). */
+// ---------- the wire formats ----------
+// Kept in step with crate/src/bindings/wire.rs: every `export const enum` of this file is a
+// module there with the same names and values (`Op.PgQuery` is `op::PG_QUERY`), and its
+// `cargo test` (lib_native_ts_mirrors_the_wire_constants) fails when they differ. The layouts
+// are documented there.
+
+/**
+ * Operation codes: the low six bits of a submission record's op byte. A record is
+ * `u8 op | u32 id | u32 subject | u32 acquire group`, then chunks: `subject` is the group index
+ * of a one-shot statement (`Query`, `PgQuery`) and the handler number of a handler operation;
+ * `acquire group` is the group an `Acquire` takes its connection from (0 for the others).
+ */
 export const enum Op {
+  /** A one-shot statement; chunks: SQL, parameters. */
   Query = 1,
+  /** A statement on the handler's connection; chunks: SQL, parameters. */
   HandlerQuery = 2,
+  /** A handler's checkout. */
   Acquire = 3,
   Commit = 4,
   Rollback = 5,
-  /** `pgdbpool/pg` (lib/pg): a one-shot query in pg mode; carries an options chunk. */
+  /** `pgdbpool/pg` (lib/pg): a one-shot query in pg mode; chunks: SQL, parameters, options. */
   PgQuery = 6,
-  /** `pgdbpool/pg`: a handler query in pg mode; carries an options chunk. */
+  /** `pgdbpool/pg`: a handler query in pg mode; chunks: SQL, parameters, options. */
   PgHandlerQuery = 7,
+}
+
+/** Flags in the top two bits of a submission record's op byte. */
+export const enum OpFlag {
+  /** The operation has an `AbortSignal` (`abort` / `cancel` may name its id). */
+  Abortable = 0x80,
+  /** Aborted before it was handed over: the core answers it without running it. */
+  Aborted = 0x40,
+}
+
+/** The status byte of a completion record: what its payload is. */
+export const enum Status {
+  /** A result Buffer (lib/codec.ts's layout; empty for operations without a result). */
+  Result = 0,
+  /** An error, as JSON (`fromWire`). */
+  Error = 1,
+  /** Id 0: lifecycle events, a JSON array. */
+  Events = 2,
+  /** Id 0: an asynchronous message of a pg client's session: `u32 subscription | u8 type | body`. */
+  AsyncMessage = 3,
+}
+
+/** Byte offsets of a completion record's fields: `u32 id | u8 status | u32 len | payload`. */
+export const enum CompletionField {
+  Id = 0,
+  Status = 4,
+  Length = 5,
+  /** Also the size of the record's header. */
+  Payload = 9,
 }
 
 interface Pending {
@@ -63,10 +116,6 @@ interface Pending {
 
 /** A decoder of its own for an operation's result Buffer (lib/pg). */
 export type Decode = (buf: Buffer) => unknown
-
-/** Flags on the op byte (crate/src/bindings.rs, `mod op`). */
-const ABORTABLE = 0x80
-const ABORTED = 0x40
 
 /** Largest submission buffer kept between ticks; a bigger one is dropped after use. */
 const KEEP_BUFFER = 1 << 20
@@ -148,8 +197,10 @@ export class Core {
   }
 
   /**
-   * Queues one operation (`u8 op | u32 id | u32 a | u32 b`, plus SQL and parameters for the
-   * query operations); it goes to the core with the rest of this tick's operations.
+   * Queues one operation (a submission record, see `Op`: `subject` is the group index of a
+   * one-shot statement or the handler number of a handler operation, `acquireGroup` the group of
+   * an `Acquire`, else 0; `extra` the options chunk of the pg operations); it goes to the core
+   * with the rest of this tick's operations.
    *
    * With a `signal`, an abort rejects the promise with `AbortError` and tells the core: an
    * operation not handed over yet never runs, a handler statement still queued behind another
@@ -159,8 +210,8 @@ export class Core {
    */
   submit<T>(
     op: Op,
-    a: number,
-    b: number,
+    subject: number,
+    acquireGroup: number,
     rowMode: RowMode | Decode | null,
     sql?: string,
     params?: readonly unknown[],
@@ -178,10 +229,10 @@ export class Core {
       const w = this.#writer
       const mark = w.pos
       try {
-        w.u8(signal ? op | ABORTABLE : op)
+        w.u8(signal ? op | OpFlag.Abortable : op)
         w.u32(id)
-        w.u32(a)
-        w.u32(b)
+        w.u32(subject)
+        w.u32(acquireGroup)
         if (sql !== undefined) {
           w.text(sql)
           writeParams(w, params)
@@ -209,9 +260,9 @@ export class Core {
           if (!pending.waiting || (mayAbort && !mayAbort())) return
           if (pending.batch === this.#batchNumber) {
             // Still in the writer: the core answers it without running it.
-            this.#writer.buf[mark] |= ABORTED
+            this.#writer.buf[mark] |= OpFlag.Aborted
           } else if (op === Op.HandlerQuery) {
-            this.native.cancel(a, id)
+            this.native.cancel(subject, id)
           } else {
             this.native.abort(id)
           }
@@ -283,9 +334,9 @@ export class Core {
   }
 
   /**
-   * Called by the core when results are queued: `u32 id | u8 status | u32 len | payload`, where
-   * status 0 is a result, 1 an error, and id 0 (status 2) a batch of lifecycle events. The core
-   * hands them over in chunks of whole records; chunks wait here in order while one is settled.
+   * Called by the core when completion records are queued (see `Status`, `CompletionField`).
+   * The core hands them over in chunks of whole records; chunks wait here in order while one is
+   * settled.
    */
   readonly drain = (): void => {
     let buf: Buffer
@@ -323,19 +374,19 @@ export class Core {
     let pos = this.#completionsPos
     let decoded = 0
     while (pos < buf.length) {
-      const id = buf.readUInt32BE(pos)
-      const failed = buf[pos + 4] === 1
-      const len = buf.readUInt32BE(pos + 5)
-      const start = pos + 9
+      const id = buf.readUInt32BE(pos + CompletionField.Id)
+      const status = buf[pos + CompletionField.Status]
+      const len = buf.readUInt32BE(pos + CompletionField.Length)
+      const start = pos + CompletionField.Payload
       pos = start + len
       if (id === 0) {
-        if (buf[start - 5] === 3) this.onAsync(buf.subarray(start, pos))
+        if (status === Status.AsyncMessage) this.onAsync(buf.subarray(start, pos))
         else this.onEvents(buf.toString('utf8', start, pos))
         continue
       }
       const op = this.#answered(id)
       if (op === undefined || !this.#settle(op)) continue
-      if (failed) {
+      if (status === Status.Error) {
         op.reject(fromWire(buf.toString('utf8', start, pos)))
       } else if (op.rowMode === null) {
         op.resolve(undefined)

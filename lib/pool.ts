@@ -5,13 +5,9 @@ import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './c
 import { FieldInfo, QueryResult, RowMode, decodeResult } from './codec'
 import { PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
 import { Checkout } from './checkout'
-import { Core, NativePool, Op } from './native'
+import { Core, NativePool, Op, openNativePool } from './native'
 import { Cursor, CursorOptions } from './cursor'
 import { Listener, ListenOptions, Notification, startListener } from './pg/listen'
-
-// The generated binding is private: only this module and lib/native.ts talk to it.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const native: typeof import('../binding') = require('../binding.js')
 
 // Node 18.x before 18.18 lacks the well-known symbol that `await using` looks up.
 if (typeof Symbol.asyncDispose !== 'symbol') {
@@ -161,7 +157,7 @@ export class Pool extends EventEmitter {
     this.#config = normalizeConfig(config)
     this.#groups = new Map(this.#config.groups.map((g, i) => [g.name, i]))
     try {
-      this.#native = native.NativePool.open(nativeConfigJson(this.#config), this.#config.type === 'threaded', this.#core.wakeUp())
+      this.#native = openNativePool(nativeConfigJson(this.#config), this.#config.type === 'threaded', this.#core.wakeUp())
     } catch (e) {
       throw fromNative(e)
     }

@@ -13,9 +13,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
+use crate::codec::{command_of, decode_params, is_script, Param, ResultWriter};
 use crate::endpoint::{CancelTarget, Opened};
 use crate::error::{pg_error_text, PoolError};
-use crate::protocol::{command_of, decode_params, is_script, Param, ResultWriter};
 use crate::status::{SessionStatus, TxStatus};
 
 /// A stand-alone statement ready to run on a shared session (see [`Session::prepare_shared`]).

@@ -1,14 +1,17 @@
 //! Errors that cross to JavaScript.
 //!
-//! They cross as a napi error whose reason is a JSON object; `lib/errors.ts` turns it into the
-//! matching `PgDbPoolError` subclass. Messages never contain passwords.
+//! They cross as the JSON of [`PoolError::to_json`] — the payload of an error completion record,
+//! or the reason of an error a napi call throws — which `lib/errors.ts` turns into the matching
+//! `PgDbPoolError` subclass. Messages never contain passwords.
 
 use serde::Serialize;
-use tokio_postgres::error::DbError;
+use tokio_postgres::error::{DbError, SqlState};
 
 /// Every failure the pool reports.
 #[derive(Debug, Clone)]
-pub enum PoolError {
+pub(crate) enum PoolError {
+    /// The configuration was refused (by the core's own checks, after `lib/config.ts`'s).
+    Config(String),
     /// The pool was closed.
     Closed,
     /// No connection became free within `acquire_timeout`, or the wait queue was full.
@@ -33,7 +36,7 @@ pub enum PoolError {
 
 impl PoolError {
     /// The error of an operation whose code panicked; `payload` is the panic's.
-    pub fn from_panic(what: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+    pub(crate) fn from_panic(what: &str, payload: &(dyn std::any::Any + Send)) -> Self {
         let detail = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())
@@ -72,7 +75,7 @@ struct WireDb<'a> {
 
 /// Readable text of a tokio-postgres error: its own `Display` says only "db error" for server
 /// errors and hides I/O causes.
-pub fn pg_error_text(err: &tokio_postgres::Error) -> String {
+pub(crate) fn pg_error_text(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
@@ -86,9 +89,19 @@ pub fn pg_error_text(err: &tokio_postgres::Error) -> String {
     text
 }
 
+/// Server errors after which the server ends the session: admin shutdown, crash shutdown, not
+/// accepting connections now, connection failure, no such connection.
+const SESSION_ENDING: [SqlState; 5] = [
+    SqlState::ADMIN_SHUTDOWN,
+    SqlState::CRASH_SHUTDOWN,
+    SqlState::CANNOT_CONNECT_NOW,
+    SqlState::CONNECTION_FAILURE,
+    SqlState::CONNECTION_DOES_NOT_EXIST,
+];
+
 impl PoolError {
     /// Classifies a tokio-postgres error from a statement.
-    pub fn from_pg(err: &tokio_postgres::Error) -> Self {
+    pub(crate) fn from_pg(err: &tokio_postgres::Error) -> Self {
         if let Some(db) = err.as_db_error() {
             return PoolError::Db(Box::new(db.clone()));
         }
@@ -105,7 +118,7 @@ impl PoolError {
 
     /// For a failure from before the server could have run the statement (while preparing it,
     /// or an error answer ahead of BindComplete): a lost connection becomes [`PoolError::Unsent`].
-    pub fn before_run(err: &tokio_postgres::Error) -> Self {
+    pub(crate) fn before_run(err: &tokio_postgres::Error) -> Self {
         match Self::from_pg(err) {
             e @ (PoolError::Connection(_) | PoolError::Db(_)) if e.is_connection_fault() => {
                 PoolError::Unsent(format!("connection lost before the statement ran: {}", pg_error_text(err)))
@@ -115,7 +128,7 @@ impl PoolError {
     }
 
     /// For a failure once the statement may be running: a lost connection says it may have run.
-    pub fn while_running(err: &tokio_postgres::Error) -> Self {
+    pub(crate) fn while_running(err: &tokio_postgres::Error) -> Self {
         match Self::from_pg(err) {
             PoolError::Connection(m) => PoolError::Connection(format!("{m} (the statement may have run)")),
             other => other,
@@ -123,18 +136,19 @@ impl PoolError {
     }
 
     /// Whether the error means the connection itself can no longer be used.
-    pub fn is_connection_fault(&self) -> bool {
+    pub(crate) fn is_connection_fault(&self) -> bool {
         match self {
             PoolError::Connection(_) | PoolError::Unsent(_) => true,
-            // The server ends the session after these (admin shutdown, terminated backend).
-            PoolError::Db(db) => matches!(db.code().code(), "57P01" | "57P02" | "57P03" | "08006" | "08003"),
+            PoolError::Db(db) => SESSION_ENDING.contains(db.code()),
             _ => false,
         }
     }
 
-    /// JSON text for the napi error reason.
-    pub fn to_json(&self) -> String {
+    /// The error as JS reads it (`fromWire` in `lib/errors.ts`): in an error completion record,
+    /// and as the reason of an error thrown by a napi call. The one way errors cross to JS.
+    pub(crate) fn to_json(&self) -> String {
         let (code, message, causes, db) = match self {
+            PoolError::Config(m) => ("CONFIG", m.clone(), None, None),
             PoolError::Closed => ("POOL_CLOSED", "the pool is closed".to_string(), None, None),
             PoolError::Timeout(m) => ("POOL_TIMEOUT", m.clone(), None, None),
             PoolError::Connection(m) => ("DB_CONNECTION", m.clone(), None, None),
@@ -175,9 +189,12 @@ impl std::fmt::Display for PoolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PoolError::Closed => f.write_str("the pool is closed"),
-            PoolError::Timeout(m) | PoolError::Connection(m) | PoolError::Unsent(m) | PoolError::Query(m) | PoolError::Internal(m) => {
-                f.write_str(m)
-            }
+            PoolError::Config(m)
+            | PoolError::Timeout(m)
+            | PoolError::Connection(m)
+            | PoolError::Unsent(m)
+            | PoolError::Query(m)
+            | PoolError::Internal(m) => f.write_str(m),
             PoolError::Aborted => f.write_str("the operation was aborted"),
             PoolError::Offline(causes) => write!(f, "no endpoint could be reached: {}", causes.join("; ")),
             PoolError::Db(db) => write!(f, "{} (SQLSTATE {})", db.message(), db.code().code()),

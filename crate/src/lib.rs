@@ -1,11 +1,12 @@
 //! Rust core of `pgdbpool` for Node.js: a PostgreSQL pool over several endpoints, exposed
-//! through napi-rs. See SPEC.md and README.md at the repository root.
+//! through napi-rs (see `bindings`). README.md at the repository root describes the behaviour.
 
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms, unreachable_pub, missing_debug_implementations, clippy::all)]
 
 mod balancer;
 mod bindings;
+mod codec;
 mod config;
 mod conn;
 mod endpoint;
@@ -15,7 +16,6 @@ mod oneshot;
 mod pgcompat;
 mod pgtext;
 mod pool;
-mod protocol;
 mod role;
 mod rt;
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! pool's own API, kept apart from it:
 //!
 //! - **pg mode** for a statement (a task-local [`PgMode`], set around the statement by the two
-//!   pg operations in `bindings.rs`): columns whose type is in the statement's *fast set* keep
+//!   pg operations, see `bindings/submission.rs`): columns whose type is in the statement's *fast set* keep
 //!   the pool's decoded payloads; every other column comes as PostgreSQL's text, which
 //!   `lib/pg/` hands to the pg-types parser in force (a parser the user set, or pg's own for
 //!   types the fast path does not decode as pg does). Each result also carries pg's field
@@ -26,12 +26,12 @@ use crate::status::SessionStatus;
 
 tokio::task_local! {
     /// Set while a pg-mode statement runs (see the module docs).
-    pub static PG_MODE: Arc<PgMode>;
+    pub(crate) static PG_MODE: Arc<PgMode>;
 }
 
 /// How the results of one pg-mode statement are encoded.
 #[derive(Debug, Default)]
-pub struct PgMode {
+pub(crate) struct PgMode {
     /// Type OIDs whose columns keep the fast payload (sorted); every other column is text.
     fast: Vec<u32>,
     /// A pg client's BEGIN, held back by `lib/pg` (it cannot fail) to go out in front of this
@@ -42,7 +42,7 @@ pub struct PgMode {
 impl PgMode {
     /// Reads the options chunk of a pg operation: `u32 count | u32 oid...` (the fast set), then
     /// optionally `u32 len | BEGIN text`.
-    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
         let bad = || "malformed pg options".to_string();
         if bytes.is_empty() {
             return Ok(Self::default());
@@ -63,18 +63,18 @@ impl PgMode {
     }
 
     /// The held-back BEGIN to send in front of this statement, if any.
-    pub fn begin(&self) -> Option<&str> {
+    pub(crate) fn begin(&self) -> Option<&str> {
         self.begin.as_deref()
     }
 
     /// Whether columns of type `oid` keep the fast payload.
-    pub fn is_fast(&self, oid: u32) -> bool {
+    pub(crate) fn is_fast(&self, oid: u32) -> bool {
         self.fast.binary_search(&oid).is_ok()
     }
 }
 
 /// The pg mode of the running statement, if it is one.
-pub fn current() -> Option<Arc<PgMode>> {
+pub(crate) fn current() -> Option<Arc<PgMode>> {
     PG_MODE.try_with(Arc::clone).ok()
 }
 
@@ -99,22 +99,22 @@ fn type_size(oid: u32) -> i16 {
 }
 
 /// Field metadata for a result's trailer (the type OID is in the result's header).
-pub struct FieldMeta {
+pub(crate) struct FieldMeta {
     /// `tableID`.
-    pub table: u32,
+    pub(crate) table: u32,
     /// `columnID`.
-    pub column: i16,
+    pub(crate) column: i16,
     /// `dataTypeSize`.
-    pub size: i16,
+    pub(crate) size: i16,
     /// `dataTypeModifier`.
-    pub modifier: i32,
+    pub(crate) modifier: i32,
     /// The payload is the fast one (else PostgreSQL's text).
-    pub fast: bool,
+    pub(crate) fast: bool,
 }
 
 impl FieldMeta {
     /// From a tokio-postgres column.
-    pub fn of(column: &tokio_postgres::Column, fast: bool) -> Self {
+    pub(crate) fn of(column: &tokio_postgres::Column, fast: bool) -> Self {
         let oid = column.type_().oid();
         Self {
             table: column.table_oid().unwrap_or(0),
@@ -127,11 +127,11 @@ impl FieldMeta {
 }
 
 /// Result flag: every cell is PostgreSQL's text (a script's result).
-pub const ALL_TEXT: u8 = 1;
+pub(crate) const ALL_TEXT: u8 = 1;
 
 /// Appends the trailer: `u8 flags | per column: u32 table, i16 column, i16 size, i32 modifier,
 /// u8 fast | u32 trailer length` (the length, last, lets the reader find the start).
-pub fn trailer(out: &mut Vec<u8>, flags: u8, fields: &[FieldMeta]) {
+pub(crate) fn trailer(out: &mut Vec<u8>, flags: u8, fields: &[FieldMeta]) {
     let start = out.len();
     out.push(flags);
     for f in fields {
@@ -149,11 +149,11 @@ pub fn trailer(out: &mut Vec<u8>, flags: u8, fields: &[FieldMeta]) {
 
 /// A subscriber to a session's asynchronous messages: called with the message type (`A`
 /// notification, `N` notice, `X` the connection ended) and its body.
-pub type Subscriber = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
+pub(crate) type Subscriber = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
 
 /// What `status.rs` records for this module on each session.
 #[derive(Default)]
-pub struct SessionTap {
+pub(crate) struct SessionTap {
     pid: AtomicU32,
     subscribed: AtomicBool,
     subscriber: Mutex<Option<Subscriber>>,
@@ -171,23 +171,23 @@ impl std::fmt::Debug for SessionTap {
 
 impl SessionTap {
     /// The backend's process id, 0 before BackendKeyData.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid.load(Ordering::Acquire)
     }
 
     /// Whether NotificationResponse / NoticeResponse bodies are wanted.
-    pub fn subscribed(&self) -> bool {
+    pub(crate) fn subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
     }
 
     /// Whether the answer of a script is being captured.
-    pub fn capturing(&self) -> bool {
+    pub(crate) fn capturing(&self) -> bool {
         self.capturing.load(Ordering::Acquire)
     }
 
     /// Sends this session's asynchronous messages to `subscriber` (replacing any earlier one),
     /// or to nobody.
-    pub fn subscribe(&self, subscriber: Option<Subscriber>) {
+    pub(crate) fn subscribe(&self, subscriber: Option<Subscriber>) {
         let on = subscriber.is_some();
         *self.subscriber.lock() = subscriber;
         self.subscribed.store(on, Ordering::Release);
@@ -197,7 +197,7 @@ impl SessionTap {
     }
 
     /// A message read off the stream (called by `status.rs` for the types it keeps for us).
-    pub fn message(&self, kind: u8, body: &[u8]) {
+    pub(crate) fn message(&self, kind: u8, body: &[u8]) {
         match kind {
             b'K' => {
                 if let Some(pid) = body.get(0..4) {
@@ -217,7 +217,7 @@ impl SessionTap {
     }
 
     /// The stream ended: tell the subscriber, once.
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         if !self.ended.swap(true, Ordering::AcqRel) {
             self.deliver(b'X', &[]);
         }
@@ -235,13 +235,13 @@ impl SessionTap {
 
     /// Starts capturing; call only when every answer due on the session has arrived, so that
     /// what is captured up to the next ReadyForQuery is the script's answer alone.
-    pub fn begin_capture(&self) {
+    pub(crate) fn begin_capture(&self) {
         self.captured.lock().clear();
         self.capturing.store(true, Ordering::Release);
     }
 
     /// Stops capturing and returns what was captured.
-    pub fn end_capture(&self) -> Vec<u8> {
+    pub(crate) fn end_capture(&self) -> Vec<u8> {
         self.capturing.store(false, Ordering::Release);
         std::mem::take(&mut *self.captured.lock())
     }
@@ -288,7 +288,7 @@ impl ScriptResult {
                 header.extend_from_slice(&(name.len() as u32).to_be_bytes());
                 header.extend_from_slice(name.as_bytes());
                 header.extend_from_slice(&type_oid.to_be_bytes());
-                header.push(crate::protocol::Kind::Text as u8);
+                header.push(crate::codec::Kind::Text as u8);
                 fields.push(FieldMeta { table, column, size, modifier, fast: false });
             }
         } else {
@@ -321,7 +321,7 @@ impl ScriptResult {
 
 /// Builds pg's results from a captured script answer: `u8 2 | u32 count | per result: u32 len,
 /// result` (each result as [`ScriptResult::finish`] lays it out).
-pub fn script_results(captured: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn script_results(captured: &[u8]) -> Result<Vec<u8>, String> {
     let mut results: Vec<Vec<u8>> = Vec::new();
     let mut current: Option<ScriptResult> = None;
     let mut pos = 0;
@@ -375,7 +375,7 @@ type Attached = HashMap<(u32, u32), Arc<SessionStatus>>;
 static ATTACHED: LazyLock<Mutex<Attached>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// Remembers `status` as the session of `(core, handler)`; returns the backend's pid.
-pub fn attach(core: u32, handler: u32, status: Arc<SessionStatus>) -> u32 {
+pub(crate) fn attach(core: u32, handler: u32, status: Arc<SessionStatus>) -> u32 {
     let pid = status.pg.pid();
     if let Some(old) = ATTACHED.lock().insert((core, handler), status) {
         old.pg.subscribe(None);
@@ -384,7 +384,7 @@ pub fn attach(core: u32, handler: u32, status: Arc<SessionStatus>) -> u32 {
 }
 
 /// Subscribes the session of `(core, handler)`; false if there is none.
-pub fn subscribe(core: u32, handler: u32, subscriber: Option<Subscriber>) -> bool {
+pub(crate) fn subscribe(core: u32, handler: u32, subscriber: Option<Subscriber>) -> bool {
     let status = ATTACHED.lock().get(&(core, handler)).cloned();
     match status {
         Some(status) => {
@@ -396,7 +396,7 @@ pub fn subscribe(core: u32, handler: u32, subscriber: Option<Subscriber>) -> boo
 }
 
 /// Forgets the session of `(core, handler)` and unsubscribes it.
-pub fn detach(core: u32, handler: u32) {
+pub(crate) fn detach(core: u32, handler: u32) {
     let status = ATTACHED.lock().remove(&(core, handler));
     if let Some(status) = status {
         status.pg.subscribe(None);

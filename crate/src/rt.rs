@@ -7,7 +7,7 @@
 //! (finalizers run after the shutdown), and a panic there, inside an `extern "C"` finalizer,
 //! aborted the process. So every task of the core is spawned through [`spawn`] on a handle kept
 //! here: on a runtime that has shut down, tokio drops the future instead of running it, and the
-//! future's own drop guards (see `pool::Returning`, `bindings::Settle`) do what it would have
+//! future's own drop guards (see `pool::lease::Returning`, `bindings::completions::Settle`) do what it would have
 //! done, or at least free what it held.
 
 use std::future::Future;
@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 static HANDLE: RwLock<Option<Handle>> = RwLock::new(None);
 
 /// Remembers the runtime the core spawns on.
-pub fn set(handle: Handle) {
+pub(crate) fn set(handle: Handle) {
     *HANDLE.write() = Some(handle);
 }
 
@@ -27,7 +27,7 @@ pub fn set(handle: Handle) {
 /// previous runtime down, napi-rs starts a new one for the next environment (a restarted worker,
 /// a reloaded Electron renderer); every pool is created on a JS thread whose environment is
 /// alive, so calling this from the pool constructor always finds the live one.
-pub fn adopt_napi_runtime() {
+pub(crate) fn adopt_napi_runtime() {
     // napi-rs panics when it has no runtime at all, which cannot happen while an environment
     // is alive; the guard only keeps that impossible case from crossing N-API.
     let current = std::panic::catch_unwind(|| napi::bindgen_prelude::within_runtime_if_available(|| Handle::try_current().ok()));
@@ -38,7 +38,7 @@ pub fn adopt_napi_runtime() {
 
 /// Spawns `future` on the core's runtime. When that runtime has shut down (or there is none),
 /// the future is dropped without running; nothing panics.
-pub fn spawn<F>(future: F) -> Option<JoinHandle<F::Output>>
+pub(crate) fn spawn<F>(future: F) -> Option<JoinHandle<F::Output>>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

@@ -1,19 +1,24 @@
-//! Encoding across the JS boundary: parameters arrive as one Buffer, a result leaves as one
-//! Buffer (SPEC §7.2). `lib/codec.ts` is the other half of the result layout.
+//! The JS codec, the Rust half of `lib/codec.ts`: a statement's parameters arrive as one
+//! Buffer ([`params`]), its result leaves as one Buffer built by [`ResultWriter`].
 //!
 //! Result layout (big-endian):
 //! `u8 version | u32 rows | f64 rowsAffected (-1: none) | u8 len, command | u32 columns |
 //! per column: u32 len, name, u32 type oid, u8 kind | per row, per column: i32 len (-1: NULL), payload`.
 //! Payloads are already normalized per kind (see [`Kind`]), so TypeScript never parses
 //! PostgreSQL's binary formats beyond fixed-width numbers; types that node-postgres returns as
-//! the server's text are printed as text here ([`crate::pgtext`]).
+//! the server's text are printed as text here ([`crate::pgtext`]). The command word and whether
+//! a statement is a script are read off the SQL text ([`command`]).
+
+mod command;
+mod params;
 
 use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::{BufMut, BytesMut};
-use tokio_postgres::types::{to_sql_checked, Format, FromSql, IsNull, Kind as PgKind, ToSql, Type};
+use tokio_postgres::types::{FromSql, Kind as PgKind, Type};
 
+pub(crate) use self::command::{command_of, has_row_count, is_script};
+pub(crate) use self::params::{decode_params, Param};
 use crate::{pgcompat, pgtext};
 
 /// The largest result Buffer built, in bytes: a result record carries its length as a u32,
@@ -22,7 +27,7 @@ static MAX_RESULT: AtomicUsize = AtomicUsize::new(MAX_RECORD);
 const MAX_RECORD: usize = u32::MAX as usize - 64;
 
 /// Sets the largest result Buffer (capped at what a result record can carry).
-pub fn set_max_result_bytes(bytes: u64) {
+pub(crate) fn set_max_result_bytes(bytes: u64) {
     let bytes = usize::try_from(bytes).unwrap_or(MAX_RECORD).clamp(64, MAX_RECORD);
     MAX_RESULT.store(bytes, Ordering::Relaxed);
 }
@@ -34,7 +39,7 @@ fn too_large(max: usize) -> String {
 /// How a column's payload is laid out for the TypeScript decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// 1 byte.
     Bool = 1,
     /// i16.
@@ -77,7 +82,7 @@ pub enum Kind {
 }
 
 /// Picks the payload kind for a column type.
-pub fn kind_of(ty: &Type) -> Kind {
+pub(crate) fn kind_of(ty: &Type) -> Kind {
     match *ty {
         Type::BOOL => Kind::Bool,
         Type::INT2 => Kind::Int2,
@@ -119,7 +124,7 @@ pub fn kind_of(ty: &Type) -> Kind {
 }
 
 /// A column value exactly as the server sent it (binary format).
-pub struct RawCell<'a>(pub &'a [u8]);
+pub(crate) struct RawCell<'a>(pub(crate) &'a [u8]);
 
 impl<'a> FromSql<'a> for RawCell<'a> {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
@@ -130,69 +135,8 @@ impl<'a> FromSql<'a> for RawCell<'a> {
     }
 }
 
-/// One bound parameter: text (server infers and parses, as node-postgres does) or binary
-/// bytes for Buffers.
-#[derive(Debug)]
-pub struct Param<'a> {
-    /// Sent in binary (bytea) rather than text.
-    pub binary: bool,
-    value: Option<&'a [u8]>,
-}
-
-impl ToSql for Param<'_> {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        match self.value {
-            None => Ok(IsNull::Yes),
-            Some(bytes) => {
-                out.put_slice(bytes);
-                Ok(IsNull::No)
-            }
-        }
-    }
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-    fn encode_format(&self, _: &Type) -> Format {
-        if self.binary {
-            Format::Binary
-        } else {
-            Format::Text
-        }
-    }
-    to_sql_checked!();
-}
-
-/// Splits the parameter Buffer (`u32 count`, then per parameter `u8 tag` — 0 null, 1 text,
-/// 2 binary — `u32 len`, bytes).
-pub fn decode_params(buf: &[u8]) -> Result<Vec<Param<'_>>, String> {
-    let bad = || "malformed parameter buffer".to_string();
-    let mut pos = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let slice = buf.get(pos..pos + n).ok_or_else(bad)?;
-        pos += n;
-        Ok(slice)
-    };
-    if buf.is_empty() {
-        return Ok(Vec::new());
-    }
-    let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
-    let mut params = Vec::with_capacity(count);
-    for _ in 0..count {
-        let tag = take(1)?[0];
-        let len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
-        let value = take(len)?;
-        params.push(match tag {
-            0 => Param { binary: false, value: None },
-            1 => Param { binary: false, value: Some(value) },
-            2 => Param { binary: true, value: Some(value) },
-            _ => return Err(bad()),
-        });
-    }
-    Ok(params)
-}
-
 /// Builds one result Buffer.
-pub struct ResultWriter {
+pub(crate) struct ResultWriter {
     buf: Vec<u8>,
     kinds: Vec<(Kind, Type)>,
     rows: u32,
@@ -204,7 +148,7 @@ pub struct ResultWriter {
 
 impl ResultWriter {
     /// Starts a result with its header.
-    pub fn new(command: &str, columns: &[tokio_postgres::Column]) -> Self {
+    pub(crate) fn new(command: &str, columns: &[tokio_postgres::Column]) -> Self {
         let counted = has_row_count(command);
         let mut buf = Vec::with_capacity(256);
         buf.push(1u8);
@@ -238,7 +182,7 @@ impl ResultWriter {
 
     /// Appends one row. A value the core cannot read (the server sent something malformed) or
     /// a result that outgrows [`MAX_RESULT`] is that statement's error.
-    pub fn push_row(&mut self, row: &tokio_postgres::Row) -> Result<(), String> {
+    pub(crate) fn push_row(&mut self, row: &tokio_postgres::Row) -> Result<(), String> {
         for (i, (kind, ty)) in self.kinds.iter().enumerate() {
             let cell: Option<RawCell<'_>> = row.try_get(i).map_err(|e| e.to_string())?;
             match cell {
@@ -261,7 +205,7 @@ impl ResultWriter {
 
     /// Seals the header and returns the bytes. `rows_affected` is tokio-postgres's reading of
     /// the command tag, 0 for tags without a count: those become null, as in node-postgres.
-    pub fn finish(mut self, rows_affected: Option<u64>) -> Vec<u8> {
+    pub(crate) fn finish(mut self, rows_affected: Option<u64>) -> Vec<u8> {
         self.buf[1..5].copy_from_slice(&self.rows.to_be_bytes());
         let affected = rows_affected.filter(|_| self.counted).map_or(-1f64, |n| n as f64);
         self.buf[5..13].copy_from_slice(&affected.to_be_bytes());
@@ -390,223 +334,6 @@ fn write_array(out: &mut Vec<u8>, ty: &Type, raw: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The command word node-postgres reports (`SELECT`, `INSERT`, ...), taken from the SQL text
-/// because tokio-postgres does not expose the server's command tag.
-pub fn command_of(sql: &str) -> String {
-    let first = strip_leading_comments(sql)
-        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .find(|w| !w.is_empty())
-        .unwrap_or_default()
-        .to_ascii_uppercase();
-    match first.as_str() {
-        "WITH" => main_verb_after_with(sql),
-        "START" => "BEGIN".into(),
-        "END" => "COMMIT".into(),
-        "ABORT" => "ROLLBACK".into(),
-        "VALUES" | "TABLE" => "SELECT".into(),
-        "CREATE" if is_create_as(sql) => "SELECT".into(),
-        _ => first,
-    }
-}
-
-fn strip_leading_comments(mut s: &str) -> &str {
-    loop {
-        s = s.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-        if let Some(rest) = s.strip_prefix("--") {
-            s = rest.split_once('\n').map_or("", |(_, r)| r);
-        } else if let Some(rest) = s.strip_prefix("/*") {
-            s = rest.split_once("*/").map_or("", |(_, r)| r);
-        } else {
-            return s;
-        }
-    }
-}
-
-/// The words of `sql` at parenthesis depth 0, outside quotes, upper-cased.
-fn top_level_words(sql: &str) -> impl Iterator<Item = String> + '_ {
-    let bytes = sql.as_bytes();
-    let mut depth = 0i32;
-    let mut i = 0;
-    let mut in_quote: Option<u8> = None;
-    std::iter::from_fn(move || {
-        while i < bytes.len() {
-            let c = bytes[i];
-            if let Some(q) = in_quote {
-                if c == q {
-                    in_quote = None;
-                }
-                i += 1;
-                continue;
-            }
-            match c {
-                b'\'' | b'"' => in_quote = Some(c),
-                b'(' => depth += 1,
-                b')' => depth -= 1,
-                _ if depth == 0 && c.is_ascii_alphabetic() => {
-                    let start = i;
-                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                        i += 1;
-                    }
-                    return Some(sql[start..i].to_ascii_uppercase());
-                }
-                _ => {}
-            }
-            i += 1;
-        }
-        None
-    })
-}
-
-/// For `WITH ... <verb>`, the first keyword at parenthesis depth 0 after the CTE list.
-fn main_verb_after_with(sql: &str) -> String {
-    for word in top_level_words(sql) {
-        match word.as_str() {
-            "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" => return word,
-            "VALUES" | "TABLE" => return "SELECT".into(),
-            _ => {}
-        }
-    }
-    "SELECT".into()
-}
-
-/// `CREATE [TEMP] TABLE ... AS` and `CREATE MATERIALIZED VIEW ... AS`, whose command tag is
-/// `SELECT n`.
-fn is_create_as(sql: &str) -> bool {
-    let mut words = top_level_words(strip_leading_comments(sql)).skip(1).peekable();
-    while words.peek().is_some_and(|w| matches!(w.as_str(), "GLOBAL" | "LOCAL" | "TEMP" | "TEMPORARY" | "UNLOGGED")) {
-        words.next();
-    }
-    match words.next().as_deref() {
-        Some("TABLE") => {}
-        Some("MATERIALIZED") if words.next().as_deref() == Some("VIEW") => {}
-        _ => return false,
-    }
-    words.any(|w| w == "AS")
-}
-
-/// Whether `sql` certainly holds more than one statement (something other than blanks and
-/// comments after a top-level `;`), read as PostgreSQL's lexer reads quotes, comments and dollar
-/// quotes. Such a text goes to the simple protocol at once: preparing it fails, and inside a
-/// transaction that failure aborts the transaction. When in doubt (an unterminated quote) it says
-/// no, and the server decides. (A `BEGIN ATOMIC` body counts as several: the simple protocol runs
-/// it as the one statement it is.)
-pub fn is_script(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    let n = b.len();
-    let mut i = 0;
-    let mut seen_end = false;
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    while i < n {
-        let c = b[i];
-        if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < n && b[i] != b'\n' {
-                i += 1;
-            }
-            continue;
-        }
-        if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let mut depth = 1;
-            i += 2;
-            while i < n && depth > 0 {
-                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                } else {
-                    i += 1;
-                }
-            }
-            if depth > 0 {
-                return false;
-            }
-            continue;
-        }
-        if c.is_ascii_whitespace() {
-            i += 1;
-            continue;
-        }
-        if seen_end && c != b';' {
-            return true;
-        }
-        match c {
-            b';' => {
-                seen_end = true;
-                i += 1;
-            }
-            b'\'' => {
-                let escapes = i > 0 && (b[i - 1] == b'E' || b[i - 1] == b'e') && (i < 2 || !ident(b[i - 2]));
-                i += 1;
-                loop {
-                    if i >= n {
-                        return false;
-                    }
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                            continue;
-                        }
-                        i += 1;
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            b'"' => {
-                i += 1;
-                loop {
-                    if i >= n {
-                        return false;
-                    }
-                    if b[i] == b'"' {
-                        if b.get(i + 1) == Some(&b'"') {
-                            i += 2;
-                            continue;
-                        }
-                        i += 1;
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            b'$' if !(i > 0 && ident(b[i - 1])) => {
-                // `$tag$ ... $tag$` (tag empty or an identifier not starting with a digit); `$1` is a parameter.
-                let mut j = i + 1;
-                if j < n && b[j].is_ascii_digit() {
-                    i = j;
-                    continue;
-                }
-                while j < n && ident(b[j]) && b[j] != b'$' {
-                    j += 1;
-                }
-                if j >= n || b[j] != b'$' {
-                    i += 1;
-                    continue;
-                }
-                let tag = &b[i..=j];
-                let body = j + 1;
-                match b[body..].windows(tag.len()).position(|w| w == tag) {
-                    Some(at) => i = body + at + tag.len(),
-                    None => return false,
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    false
-}
-
-/// Whether node-postgres reports a row count for this command: only tags that carry one
-/// (`INSERT 0 n`, `UPDATE n`, `SELECT n`, ...); `CREATE TABLE`, `SHOW`, `EXPLAIN` give null.
-pub fn has_row_count(command: &str) -> bool {
-    matches!(command, "INSERT" | "UPDATE" | "DELETE" | "SELECT" | "MERGE" | "MOVE" | "FETCH" | "COPY")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -695,34 +422,5 @@ mod tests {
         let mut out = Vec::new();
         let err = write_cell(&mut out, kind_of(&Type::RECORD), &Type::RECORD, &inner).expect_err("too deep");
         assert!(err.contains("nested"), "{err}");
-    }
-
-    #[test]
-    fn scripts_are_told_apart() {
-        assert!(!is_script("SELECT 1"));
-        assert!(!is_script("SELECT 1;"));
-        assert!(!is_script("SELECT 1; -- done\n /* really */ ;"));
-        assert!(is_script("SELECT 1; SELECT 2"));
-        assert!(is_script("--! breaking\ncreate table a (x int);\ncreate index on a (x);"));
-        assert!(!is_script("SELECT ';' AS a, \"x;y\" FROM t"));
-        assert!(!is_script("SELECT E'it\\'s; fine', 'a''; b'"));
-        assert!(!is_script("DO $$ BEGIN PERFORM 1; PERFORM 2; END $$"));
-        assert!(!is_script("CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql"));
-        assert!(is_script("DO $f$ BEGIN PERFORM 1; END $f$; SELECT 2"));
-        assert!(!is_script("SELECT $1::int; "));
-        assert!(!is_script("SELECT 'unterminated; SELECT 2"));
-        assert!(!is_script("SELECT 1 /* a; /* nested; */ still */"));
-    }
-
-    #[test]
-    fn commands() {
-        assert_eq!(command_of("  select 1"), "SELECT");
-        assert_eq!(command_of("-- c\nINSERT INTO t VALUES (1)"), "INSERT");
-        assert_eq!(command_of("WITH a AS (SELECT 1) UPDATE t SET x = 1"), "UPDATE");
-        assert_eq!(command_of("start transaction"), "BEGIN");
-        assert_eq!(command_of("CREATE TEMP TABLE t AS SELECT 1"), "SELECT");
-        assert_eq!(command_of("create materialized view v as values (1)"), "SELECT");
-        assert_eq!(command_of("CREATE TABLE t (a int GENERATED ALWAYS AS (1) STORED, b text DEFAULT ' AS ')"), "CREATE");
-        assert_eq!(command_of("CREATE VIEW v AS SELECT 1"), "CREATE");
     }
 }
