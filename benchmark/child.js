@@ -5,7 +5,7 @@
 const { performance } = require('node:perf_hooks')
 const { libs } = require('./libs')
 
-const [, , libName, endpointJson, cellsJson, durationMs] = process.argv
+const [, , libName, endpointJson, cellsJson, durationMs, idleMs] = process.argv
 const endpoint = JSON.parse(endpointJson)
 const cells = JSON.parse(cellsJson)
 const duration = Number(durationMs)
@@ -31,6 +31,7 @@ async function runCell(lib, workload, concurrency) {
   let peakRss = process.memoryUsage.rss()
   const rssTimer = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage.rss())), 50)
   const elu0 = performance.eventLoopUtilization()
+  const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   const deadline = t0 + duration
   await Promise.all(
@@ -50,6 +51,7 @@ async function runCell(lib, workload, concurrency) {
   )
   const elapsed = performance.now() - t0
   const elu = performance.eventLoopUtilization(elu0)
+  const cpu = process.cpuUsage(cpu0)
   clearInterval(rssTimer)
   peakRss = Math.max(peakRss, process.memoryUsage.rss())
   latencies.sort((a, b) => a - b)
@@ -64,8 +66,24 @@ async function runCell(lib, workload, concurrency) {
     p99: percentile(latencies, 99),
     // Event-loop busy time per operation, in microseconds.
     eluUs: ops ? (elu.active * 1000) / ops : 0,
+    // CPU time of the whole process (every thread: JS, a native core's workers) per operation.
+    cpuUs: ops ? (cpu.user + cpu.system) / ops : 0,
     peakRssMb: peakRss / 1048576,
   }
+}
+
+/**
+ * CPU the process uses with its pool open and nothing to do (after the load stopped, and a
+ * second for what it left running to wind down), as a percentage of one core.
+ */
+async function idleCpu(lib, ms) {
+  await new Promise((r) => setTimeout(r, 1000))
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  await new Promise((r) => setTimeout(r, ms))
+  const cpu = process.cpuUsage(cpu0)
+  const elapsedMs = performance.now() - t0
+  return { lib: lib.name, workload: 'idle', idleMs: elapsedMs, idleCpuPercent: ((cpu.user + cpu.system) / 1000 / elapsedMs) * 100 }
 }
 
 ;(async () => {
@@ -74,6 +92,7 @@ async function runCell(lib, workload, concurrency) {
     const result = await runCell(lib, workload, concurrency)
     process.stdout.write(JSON.stringify(result) + '\n')
   }
+  if (Number(idleMs) > 0) process.stdout.write(JSON.stringify(await idleCpu(lib, Number(idleMs))) + '\n')
   await lib.close()
 })().catch((e) => {
   process.stderr.write(`${libName} failed: ${e && e.stack}\n`)
