@@ -220,6 +220,18 @@ export class Handler implements AsyncDisposable {
   }
 
   /**
+   * @internal lib/pg: releases the connection closed rather than pooled (a session left in a
+   * state nobody else may inherit: a destroyed pg client, a dropped LISTEN connection).
+   */
+  _discard(): Promise<void> {
+    if (this.#handler >= 0) {
+      this.#ctx.core.flush()
+      this.#ctx.core.native.discard(this.#handler)
+    }
+    return this.release()
+  }
+
+  /**
    * Returns the connection to the pool. Idempotent. An open transaction is rolled back first
    * (in the background: the connection is not handed to anyone else before that is done).
    */

@@ -212,14 +212,9 @@ class Hub {
 
   /** Lets go of a listening connection; it is closed, not pooled. */
   #drop(db: Handler): void {
-    const handler = db._handler
-    if (handler >= 0) {
-      detach(db._core, handler, this.#subscription)
-      db._core.flush()
-      db._core.native.discard(handler)
-    }
+    if (db._handler >= 0) detach(db._core, db._handler, this.#subscription)
     this.#subscription = 0
-    db.release()
+    db._discard()
   }
 
   #shutdown(): void {
