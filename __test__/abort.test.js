@@ -135,3 +135,26 @@ test('a one-shot statement aborted in the tick it was made never reaches the ser
   t.deepEqual((await pool.query(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
   await pool.close()
 })
+
+// Serial: it finds its statement by text in pg_stat_activity, and the other tests run the same one.
+test.serial('an aborted handler query rejects at once and is cancelled on the server; the handler stays usable', async (t) => {
+  const { pool } = makePool({ default: { connection_count: 1 } })
+  const db = pool.handler()
+  await db.acquire()
+  const controller = new AbortController()
+  const started = Date.now()
+  const slow = db.query('SELECT pg_sleep(30)', [], { signal: controller.signal })
+  await waitFor(
+    () => server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").then((r) => r.rows[0].n === 1),
+    { what: 'sleep running' },
+  )
+  controller.abort()
+  await t.throwsAsync(slow, { instanceOf: AbortError })
+  // The server stopped the statement: the next one runs right after, not 30 s later.
+  t.deepEqual((await db.query('SELECT 1 AS v')).rows, [{ v: 1 }])
+  t.true(Date.now() - started < 20000)
+  await db.release()
+  // A one-shot query with an aborted signal never runs.
+  await t.throwsAsync(pool.query('SELECT 1', [], { signal: AbortSignal.abort() }), { instanceOf: AbortError })
+  await pool.close()
+})
