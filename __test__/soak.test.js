@@ -1,5 +1,5 @@
 'use strict'
-// Issue 4's load tests under faults: a server restart under load (the scenario where deadpool
+// Load tests under faults: a server restart under load (the scenario where deadpool
 // users saw their pool spin at 100 % CPU), and a soak of a few hundred thousand operations from
 // many callers with backends killed, connections reset and delayed, statements timed out and
 // aborted. Afterwards every promise has settled, every error is a documented class, and neither
@@ -230,7 +230,7 @@ test.serial('server restart under load: the pool recovers, CPU stays sane while 
   t.true(downCpu < 60, `CPU while the server was down: ${downCpu.toFixed(0)} % of one core`)
   // Connect attempts are paced (the ban, and at most one forced attempt per 200 ms on an endpoint
   // every group finds banned), not one per checkout: a few dozen at most over two seconds, not
-  // thousands (before that pacing: ~8 700). The monitor's probes are not counted here.
+  // thousands (one per checkout would be ~8 700). The monitor's probes are not counted here.
   t.true(downConnectErrors <= 60, `${downConnectErrors} failed connects in ${downMs.toFixed(0)} ms`)
   t.true(downOps >= 200, `the load went on while the server was down (${downOps} operations)`)
   t.true(recoveredMs < 5000, `recovered ${recoveredMs.toFixed(0)} ms after the restart`)

@@ -168,8 +168,8 @@ test.serial('close ends as soon as a connect in flight ends, not at its timeout'
   await held.release()
   const closed = await closing
   t.is(closed.error, undefined)
-  // The open ends (and is dropped, the pool being closed) about a second in; close used to miss
-  // that and wait all 8 s.
+  // The open ends (and is dropped, the pool being closed) about a second in; close must notice
+  // that rather than wait all 8 s.
   t.true(closed.ms < 5000, `close took ${closed.ms} ms`)
   await got
   t.is(pool.stats().groups.default.size, 0)

@@ -1,4 +1,4 @@
-// Handler checkouts of one group, as seen from one JS thread (SPEC §4 "Checkout", §7.3).
+// Handler checkouts of one group, as seen from one JS thread.
 //
 // An idle connection is taken synchronously. Otherwise the checkout waits here, in a FIFO with
 // its own deadline, and is served by whichever comes first: a handler of this thread releasing

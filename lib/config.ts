@@ -8,7 +8,7 @@ export type ChannelBinding = 'disable' | 'prefer' | 'require'
 export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby' | 'prefer-standby'
 export type Balance = 'round-robin' | 'least-busy' | 'random'
 
-/** One PostgreSQL server (the Python seed's keys, plus `port`, `id` and more). */
+/** One PostgreSQL server (the Python pgdbpool's keys, plus `port`, `id` and more). */
 export interface EndpointConfig {
   /** Name that groups use in `endpoints`; defaults to `host:port`. */
   id?: string
