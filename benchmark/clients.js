@@ -20,17 +20,10 @@ function pgPoolOptions(endpoint, app) {
   }
 }
 
-/** postgres.js options for `endpoint`. */
+/** postgres.js options for `endpoint`: the same, with application_name where postgres.js takes it. */
 function postgresOptions(endpoint, app) {
-  return {
-    host: endpoint.host,
-    port: endpoint.port,
-    user: endpoint.user,
-    password: endpoint.pass,
-    database: endpoint.name,
-    max: POOL_SIZE,
-    connection: { application_name: app },
-  }
+  const { application_name, ...options } = pgPoolOptions(endpoint, app)
+  return { ...options, connection: { application_name } }
 }
 
 module.exports = { POOL_SIZE, randomId, pgPoolOptions, postgresOptions }
