@@ -6,38 +6,25 @@
 // nothing.
 const test = require('ava')
 
-const { Pool, AbortError } = require('..')
-const { startServer, waitFor, guardProcess } = require('./helpers/pg')
+const { AbortError } = require('..')
+const { waitFor, guardProcess } = require('./helpers/pg')
+const { useTarget } = require('./helpers/target')
 
 guardProcess(test)
 
-let server
-let seq = 0
-
-test.before(async () => {
-  server = await startServer()
-})
-
-test.after.always(async () => {
-  if (server) await server.destroy()
-})
-
-function makePool(groups, endpoint = {}) {
-  const app = `pgdbpool-abort${process.pid}-${++seq}`
-  const pool = new Pool({ type: 'non-threaded', db: { ...server.endpoint, application_name: app, ...endpoint }, groups })
-  return { pool, app }
-}
+const target = useTarget(test)
+let tables = 0
 
 async function table() {
-  const name = `abort_rows_${process.pid}_${++seq}`
-  await server.sql(`CREATE TABLE ${name} (v int)`)
+  const name = `abort_rows_${process.pid}_${++tables}`
+  await target.server.sql(`CREATE TABLE ${name} (v int)`)
   return name
 }
 
 test('query_timeout counts from when a pipelined statement reaches the head of its connection, not from when it was queued', async (t) => {
   // Eight statements of 0.9 s each share the one connection: the last one waits 6.3 s for the
   // others, yet each runs for less than query_timeout on the server.
-  const { pool } = makePool({ default: { connection_count: 1, pipeline: 8, acquire_timeout: 20000 } }, { query_timeout: 1000 })
+  const { pool } = target.makePool({ default: { connection_count: 1, pipeline: 8, acquire_timeout: 20000 } }, { query_timeout: 1000 })
   await pool.ready
   const results = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => pool.query('SELECT pg_sleep(0.9), $1::int AS i', [i])))
   const failures = results.filter((r) => r.status === 'rejected').map((r) => `${r.reason.name}: ${r.reason.message}`)
@@ -50,7 +37,7 @@ test('query_timeout counts from when a pipelined statement reaches the head of i
 
 test('an abort of a statement still queued behind another on its handler removes it: the running one is not cancelled, the aborted one never runs', async (t) => {
   const rows = await table()
-  const { pool } = makePool({ default: { connection_count: 1 } })
+  const { pool } = target.makePool({ default: { connection_count: 1 } })
   const db = pool.handler()
   await db.acquire()
   const controller = new AbortController()
@@ -66,19 +53,20 @@ test('an abort of a statement still queued behind another on its handler removes
   // The next statement on the handler runs after where the INSERT would have run.
   t.deepEqual((await db.query(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
   await db.release()
-  t.deepEqual((await server.sql(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
+  t.deepEqual((await target.server.sql(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
   await pool.close()
 })
 
 test('an abort of the running statement on a handler still cancels it on the server', async (t) => {
-  const { pool } = makePool({ default: { connection_count: 1 } })
+  const { pool } = target.makePool({ default: { connection_count: 1 } })
   const db = pool.handler()
   await db.acquire()
   const controller = new AbortController()
   const started = Date.now()
   const slow = db.query('SELECT pg_sleep(30)', [], { signal: controller.signal })
   await waitFor(
-    async () => (await server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")).rows[0].n === 1,
+    async () =>
+      (await target.server.sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")).rows[0].n === 1,
     { what: 'sleep running' },
   )
   controller.abort()
@@ -90,7 +78,7 @@ test('an abort of the running statement on a handler still cancels it on the ser
 })
 
 test('an abort after release() is a no-op: the statement keeps its own result and the next user of the connection is untouched', async (t) => {
-  const { pool } = makePool({ default: { connection_count: 1 } })
+  const { pool } = target.makePool({ default: { connection_count: 1 } })
   const db = pool.handler()
   await db.acquire()
   const controller = new AbortController()
@@ -108,7 +96,7 @@ test('an abort after release() is a no-op: the statement keeps its own result an
 
 test('a one-shot statement aborted while it waits for a connection never reaches the server', async (t) => {
   const rows = await table()
-  const { pool } = makePool({ default: { connection_count: 1, acquire_timeout: 10000 } })
+  const { pool } = target.makePool({ default: { connection_count: 1, acquire_timeout: 10000 } })
   const holder = pool.handler()
   await holder.acquire()
   const controller = new AbortController()
@@ -120,18 +108,44 @@ test('a one-shot statement aborted while it waits for a connection never reaches
   await holder.release()
   // Queued behind where the INSERT was: it sees what the INSERT would have done.
   t.deepEqual((await pool.query(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
-  t.deepEqual((await server.sql(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
+  t.deepEqual((await target.server.sql(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
   await pool.close()
 })
 
 test('a one-shot statement aborted in the tick it was made never reaches the server', async (t) => {
   const rows = await table()
-  const { pool } = makePool({ default: { connection_count: 1 } })
+  const { pool } = target.makePool({ default: { connection_count: 1 } })
   await pool.ready
   const controller = new AbortController()
   const insert = pool.query(`INSERT INTO ${rows} VALUES (1)`, [], { signal: controller.signal })
   controller.abort()
   await t.throwsAsync(insert, { instanceOf: AbortError })
   t.deepEqual((await pool.query(`SELECT count(*)::int AS n FROM ${rows}`)).rows, [{ n: 0 }])
+  await pool.close()
+})
+
+// Serial: it finds its statement by text in pg_stat_activity, and the other tests run the same one.
+test.serial('an aborted handler query rejects at once and is cancelled on the server; the handler stays usable', async (t) => {
+  const { pool } = target.makePool({ default: { connection_count: 1 } })
+  const db = pool.handler()
+  await db.acquire()
+  const controller = new AbortController()
+  const started = Date.now()
+  const slow = db.query('SELECT pg_sleep(30)', [], { signal: controller.signal })
+  await waitFor(
+    () =>
+      target.server
+        .sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")
+        .then((r) => r.rows[0].n === 1),
+    { what: 'sleep running' },
+  )
+  controller.abort()
+  await t.throwsAsync(slow, { instanceOf: AbortError })
+  // The server stopped the statement: the next one runs right after, not 30 s later.
+  t.deepEqual((await db.query('SELECT 1 AS v')).rows, [{ v: 1 }])
+  t.true(Date.now() - started < 20000)
+  await db.release()
+  // A one-shot query with an aborted signal never runs.
+  await t.throwsAsync(pool.query('SELECT 1', [], { signal: AbortSignal.abort() }), { instanceOf: AbortError })
   await pool.close()
 })

@@ -42,7 +42,10 @@ function accepts(t, mutate) {
   return pool.close({ timeout: 0 })
 }
 
-// key, where, lowest, highest, integer
+// key, where, lowest, highest, integer. The documented ranges, written out here rather than
+// taken from lib/config.ts's RANGES: the test checks the validator against the documentation,
+// so a range changed by mistake in the code fails it. The next test checks that the lists agree
+// on which keys have a range.
 const RANGES = [
   ['port', 'db', 1, 65535, true],
   ['connect_timeout', 'db', 0.001, 2147483, false],
@@ -61,6 +64,11 @@ const RANGES = [
   ['leak_threshold', 'group', 0, 2147483647, true],
   ['health_interval', 'top', 10, 2147483647, true],
 ]
+
+test('every number the validator checks has its range tested here', (t) => {
+  const { RANGES: validated } = require('../dist/lib/config')
+  t.deepEqual(RANGES.map(([key]) => key).sort(), Object.keys(validated).sort())
+})
 
 function setter(where, key, value) {
   return (c) => {

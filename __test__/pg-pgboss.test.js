@@ -2,34 +2,10 @@
 // pg-boss 12 on pgdbpool/pg (a job sent and worked, LISTEN/NOTIFY on), run under Node 24 in a
 // child process (pg-boss needs Node 22+; see helpers/pg-boss-child.mjs).
 const test = require('ava')
-const path = require('node:path')
 
-const { startServer, guardProcess } = require('./helpers/pg')
-const { runNode24 } = require('./helpers/node24')
+const { consumerTest } = require('./helpers/consumer')
 
-guardProcess(test)
-
-let server
-
-test.before(async () => {
-  server = await startServer()
-})
-
-test.after.always(async () => {
-  if (server) await server.destroy()
-})
-
-test('a job is sent, worked through LISTEN/NOTIFY and completed', async (t) => {
-  const run = await runNode24(path.join(__dirname, 'helpers', 'pg-boss-child.mjs'), { env: { PGB_URL: server.url }, timeout: 90_000 })
-  const line = run.stdout.trim().split('\n').pop()
-  let out
-  try {
-    out = JSON.parse(line)
-  } catch {
-    t.fail(`no result from the child (code ${run.code}, signal ${run.signal}):\n${run.stdout}\n${run.stderr}`)
-    return
-  }
-  t.is(run.code, 0, `${out.failure ?? ''}\n${run.stderr}`)
+consumerTest(test, 'a job is sent, worked through LISTEN/NOTIFY and completed', { script: 'pg-boss-child.mjs', urlVariable: 'PGB_URL' }, (t, out) => {
   t.deepEqual(out.worked.data, { to: 'ann@example.com' })
   t.is(out.worked.id, out.sent)
   t.is(out.state, 'completed')

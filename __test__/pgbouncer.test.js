@@ -1,6 +1,6 @@
 'use strict'
-// The whole basic suite again, through PgBouncer in transaction mode with the statement cache
-// off on every group (issue 4). basic.test.js reads PGDBPOOL_TEST_VIA when it loads; ava runs
-// each test file in a process of its own, so this changes nothing for the other files.
+// The pool's core tests again, through PgBouncer in transaction mode with the statement cache
+// off on every group. The files read PGDBPOOL_TEST_VIA when they load; ava runs each test file in
+// a process of its own, so this changes nothing for the other files.
 process.env.PGDBPOOL_TEST_VIA = 'pgbouncer'
-require('./basic.test.js')
+for (const file of ['module-api', 'handler', 'waiting', 'backend-kill', 'connection-config', 'queries', 'close']) require(`./${file}.test.js`)

@@ -1,5 +1,5 @@
 'use strict'
-// No crash path at teardown (README "No crash path", SPEC §4): a process or a worker thread
+// No crash path at teardown (README "No crash path"): a process or a worker thread
 // that ends while it holds handlers, transactions or statements in flight ends cleanly, with
 // its own exit status and never an abort, and the server is left with no session of it (so none
 // idle in transaction). Each scenario runs in a child process whose exit status and signal are

@@ -2,7 +2,7 @@
 // The three pools under test, each behind the same small interface, configured alike:
 // same server, same pool size.
 
-const POOL_SIZE = 10
+const { POOL_SIZE, randomId, pgPoolOptions, postgresOptions } = require('./clients')
 
 const SQL = {
   select1: 'SELECT 1',
@@ -12,8 +12,6 @@ const SQL = {
   txRead: 'SELECT qty FROM bench_items WHERE id = $1',
   txWrite: 'UPDATE bench_counters SET n = n + 1 WHERE id = $1',
 }
-
-const randomId = () => 1 + Math.floor(Math.random() * 10000)
 
 async function pgdbpool(endpoint) {
   const { Pool } = require('..')
@@ -55,15 +53,7 @@ async function pgdbpool(endpoint) {
 
 async function pg(endpoint) {
   const { Pool } = require('pg')
-  const pool = new Pool({
-    host: endpoint.host,
-    port: endpoint.port,
-    user: endpoint.user,
-    password: endpoint.pass,
-    database: endpoint.name,
-    max: POOL_SIZE,
-    application_name: 'bench-pg',
-  })
+  const pool = new Pool(pgPoolOptions(endpoint, 'bench-pg'))
   pool.on('error', () => {})
   return {
     name: 'pg',
@@ -97,15 +87,7 @@ async function pg(endpoint) {
 
 async function postgresjs(endpoint) {
   const postgres = require('postgres')
-  const sql = postgres({
-    host: endpoint.host,
-    port: endpoint.port,
-    user: endpoint.user,
-    password: endpoint.pass,
-    database: endpoint.name,
-    max: POOL_SIZE,
-    connection: { application_name: 'bench-postgresjs' },
-  })
+  const sql = postgres(postgresOptions(endpoint, 'bench-postgresjs'))
   return {
     name: 'postgres.js',
     async checkout() {

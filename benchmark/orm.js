@@ -4,38 +4,16 @@
 // Workloads: `orm_lookup` (select by primary key) and `orm_tx` (a transaction of three
 // statements: read, write, read).
 
-const POOL_SIZE = 10
-const randomId = () => 1 + Math.floor(Math.random() * 10000)
-
-function pgConfig(endpoint, app) {
-  return {
-    host: endpoint.host,
-    port: endpoint.port,
-    user: endpoint.user,
-    password: endpoint.pass,
-    database: endpoint.name,
-    max: POOL_SIZE,
-    application_name: app,
-  }
-}
+const { randomId, pgPoolOptions, postgresOptions } = require('./clients')
 
 /** The client each ORM runs on: a pg-shaped pool (pgdbpool/pg or pg) or postgres.js. */
 function driver(kind, endpoint, app) {
   if (kind === 'postgres.js') {
-    const postgres = require('postgres')
-    const sql = postgres({
-      host: endpoint.host,
-      port: endpoint.port,
-      user: endpoint.user,
-      password: endpoint.pass,
-      database: endpoint.name,
-      max: POOL_SIZE,
-      connection: { application_name: app },
-    })
+    const sql = require('postgres')(postgresOptions(endpoint, app))
     return { sql, close: () => sql.end({ timeout: 5 }) }
   }
   const { Pool } = kind === 'pgdbpool' ? require('pgdbpool/pg') : require('pg')
-  const pool = new Pool(pgConfig(endpoint, app))
+  const pool = new Pool(pgPoolOptions(endpoint, app))
   pool.on('error', () => {})
   return { pool, close: () => pool.end() }
 }

@@ -1,4 +1,4 @@
-// Handler checkouts of one group, as seen from one JS thread (SPEC §4 "Checkout", §7.3).
+// Handler checkouts of one group, as seen from one JS thread.
 //
 // An idle connection is taken synchronously. Otherwise the checkout waits here, in a FIFO with
 // its own deadline, and is served by whichever comes first: a handler of this thread releasing
@@ -40,9 +40,6 @@ export class Checkout {
   /** Checkouts that had to wait here, and those that gave up at their deadline. */
   waits = 0
   timeouts = 0
-  /** Acquire requests sent to the core, and those of them that timed out there. */
-  requests = 0
-  requestTimeouts = 0
 
   constructor(core: Core, limits: CheckoutLimits) {
     this.#core = core
@@ -51,10 +48,6 @@ export class Checkout {
 
   get waiting(): number {
     return this.#live
-  }
-
-  get requested(): number {
-    return this.#requested
   }
 
   /**
@@ -119,7 +112,6 @@ export class Checkout {
     const core = this.#core
     const handler = core.handler()
     this.#requested++
-    this.requests++
     core.submit<void>(Op.Acquire, handler, this.#limits.index, null).then(
       () => {
         this.#requested--
@@ -136,7 +128,6 @@ export class Checkout {
         core.freeHandler(handler)
         // Waiters keep their own deadlines; a request that timed out in the core is renewed.
         if (error instanceof PoolTimeoutError) {
-          this.requestTimeouts++
           if (this.#requested < this.#live && !this.#closed) this.#request()
           return
         }

@@ -8,7 +8,7 @@ export type ChannelBinding = 'disable' | 'prefer' | 'require'
 export type TargetSessionAttrs = 'any' | 'read-write' | 'read-only' | 'primary' | 'standby' | 'prefer-standby'
 export type Balance = 'round-robin' | 'least-busy' | 'random'
 
-/** One PostgreSQL server (the Python seed's keys, plus `port`, `id` and more). */
+/** One PostgreSQL server (the Python pgdbpool's keys, plus `port`, `id` and more). */
 export interface EndpointConfig {
   /** Name that groups use in `endpoints`; defaults to `host:port`. */
   id?: string
@@ -232,7 +232,8 @@ function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]
   return v as T
 }
 
-const ENDPOINT_KEYS = [
+/** The keys each level of the configuration takes; any other key is a ConfigError. */
+export const ENDPOINT_KEYS = [
   'id',
   'host',
   'port',
@@ -251,7 +252,7 @@ const ENDPOINT_KEYS = [
   'weight',
   'options',
 ] as const
-const GROUP_KEYS = [
+export const GROUP_KEYS = [
   'connection_count',
   'autocommit',
   'sqlprepare',
@@ -270,7 +271,7 @@ const GROUP_KEYS = [
   'leak_threshold',
   'reset_on_release',
 ] as const
-const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
+export const TOP_KEYS = ['type', 'db', 'groups', 'types', 'health_interval'] as const
 
 /** A percent-decoded part of a URL; a `%` that is not an escape is a ConfigError (never echoed: it may be the password). */
 function decodePart(text: string, path: string, what: string): string {

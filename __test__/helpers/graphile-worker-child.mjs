@@ -6,13 +6,13 @@ import { EventEmitter } from 'node:events'
 import pg from 'pgdbpool/pg'
 import { run, quickAddJob } from 'graphile-worker'
 
+import { deadline, report } from './consumer-child.mjs'
+
 const pgPool = new pg.Pool({ connectionString: process.env.GW_URL, max: 6 })
 const out = { errors: [] }
 pgPool.on('error', (e) => out.errors.push(String(e?.message ?? e)))
 
-const deadline = (ms, what) => new Promise((_, reject) => setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms).unref())
-
-try {
+await report(out, async () => {
   let done
   const ran = new Promise((resolve) => (done = resolve))
   const events = new EventEmitter()
@@ -47,10 +47,4 @@ try {
   const left = await pgPool.query('SELECT count(*)::int AS n FROM graphile_worker._private_jobs')
   out.left = left.rows[0].n
   await pgPool.end()
-  console.log(JSON.stringify(out))
-  process.exit(0)
-} catch (e) {
-  out.failure = String(e?.stack ?? e)
-  console.log(JSON.stringify(out))
-  process.exit(1)
-}
+})

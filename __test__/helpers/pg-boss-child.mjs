@@ -5,6 +5,8 @@
 import pg from 'pgdbpool/pg'
 import { PgBoss } from 'pg-boss'
 
+import { deadline, report } from './consumer-child.mjs'
+
 const pool = new pg.Pool({ connectionString: process.env.PGB_URL, max: 6 })
 const db = {
   executeSql: (text, values) => pool.query(text, values),
@@ -14,9 +16,7 @@ const boss = new PgBoss({ db, useListenNotify: true, pollingIntervalSeconds: 30,
 const out = { errors: [] }
 boss.on('error', (e) => out.errors.push(String(e?.message ?? e)))
 
-const deadline = (ms, what) => new Promise((_, reject) => setTimeout(() => reject(new Error(`${what} not within ${ms} ms`)), ms).unref())
-
-try {
+await report(out, async () => {
   await boss.start()
   await boss.createQueue('emails')
   const worked = new Promise((resolve) => {
@@ -43,10 +43,4 @@ try {
   }
   await boss.stop({ graceful: true, timeout: 5000 })
   await pool.end()
-  console.log(JSON.stringify(out))
-  process.exit(0)
-} catch (e) {
-  out.failure = String(e?.stack ?? e)
-  console.log(JSON.stringify(out))
-  process.exit(1)
-}
+})

@@ -1,5 +1,5 @@
 'use strict'
-// PgBouncer (the Debian `pgbouncer` binary) in front of a test server (SPEC §8): the server-side
+// PgBouncer (the Debian `pgbouncer` binary) in front of a test server: the server-side
 // pooler users put between many app servers and PostgreSQL, usually in transaction mode.
 
 const fs = require('node:fs')

@@ -1,5 +1,5 @@
 'use strict'
-// A TCP fault proxy between a client and a server (SPEC §8): pass, delay, black-hole, reset or
+// A TCP fault proxy between a client and a server: pass, delay, black-hole, reset or
 // refuse connections, switchable at any time, and a server that accepts and never answers.
 
 const net = require('node:net')

@@ -6,7 +6,8 @@ import { EventEmitter } from 'node:events'
 
 import type { RowMode } from '../codec'
 import { Op } from '../native'
-import { Pool as PgDbPool, type Handler } from '../pool'
+import type { Handler } from '../handler'
+import { Pool as PgDbPool } from '../pool'
 import { toPoolConfig, type PgConfig } from './config'
 import { Cursor } from './cursor'
 import { Result, decodePg } from './decode'
@@ -278,16 +279,10 @@ export class Client extends EventEmitter {
     // A BEGIN never sent: no transaction was started.
     this.#pendingBegin = null
     if (db === null) return
-    const handler = db._handler
-    if (handler >= 0) {
-      detach(db._core, handler, this.#subscription)
-      if (destroy) {
-        db._core.flush()
-        db._core.native.discard(handler)
-      }
-    }
+    if (db._handler >= 0) detach(db._core, db._handler, this.#subscription)
     this.#subscription = 0
-    db.release()
+    if (destroy) db._discard()
+    else db.release()
   }
 
   connect(): Promise<Client>

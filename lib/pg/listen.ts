@@ -4,10 +4,11 @@
 // still listens and is not read-only (a failover demoted its server). When it is lost, a new
 // connection is taken (the group's balancing and failover pick where) and every channel is
 // LISTENed again; each listener's `onListen({ reconnected: true })` then says notifications may
-// have been missed in between. Only this module's types are imported by lib/pool.ts, so loading
-// pgdbpool does not load node-postgres.
+// have been missed in between. lib/pool.ts imports this module, so it loads nothing of
+// node-postgres: loading pgdbpool does not load node-postgres.
 
-import type { Handler, Pool } from '../pool'
+import type { Handler } from '../handler'
+import type { Pool } from '../pool'
 import { escapeIdentifier } from './escape'
 import { MESSAGE_END, MESSAGE_NOTIFICATION, attach, detach, parseNotification, subscribe } from './session'
 import type { Notification } from './session'
@@ -211,14 +212,9 @@ class Hub {
 
   /** Lets go of a listening connection; it is closed, not pooled. */
   #drop(db: Handler): void {
-    const handler = db._handler
-    if (handler >= 0) {
-      detach(db._core, handler, this.#subscription)
-      db._core.flush()
-      db._core.native.discard(handler)
-    }
+    if (db._handler >= 0) detach(db._core, db._handler, this.#subscription)
     this.#subscription = 0
-    db.release()
+    db._discard()
   }
 
   #shutdown(): void {

@@ -1,5 +1,6 @@
 'use strict'
-// Connection lifecycle: max_uses, and disconnects counted by reason.
+// How long a connection lives: replaced after max_uses checkouts (never for its use count with
+// max_uses 0), and every disconnect counted by its reason (idle_timeout, max_lifetime, broken, closed).
 const test = require('ava')
 
 const { Pool } = require('..')

@@ -4,10 +4,10 @@
 const test = require('ava')
 const { Client } = require('pg')
 
-const { guardProcess, waitFor, PASSWORD } = require('./helpers/pg')
-const { startCluster } = require('./helpers/cluster')
-const { startProxy, startSilentServer } = require('./helpers/proxy')
-const { startPgBouncer } = require('./helpers/pgbouncer')
+const { guardProcess, waitFor, PASSWORD } = require('./pg')
+const { startCluster } = require('./cluster')
+const { startProxy, startSilentServer } = require('./proxy')
+const { startPgBouncer } = require('./pgbouncer')
 
 guardProcess(test)
 

@@ -1,135 +1,18 @@
 'use strict'
-// Faults between the pool and its servers, through the TCP fault proxy and a silent server:
-// retry of statements that were never sent (and never of ones that may have run), connect and
-// health-check timeouts that ban, checkout bounded by acquire_timeout, and query_timeout
-// enforced client-side with a cancel on the server.
+// Timeouts against silent and black-holed servers: connect_timeout bans a silent endpoint,
+// checkout never waits past acquire_timeout, query_timeout is enforced client-side with a cancel
+// on the server, a black-holed endpoint is banned and re-admitted when healed, and close does not
+// wait for a connect in flight to time out.
 const test = require('ava')
 
 const { Pool, DBConnectionError, PoolTimeoutError } = require('..')
-const { startServer, waitFor, guardProcess, external } = require('./helpers/pg')
-const { startProxy, startSilentServer } = require('./helpers/proxy')
+const { guardProcess, waitFor, external } = require('./helpers/pg')
+const { useFaultServers, endpoint, holdMany, timed } = require('./helpers/faults')
+const { startSilentServer } = require('./helpers/proxy')
 
 guardProcess(test)
 
-const servers = []
-const cleanups = []
-let seq = 0
-
-test.before(async () => {
-  if (external) return
-  for (let i = 0; i < 2; i++) {
-    const s = await startServer({ embedded: true })
-    await s.sql('CREATE TABLE IF NOT EXISTS ha_once (id serial PRIMARY KEY, tag text NOT NULL)')
-    servers.push(s)
-  }
-})
-
-test.after.always(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {})
-  await Promise.all(servers.map((s) => s.destroy()))
-})
-
-function app() {
-  return `pgdbpool-faults${process.pid}-${++seq}`
-}
-
-async function proxyTo(server) {
-  const proxy = await startProxy(server.port)
-  cleanups.push(() => proxy.close())
-  return proxy
-}
-
-/** Endpoint of `server`, reached through `proxy` when given. */
-function endpoint(server, id, application_name, extra = {}, proxy = null) {
-  return { ...server.endpoint, ...(proxy ? proxy.endpoint : {}), id, application_name, ...extra }
-}
-
-async function holdMany(pool, group, n) {
-  const handlers = Array.from({ length: n }, () => pool.handler(group))
-  await Promise.all(handlers.map((h) => h.query('SELECT 1')))
-  return handlers
-}
-
-async function timed(promise) {
-  const started = Date.now()
-  try {
-    return { value: await promise, ms: Date.now() - started }
-  } catch (error) {
-    return { error, ms: Date.now() - started }
-  }
-}
-
-test.serial('a one-shot query whose connection died before it was sent is retried on another endpoint', async (t) => {
-  if (external) return t.pass('needs embedded servers')
-  const name = app()
-  const proxy = await proxyTo(servers[0])
-  const pool = new Pool({
-    type: 'non-threaded',
-    // No monitor round and no ping before hand-out: the dead sessions are only found by use.
-    health_interval: 600000,
-    db: [endpoint(servers[0], 'p0', name, {}, proxy), endpoint(servers[1], 's1', name)],
-    groups: { default: { connection_count: 4, ping_after_idle: 600000 } },
-  })
-  await pool.ready
-  await Promise.all((await holdMany(pool, 'default', 4)).map((h) => h.release()))
-  // A release completes in the core a moment after release() returns.
-  await waitFor(() => pool.stats().groups.default.endpoints.every((e) => e.idle === 2), { ms: 5000, what: 'two idle connections on each endpoint' })
-  // The server ends the sessions behind the proxy; the proxy holds the news back for 2 s, so the
-  // pool still takes them for alive when it sends the next statements.
-  await proxy.delay(2000)
-  await servers[0].sql('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [name])
-  // As many statements as connections: each takes one, and nothing needs a new connection
-  // through the slow proxy (which would only measure the proxy's delay).
-  const results = await Promise.allSettled(Array.from({ length: 4 }, () => pool.query('SELECT inet_server_port() AS port')))
-  await proxy.pass()
-  t.deepEqual(
-    results.filter((r) => r.status === 'rejected').map((r) => r.reason.message),
-    [],
-  )
-  const s = pool.stats().groups.default
-  t.true(s.retries >= 1, `retries ${s.retries}`)
-  t.true(results.every((r) => r.value.rows[0].port === servers[1].port || r.value.rows[0].port === servers[0].port))
-  await pool.close()
-})
-
-test.serial('a statement that may have run is never retried: DBConnectionError says so', async (t) => {
-  if (external) return t.pass('needs embedded servers')
-  const name = app()
-  const tag = `once-${name}`
-  const proxy = await proxyTo(servers[0])
-  const pool = new Pool({
-    type: 'non-threaded',
-    db: [endpoint(servers[0], 'p0', name, {}, proxy), endpoint(servers[1], 's1', name)],
-    groups: { default: { connection_count: 2, endpoints: ['p0'] } },
-  })
-  await pool.ready
-  const insert = pool.query('INSERT INTO ha_once (tag) SELECT $1 FROM pg_sleep(0.3)', [tag])
-  insert.catch(() => {})
-  await waitFor(
-    async () =>
-      (
-        await servers[0].sql(
-          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' AND query LIKE 'INSERT INTO ha_once%'",
-          [name],
-        )
-      ).rows[0].n === 1,
-    { ms: 5000, every: 5, what: 'the INSERT running on the server' },
-  )
-  await proxy.reset()
-  const err = await t.throwsAsync(insert, { instanceOf: DBConnectionError })
-  t.regex(err.message, /may have run/)
-  // The server finishes what it got, once; the pool did not send it again.
-  await waitFor(
-    async () =>
-      (await servers[0].sql("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'INSERT INTO ha_once%'", [name]))
-        .rows[0].n === 0,
-    { ms: 5000, what: 'the INSERT finished on the server' },
-  )
-  const n = (await servers[0].sql('SELECT count(*)::int AS n FROM ha_once WHERE tag = $1', [tag])).rows[0].n
-  t.true(n <= 1, `inserted ${n} times`)
-  t.is(pool.stats().groups.default.retries, 0)
-  await pool.close()
-})
+const { servers, cleanups, app, proxyTo } = useFaultServers(test, 'timeouts')
 
 test.serial('a silent endpoint (accepts, never answers) is banned after connect_timeout; the pool serves from the other', async (t) => {
   if (external) return t.pass('needs embedded servers')
@@ -285,8 +168,8 @@ test.serial('close ends as soon as a connect in flight ends, not at its timeout'
   await held.release()
   const closed = await closing
   t.is(closed.error, undefined)
-  // The open ends (and is dropped, the pool being closed) about a second in; close used to miss
-  // that and wait all 8 s.
+  // The open ends (and is dropped, the pool being closed) about a second in; close must notice
+  // that rather than wait all 8 s.
   t.true(closed.ms < 5000, `close took ${closed.ms} ms`)
   await got
   t.is(pool.stats().groups.default.size, 0)
