@@ -39,6 +39,12 @@ impl Core {
         })
     }
 
+    /// This object's number as the pool's wait queue knows it (unique while it lives): the
+    /// acquire requests its handlers make are told apart by it in `stats`.
+    pub(super) fn caller(&self) -> u64 {
+        std::ptr::from_ref(self) as usize as u64
+    }
+
     /// The slot of `handler`, if it holds or is getting a connection.
     pub(super) fn handler(&self, handler: u32) -> Option<Arc<HandlerSlot>> {
         self.handlers.lock().get(handler).cloned()
@@ -64,7 +70,7 @@ impl Core {
         let group = self.group(group)?;
         Ok(match group.try_acquire_now() {
             Some(lease) => {
-                self.handlers.lock().insert(handler, HandlerSlot::new(group, Some(lease)));
+                self.handlers.lock().insert(handler, HandlerSlot::new(group, Some(lease), self.caller()));
                 true
             }
             None => false,

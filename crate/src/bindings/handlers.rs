@@ -120,13 +120,16 @@ async fn cancels_done(cancels: Vec<tokio::task::JoinHandle<()>>) {
 /// The core side of one JS `Handler` while it holds (or is getting) a connection.
 pub(super) struct HandlerSlot {
     group: Arc<Group>,
+    /// The pool object whose JS checkouts this slot's acquire request serves (see `Core::caller`).
+    caller: u64,
     state: Mutex<HandlerState>,
 }
 
 impl HandlerSlot {
-    pub(super) fn new(group: Arc<Group>, lease: Option<Lease>) -> Arc<Self> {
+    pub(super) fn new(group: Arc<Group>, lease: Option<Lease>, caller: u64) -> Arc<Self> {
         Arc::new(Self {
             group,
+            caller,
             state: Mutex::new(HandlerState {
                 lease,
                 canceller: None,
@@ -258,7 +261,7 @@ impl HandlerSlot {
                 match op {
                     HandlerOp::Acquire { .. } => match lease {
                         Some(_) => Ok(Vec::new()),
-                        None => self.group.acquire_relayed().await.map(|l| {
+                        None => self.group.acquire_relayed(self.caller).await.map(|l| {
                             lease = Some(l);
                             Vec::new()
                         }),

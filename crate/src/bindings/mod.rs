@@ -217,7 +217,7 @@ impl NativePool {
     /// JSON snapshot of gauges and counters.
     #[napi(catch_unwind)]
     pub fn stats(&self) -> Result<String> {
-        guarded("stats", || Ok(self.core.pool.stats_json()))
+        guarded("stats", || Ok(self.core.pool.stats_json(Some(self.core.caller()))))
     }
 
     /// Detaches this JS object; the last one to detach closes the pool.

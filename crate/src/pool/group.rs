@@ -239,7 +239,7 @@ impl Group {
             }
         }
         self.check_max_waiting(&state, asker)?;
-        let (id, rx) = state.slots.enqueue(asker == Asker::Relay);
+        let (id, rx) = state.slots.enqueue(asker.relayed_for());
         self.counters.waited(asker);
         Ok(Plan::Wait(id, rx))
     }
@@ -431,8 +431,8 @@ impl Group {
 
     /// [`Group::acquire`] on behalf of handler checkouts that wait in JavaScript: served in
     /// the same FIFO, but not counted as a wait or timeout of the group (see [`Asker::Relay`]).
-    pub(crate) async fn acquire_relayed(self: &Arc<Self>) -> Result<Lease, PoolError> {
-        self.acquire_avoiding(Vec::new(), Asker::Relay).await
+    pub(crate) async fn acquire_relayed(self: &Arc<Self>, caller: u64) -> Result<Lease, PoolError> {
+        self.acquire_avoiding(Vec::new(), Asker::Relay(caller)).await
     }
 
     /// [`Group::acquire`], opening new connections elsewhere than on `avoid` while another

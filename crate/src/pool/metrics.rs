@@ -70,10 +70,21 @@ pub(crate) enum Asker {
     /// A checkout of the core's own (a one-shot statement, a retry): its waits and timeouts are
     /// the group's.
     Core,
-    /// An acquire request made on behalf of handler checkouts that wait in JavaScript. Those
-    /// count their own waits and timeouts, so the request is not counted again (nor shown as
-    /// waiting); `stats()` in JS adds its own figures to the core's.
-    Relay,
+    /// An acquire request made on behalf of handler checkouts that wait in the JavaScript of
+    /// the pool object with this number. Those count their own waits and timeouts, so the
+    /// request is not counted again, nor shown as waiting to that object; `stats()` in JS adds
+    /// its own figures to the core's. (Another thread's pool object sees it waiting.)
+    Relay(u64),
+}
+
+impl Asker {
+    /// The pool object a relayed request waits for.
+    pub(super) fn relayed_for(self) -> Option<u64> {
+        match self {
+            Asker::Core => None,
+            Asker::Relay(caller) => Some(caller),
+        }
+    }
 }
 
 impl Counters {
@@ -181,7 +192,9 @@ pub(crate) struct GroupStats {
 }
 
 impl Group {
-    pub(super) fn stats(&self) -> GroupStats {
+    /// The group's figures as pool object `caller` reports them (its relayed requests are not
+    /// its waiting checkouts: those it counts itself); `None` for the core's own view.
+    pub(super) fn stats(&self, caller: Option<u64>) -> GroupStats {
         let now = Instant::now();
         let state = self.state.lock();
         let endpoints = self
@@ -220,7 +233,8 @@ impl Group {
             idle: state.slots.all().iter().map(|s| s.idle.len() + s.checking).sum(),
             in_use: state.slots.all().iter().map(|s| s.in_use).sum(),
             opening: state.slots.all().iter().map(|s| s.opening).sum(),
-            waiting: state.slots.waiting() - state.slots.relayed_waiting() + self.slot_waiting.load(Ordering::Relaxed),
+            waiting: state.slots.waiting() - caller.map_or(0, |c| state.slots.relayed_waiting(c))
+                + self.slot_waiting.load(Ordering::Relaxed),
             acquires: load(&c.acquires),
             waits: load(&c.waits),
             timeouts: load(&c.timeouts),

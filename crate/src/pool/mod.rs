@@ -127,9 +127,9 @@ impl Pool {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// JSON snapshot of every group.
-    pub(crate) fn stats_json(&self) -> String {
-        let groups: Vec<GroupStats> = self.groups.iter().map(|g| g.stats()).collect();
+    /// JSON snapshot of every group, as pool object `caller` reports it (see `Group::stats`).
+    pub(crate) fn stats_json(&self, caller: Option<u64>) -> String {
+        let groups: Vec<GroupStats> = self.groups.iter().map(|g| g.stats(caller)).collect();
         serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into())
     }
 }

@@ -33,8 +33,9 @@ pub(crate) enum Grant<C> {
 struct Waiter<C> {
     id: u64,
     tx: oneshot::Sender<Grant<C>>,
-    /// Queued on behalf of checkouts that wait (and are counted) somewhere else.
-    relayed: bool,
+    /// Queued on behalf of checkouts that wait (and are counted) in the JS pool object with
+    /// this number.
+    relayed: Option<u64>,
 }
 
 /// One endpoint's share.
@@ -118,9 +119,10 @@ impl<C> Slots<C> {
         self.waiters.len()
     }
 
-    /// Of the checkouts waiting, those queued with `relayed` (see [`Slots::enqueue`]).
-    pub(crate) fn relayed_waiting(&self) -> usize {
-        self.waiters.iter().filter(|w| w.relayed).count()
+    /// Of the checkouts waiting, those queued on behalf of pool object `caller` (see
+    /// [`Slots::enqueue`]).
+    pub(crate) fn relayed_waiting(&self, caller: u64) -> usize {
+        self.waiters.iter().filter(|w| w.relayed == Some(caller)).count()
     }
 
     /// Whether the group was closed.
@@ -276,10 +278,10 @@ impl<C> Slots<C> {
         Some(self.endpoints[e].idle.remove(0))
     }
 
-    /// Queues a checkout; it is answered through the receiver, oldest first. `relayed` marks
-    /// one made on behalf of checkouts that wait elsewhere: it is served like any other, and
+    /// Queues a checkout; it is answered through the receiver, oldest first. `relayed` names
+    /// the pool object on whose checkouts' behalf it waits: it is served like any other, and
     /// told apart only by [`Slots::relayed_waiting`].
-    pub(crate) fn enqueue(&mut self, relayed: bool) -> (u64, oneshot::Receiver<Grant<C>>) {
+    pub(crate) fn enqueue(&mut self, relayed: Option<u64>) -> (u64, oneshot::Receiver<Grant<C>>) {
         let (tx, rx) = oneshot::channel();
         let id = self.next_id();
         self.waiters.push_back(Waiter { id, tx, relayed });

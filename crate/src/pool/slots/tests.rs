@@ -18,8 +18,8 @@ fn a_returned_session_goes_to_the_oldest_waiter() {
     let mut slots = Slots::<u32>::new(1, 1);
     assert!(slots.reserve_open(0));
     assert!(slots.opened(0));
-    let (_, mut first) = slots.enqueue(false);
-    let (_, mut second) = slots.enqueue(false);
+    let (_, mut first) = slots.enqueue(None);
+    let (_, mut second) = slots.enqueue(None);
     slots.take_back(0, 7, Holder::User);
     assert!(matches!(grant(&mut first), Some(Grant::Conn(7))));
     assert!(grant(&mut second).is_none());
@@ -31,13 +31,13 @@ fn relayed_waiters_are_served_in_turn_and_counted_apart() {
     let mut slots = Slots::<u32>::new(1, 1);
     assert!(slots.reserve_open(0));
     assert!(slots.opened(0));
-    let (_, mut relayed) = slots.enqueue(true);
-    let (_, mut own) = slots.enqueue(false);
-    assert_eq!((slots.waiting(), slots.relayed_waiting()), (2, 1));
+    let (_, mut relayed) = slots.enqueue(Some(7));
+    let (_, mut own) = slots.enqueue(None);
+    assert_eq!((slots.waiting(), slots.relayed_waiting(7), slots.relayed_waiting(8)), (2, 1, 0));
     slots.take_back(0, 7, Holder::User);
     assert!(matches!(grant(&mut relayed), Some(Grant::Conn(7))));
     assert!(grant(&mut own).is_none());
-    assert_eq!((slots.waiting(), slots.relayed_waiting()), (1, 0));
+    assert_eq!((slots.waiting(), slots.relayed_waiting(7), slots.relayed_waiting(8)), (1, 0, 0));
     slots.check();
 }
 
@@ -46,9 +46,9 @@ fn a_waiter_that_gave_up_is_skipped() {
     let mut slots = Slots::<u32>::new(1, 1);
     assert!(slots.reserve_open(0));
     assert!(slots.opened(0));
-    let (_, gone) = slots.enqueue(false);
+    let (_, gone) = slots.enqueue(None);
     drop(gone);
-    let (_, mut next) = slots.enqueue(false);
+    let (_, mut next) = slots.enqueue(None);
     slots.take_back(0, 7, Holder::User);
     assert!(matches!(grant(&mut next), Some(Grant::Conn(7))));
     assert_eq!(slots.at(0).in_use, 1);
@@ -61,7 +61,7 @@ fn a_retired_session_passes_its_unit_to_a_waiter() {
     assert!(slots.reserve_open(0));
     assert!(slots.opened(0));
     assert!(!slots.reserve_open(1), "at capacity");
-    let (_, mut waiter) = slots.enqueue(false);
+    let (_, mut waiter) = slots.enqueue(None);
     slots.retire(0, Holder::User);
     assert!(matches!(grant(&mut waiter), Some(Grant::Open)));
     assert_eq!(slots.total(), 1, "the unit moved, it was not freed");
@@ -92,7 +92,7 @@ fn close_answers_every_waiter_and_frees_what_comes_back() {
     assert!(slots.reserve_open(0));
     assert!(slots.opened(0));
     assert!(slots.reserve_open(0));
-    let (_, mut waiter) = slots.enqueue(false);
+    let (_, mut waiter) = slots.enqueue(None);
     assert!(slots.close().is_empty());
     assert!(matches!(grant(&mut waiter), Some(Grant::Closed)));
     assert!(!slots.opened(0), "a session opened after close is not lent");
@@ -223,7 +223,7 @@ fn run(steps: Vec<Step>) {
             Step::Wait => {
                 // As the group plans a checkout: wait only when nothing is idle or free.
                 if !slots.is_closed() && !slots.can_grow() && slots.all().iter().all(|c| c.idle.is_empty()) {
-                    w.waiting.push_back(slots.enqueue(false));
+                    w.waiting.push_back(slots.enqueue(None));
                 }
             }
             Step::GiveUp => {
