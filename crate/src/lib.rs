@@ -16,6 +16,7 @@ mod oneshot;
 mod pgcompat;
 mod pgtext;
 mod pool;
+mod quiet;
 mod role;
 mod rt;
 #[cfg(test)]

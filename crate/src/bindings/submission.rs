@@ -177,6 +177,8 @@ impl Job {
 impl Core {
     /// Starts the operations of a submission; each one completes its id.
     pub(super) fn submit(&self, batch: Vec<Submitted>) {
+        // Every operation is answered exactly once (`Settle`), through `Completions::push`.
+        crate::quiet::started(batch.len());
         let mut jobs = Vec::new();
         for Submitted { id, abortable, aborted, operation } in batch {
             if aborted {
@@ -198,7 +200,7 @@ impl Core {
                 },
                 Operation::Acquire { handler, group } => match self.group(group) {
                     Ok(group) => {
-                        let slot = HandlerSlot::new(group, None);
+                        let slot = HandlerSlot::new(group, None, self.caller());
                         self.handlers.lock().insert(handler, slot.clone());
                         slot.push(HandlerOp::Acquire { id });
                         jobs.push(Job::RunHandler(slot));
