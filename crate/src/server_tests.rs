@@ -4,6 +4,7 @@
 //! The JS suite covers the same paths through the bindings; these cover what the bindings do not
 //! expose yet. Only tests: an `expect` that fails here is the test failing.
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,5 +131,39 @@ fn events_record_the_lifecycle() {
         assert!(has(&seen, EventKind::Disconnect, "real", Some("g"), Some("closed")), "{seen:?}");
         let json = serde_json::to_string(&seen).expect("json");
         assert!(json.contains(r#""type":"disconnect""#) && json.contains(r#""reason":"max_uses""#), "{json}");
+    });
+}
+
+/// The figures of `pool`'s first group: (size, idle, in use, opening).
+fn counts(pool: &Pool) -> (u64, u64, u64, u64) {
+    let stats: serde_json::Value = serde_json::from_str(&pool.stats_json(None)).expect("stats");
+    let g = &stats[0];
+    let n = |key: &str| g[key].as_u64().expect(key);
+    (n("size"), n("idle"), n("inUse"), n("opening"))
+}
+
+#[test]
+fn a_session_that_arrives_as_its_checkout_gives_up_is_pooled() {
+    let Some(real) = real_endpoint() else { return };
+    block_on(async {
+        let mut only = group("g", vec![0], 0);
+        only.connection_count = 1;
+        let pool = Pool::new(PoolConfig { endpoints: vec![real], groups: vec![only], health_interval: 1000 }).expect("pool");
+        let g = pool.groups[0].clone();
+        // A checkout that has to open its session: polled once (the connect starts in the
+        // background), left alone until the session has arrived, then dropped unpolled — as the
+        // checkout of a statement aborted just as its session arrives is.
+        let mut checkout = Box::pin(g.acquire());
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(checkout.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counts(&pool).3 > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(counts(&pool).3, 0, "the connect finished");
+        drop(checkout);
+        assert_eq!(counts(&pool), (1, 1, 0, 0), "the session is pooled, not lost with its unit still in use");
+        assert!(run_one_shot(&g, "SELECT 1").await.is_ok());
+        pool.close(Duration::from_secs(1)).await;
     });
 }

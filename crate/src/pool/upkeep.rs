@@ -84,7 +84,8 @@ impl Group {
                 group.check_in(conn, Return::Reuse);
             }
         });
-        match tokio::time::timeout_at(deadline, rx).await {
+        let mut opening = Opening { group: self, rx };
+        match tokio::time::timeout_at(deadline, &mut opening.rx).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(_)) => Err(PoolError::Connection(format!("{}: connect attempt aborted", self.endpoints[e].label()))),
             Err(_) => Err(self.timeout_error_for(asker, &format!("connecting to {} took longer", self.endpoints[e].label()))),
@@ -230,4 +231,24 @@ async fn check_endpoint(endpoint: Arc<Endpoint>, groups: Vec<Arc<Group>>) {
         }
     }
     endpoint.end_check();
+}
+
+/// The receiving end of a connect that runs on in the background. A checkout that gives up
+/// while its session arrives (its deadline passed, or its statement was aborted, just then)
+/// pools the session: dropped with the channel, it would be lost with its unit still counted
+/// as in use.
+struct Opening<'a> {
+    group: &'a Arc<Group>,
+    rx: oneshot::Receiver<Result<PgConn, (usize, String)>>,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        // Closed first: a session that arrives later comes back to the connecting task, which
+        // checks it in itself.
+        self.rx.close();
+        if let Ok(Ok(conn)) = self.rx.try_recv() {
+            self.group.check_in(conn, Return::Reuse);
+        }
+    }
 }
