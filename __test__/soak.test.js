@@ -598,6 +598,14 @@ test.serial(
       () => {},
     )
     mark('checked in')
+    if (Object.values(pool.stats().groups).some((g) => g.inUse !== 0)) {
+      // Which sessions the pool still holds, and the last statement each ran: names the path.
+      const held = await admin.query(
+        'SELECT pid, state, left(query, 80) AS query, round(extract(epoch FROM now() - state_change)::numeric, 1) AS seconds FROM pg_stat_activity WHERE application_name = $1',
+        [app],
+      )
+      t.log(JSON.stringify({ stats: pool.stats().groups, sessions: held.rows }))
+    }
     for (const [name, g] of Object.entries(pool.stats().groups)) {
       t.is(g.inUse, 0, `${name} inUse`)
       t.is(g.waiting, 0, `${name} waiting`)
