@@ -33,7 +33,8 @@ static SPINNING: AtomicBool = AtomicBool::new(false);
 static LAST_ACTIVITY: AtomicU64 = AtomicU64::new(0);
 /// Nanoseconds since [`EPOCH`] before which no spin starts.
 static BACKED_OFF_UNTIL: AtomicU64 = AtomicU64::new(0);
-static OFF: LazyLock<bool> = LazyLock::new(|| std::env::var_os("PGDBPOOL_NO_SPIN").is_some());
+/// `PGDBPOOL_SPIN=off` in the environment: never spin (read once per process).
+static OFF: LazyLock<bool> = LazyLock::new(|| std::env::var("PGDBPOOL_SPIN").is_ok_and(|v| v.eq_ignore_ascii_case("off")));
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn now_nanos() -> u64 {
@@ -45,10 +46,7 @@ pub(crate) fn started(operations: usize) {
     let now = now_nanos();
     LAST_ACTIVITY.store(now, Ordering::Relaxed);
     let in_flight = IN_FLIGHT.fetch_add(operations, Ordering::AcqRel) + operations;
-    if *OFF {
-        return;
-    }
-    if in_flight <= SPIN_MAX && now >= BACKED_OFF_UNTIL.load(Ordering::Relaxed) && !SPINNING.swap(true, Ordering::AcqRel) {
+    if !*OFF && in_flight <= SPIN_MAX && now >= BACKED_OFF_UNTIL.load(Ordering::Relaxed) && !SPINNING.swap(true, Ordering::AcqRel) {
         crate::rt::spawn(spin());
     }
 }
