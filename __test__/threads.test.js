@@ -84,7 +84,8 @@ function runChild(source) {
       child.kill('SIGKILL')
       reject(new Error(`child did not exit within 20 s: ${out}`))
     }, 20000)
-    child.on('exit', (code) => {
+    // 'close': the output is complete only once the pipes are.
+    child.on('close', (code) => {
       clearTimeout(timer)
       resolve({ code, out })
     })

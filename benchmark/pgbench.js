@@ -88,7 +88,7 @@ function runPgbench(bin, endpoint, workload, clients, durationMs, concurrency) {
     child.stdout.on('data', (d) => (out += d))
     child.stderr.on('data', (d) => (out += d))
     const killer = setTimeout(() => child.kill('SIGKILL'), durationMs + 60000)
-    child.on('exit', (code) => {
+    child.on('close', (code) => {
       clearTimeout(killer)
       try {
         if (code !== 0) throw new Error(`pgbench exited with ${code}: ${out.trim().split('\n').slice(-3).join(' | ')}`)

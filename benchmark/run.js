@@ -96,7 +96,7 @@ function runChild(lib, endpoint, cells, idleMs = 0) {
         progress(r)
       }
     })
-    child.on('exit', (code) => (code === 0 ? resolve(results) : reject(new Error(`${lib} benchmark exited with ${code}`))))
+    child.on('close', (code) => (code === 0 ? resolve(results) : reject(new Error(`${lib} benchmark exited with ${code}`))))
   })
 }
 

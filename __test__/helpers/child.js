@@ -47,10 +47,10 @@ function runNode(script, args = [], { env = {}, timeout = 30000, nodeArgs = [], 
       child.kill('SIGKILL')
     }, timeout)
     child.on('error', reject)
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': the child's last output may still be in the pipes when it exits.
+    child.on('close', (code, signal) => {
       clearTimeout(timer)
-      // Let the pipes drain.
-      setImmediate(() => resolve({ code, signal, stdout, stderr, timedOut }))
+      resolve({ code, signal, stdout, stderr, timedOut })
     })
   })
 }
