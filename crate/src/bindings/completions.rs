@@ -96,9 +96,6 @@ impl Completions {
             let err = PoolError::Query(format!("result too large: {} bytes do not fit one result record", payload.len()));
             return self.complete(id, Err(err));
         };
-        if id != 0 {
-            crate::quiet::finished();
-        }
         let was_empty = {
             let mut queue = self.queue.lock();
             let was_empty = queue.is_empty();

@@ -152,6 +152,7 @@ impl Job {
     fn run(self, completions: Arc<Completions>) -> BoxFuture<'static, ()> {
         match self {
             Job::Query { id, shot, statement, abort } => Box::pin(async move {
+                let _in_flight = crate::quiet::InFlight::start();
                 let mut settle = Settle::new(&completions, id, abort.is_some());
                 let run = AssertUnwindSafe(async {
                     test_panic(&statement.sql, false);
@@ -177,8 +178,6 @@ impl Job {
 impl Core {
     /// Starts the operations of a submission; each one completes its id.
     pub(super) fn submit(&self, batch: Vec<Submitted>) {
-        // Every operation is answered exactly once (`Settle`), through `Completions::push`.
-        crate::quiet::started(batch.len());
         let mut jobs = Vec::new();
         for Submitted { id, abortable, aborted, operation } in batch {
             if aborted {
