@@ -76,10 +76,10 @@ fn finished() {
     let _ = IN_FLIGHT.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
 }
 
-/// Whether the worker should stay awake now.
-fn worth_spinning() -> bool {
+/// Whether the worker should stay awake at `now` (nanoseconds since [`EPOCH`]).
+fn worth_spinning(now: u64) -> bool {
     let in_flight = IN_FLIGHT.load(Ordering::Acquire);
-    let quiet_for = Duration::from_nanos(now_nanos().saturating_sub(LAST_ACTIVITY.load(Ordering::Relaxed)));
+    let quiet_for = Duration::from_nanos(now.saturating_sub(LAST_ACTIVITY.load(Ordering::Relaxed)));
     match in_flight {
         0 => quiet_for < GRACE,
         n if n <= SPIN_MAX => quiet_for < LONG_STATEMENT,
@@ -88,13 +88,15 @@ fn worth_spinning() -> bool {
 }
 
 async fn spin() {
-    let mut last_turn = Instant::now();
+    // One clock read per turn: it decides both whether to go on and whether the turn came late.
+    let contended = CONTENDED.as_nanos() as u64;
+    let mut last_turn = now_nanos();
     loop {
-        while worth_spinning() {
+        while worth_spinning(last_turn) {
             tokio::task::yield_now().await;
-            let now = Instant::now();
-            if now - last_turn > CONTENDED {
-                BACKED_OFF_UNTIL.store(now_nanos() + BACK_OFF.as_nanos() as u64, Ordering::Relaxed);
+            let now = now_nanos();
+            if now - last_turn > contended {
+                BACKED_OFF_UNTIL.store(now + BACK_OFF.as_nanos() as u64, Ordering::Relaxed);
                 break;
             }
             last_turn = now;
@@ -102,7 +104,8 @@ async fn spin() {
         SPINNING.store(false, Ordering::Release);
         // A submission between the last check and the store saw the flag still set and left
         // the spin to this task.
-        if !worth_spinning() || now_nanos() < BACKED_OFF_UNTIL.load(Ordering::Relaxed) || SPINNING.swap(true, Ordering::AcqRel) {
+        let now = now_nanos();
+        if !worth_spinning(now) || now < BACKED_OFF_UNTIL.load(Ordering::Relaxed) || SPINNING.swap(true, Ordering::AcqRel) {
             return;
         }
     }
