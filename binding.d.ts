@@ -20,15 +20,21 @@ export declare class NativePool {
   get id(): number
   /** Completions queued since the last call, as one Buffer (see `Completions::take`). */
   takeCompletions(): Buffer
+  /**
+   * Completions queued since the last call, copied into `target` (a Buffer JS reuses):
+   * the bytes written, or -1 if they do not fit, leaving them for `takeCompletions`.
+   */
+  takeCompletionsInto(target: Buffer): number
   /** How many JS pool objects (across threads) use this pool. */
   get users(): number
   /** Opens the first connections; rejects with DB_OFFLINE when a group reaches no endpoint. */
   warmUp(): Promise<void>
   /**
-   * Starts every operation in `batch` (the submission format, see `wire`); each completes its
-   * id. A malformed batch throws, having started none of its operations.
+   * Starts every operation in the first `len` bytes of `batch` (the submission format, see
+   * `wire`); each completes its id. A malformed batch throws, having started none of its
+   * operations.
    */
-  submit(batch: Buffer): void
+  submit(batch: Buffer, len: number): void
   /**
    * An aborted operation: a handler statement still queued is dropped unrun; the one running
    * is cancelled on the server (it then fails with SQLSTATE 57014, and the session is closed

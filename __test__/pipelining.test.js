@@ -33,6 +33,26 @@ test('one-shot queries pipeline on the connections they have: every result is it
   await pool.close()
 })
 
+test('results that come back many to a batch, some larger than a batch, each arrive whole and as their own', async (t) => {
+  // Batches of tens of KiB are settled a few KiB at a time while the next ones arrive, and a
+  // result above 64 KiB does not fit the buffer most batches are taken into: every value must be
+  // exactly what its statement selected.
+  const { pool } = target.makePool({ default: { connection_count: 2, pipeline: 16 } })
+  await pool.ready
+  const sizeOf = (i) => (i % 50 === 7 ? 100_000 : 1_000 + (i % 13) * 97)
+  const expected = (i) => String.fromCharCode(65 + (i % 26)).repeat(sizeOf(i)) + i
+  for (let round = 0; round < 3; round++) {
+    const results = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => pool.query('SELECT repeat(chr(65 + $1::int % 26), $2) || $1 AS v, $1::int AS i', [i, sizeOf(i)])),
+    )
+    results.forEach((r, i) => {
+      if (r.rows[0].i !== i || r.rows[0].v !== expected(i)) t.fail(`statement ${i} got row ${r.rows[0].i} with ${r.rows[0].v.length} characters`)
+    })
+  }
+  t.is(pool.stats().groups.default.inUse, 0)
+  await pool.close()
+})
+
 test("past every connection's pipeline depth, one-shot statements wait for a freed slot: all are answered, each its own, on the configured sessions", async (t) => {
   const { pool, app } = target.makePool({ default: { connection_count: 1, pipeline: 4 } })
   await pool.query('SELECT 1')

@@ -120,6 +120,9 @@ export type Decode = (buf: Buffer) => unknown
 /** Largest submission buffer kept between ticks; a bigger one is dropped after use. */
 const KEEP_BUFFER = 1 << 20
 
+/** Size of the buffer completions are taken into when they fit (most batches are far smaller). */
+const REUSED_COMPLETIONS = 64 * 1024
+
 /** Bytes of results decoded in one go before the callers' continuations get to run. */
 const YIELD_BYTES = 4096
 
@@ -297,7 +300,7 @@ export class Core {
     this.#batchNumber++
     try {
       // The core copies the bytes, so the buffer is reused.
-      this.native.submit(w.buf.subarray(0, w.pos))
+      this.native.submit(w.buf, w.pos)
     } catch (e) {
       const native = fromNative(e)
       const error =
@@ -340,17 +343,27 @@ export class Core {
    */
   readonly drain = (): void => {
     let buf: Buffer
+    let end: number
     try {
-      buf = this.native.takeCompletions()
+      // Usually the batch fits the reused buffer; one that does not, or one that arrives while
+      // another is still being settled, comes as a Buffer of its own.
+      end = this.#completions === null ? this.native.takeCompletionsInto(this.#reused) : -1
+      if (end >= 0) {
+        buf = this.#reused
+      } else {
+        buf = this.native.takeCompletions()
+        end = buf.length
+      }
     } catch (e) {
       // Nothing was taken (the core keeps the queue when the copy fails); it wakes us again.
       process.emitWarning(`pgdbpool could not take completions from its core: ${(e as Error)?.message ?? e}`, 'PgDbPoolWarning')
       return
     }
-    if (buf.length === 0) return
+    if (end === 0) return
     if (this.#completions === null) {
       this.#completions = buf
       this.#completionsPos = 0
+      this.#completionsEnd = end
       this.#settleCompletions()
     } else {
       // A chunk is still being settled over microtasks; this one queues behind it.
@@ -358,9 +371,16 @@ export class Core {
     }
   }
 
-  /** Completions taken from the core and not settled yet, from `#completionsPos` on. */
+  /**
+   * Where completions are taken to when they fit, only while nothing is being settled (a batch
+   * that arrives meanwhile comes as a Buffer of its own). Nothing keeps a slice of it beyond the
+   * synchronous decoding of a record: the decoders copy what they return.
+   */
+  readonly #reused = Buffer.allocUnsafeSlow(REUSED_COMPLETIONS)
+  /** Completions taken from the core and not settled yet, from `#completionsPos` to `#completionsEnd`. */
   #completions: Buffer | null = null
   #completionsPos = 0
+  #completionsEnd = 0
   /** Chunks taken while another was being settled. */
   #chunks: Buffer[] = []
 
@@ -371,9 +391,10 @@ export class Core {
    */
   readonly #settleCompletions = (): void => {
     const buf = this.#completions!
+    const end = this.#completionsEnd
     let pos = this.#completionsPos
     let decoded = 0
-    while (pos < buf.length) {
+    while (pos < end) {
       const id = buf.readUInt32BE(pos + CompletionField.Id)
       const status = buf[pos + CompletionField.Status]
       const len = buf.readUInt32BE(pos + CompletionField.Length)
@@ -399,7 +420,7 @@ export class Core {
           op.reject(e instanceof PgDbPoolError ? e : new DBQueryError(`the result could not be decoded: ${(e as Error)?.message ?? e}`, {}, { cause: e }))
         }
         decoded += len
-        if (decoded >= YIELD_BYTES && pos < buf.length) {
+        if (decoded >= YIELD_BYTES && pos < end) {
           this.#completionsPos = pos
           queueMicrotask(this.#settleCompletions)
           return
@@ -410,6 +431,7 @@ export class Core {
     if (next !== undefined) {
       this.#completions = next
       this.#completionsPos = 0
+      this.#completionsEnd = next.length
       queueMicrotask(this.#settleCompletions)
       return
     }

@@ -145,6 +145,28 @@ impl Completions {
         Ok(copy)
     }
 
+    /// Like [`take`](Self::take), into `target`, a Buffer JS keeps for this (no allocation per
+    /// batch: creating a Buffer was 7 % of the JS thread at concurrency 1). Returns the bytes
+    /// written, or `None` when the queue does not fit (it is left as it was: JS takes it with
+    /// `take`).
+    pub(super) fn take_into(&self, target: &mut [u8]) -> Option<usize> {
+        let len = {
+            let mut queue = self.queue.lock();
+            let len = queue.len();
+            if len > target.len() {
+                return None;
+            }
+            target[..len].copy_from_slice(&queue);
+            queue.clear();
+            if queue.capacity() > KEEP_QUEUE {
+                queue.shrink_to(KEEP_QUEUE);
+            }
+            len
+        };
+        self.taken.notify_waiters();
+        Some(len)
+    }
+
     /// Makes one-shot statement `id` abortable while it runs.
     pub(super) fn abortable(&self, id: u32) -> Arc<AbortCell> {
         let cell = Arc::new(AbortCell::default());

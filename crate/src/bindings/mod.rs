@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use napi::bindgen_prelude::{Buffer, BufferSlice, Function, PromiseRaw};
+use napi::bindgen_prelude::{BufferSlice, Function, PromiseRaw};
 use napi::{Env, Result};
 use napi_derive::napi;
 
@@ -118,6 +118,13 @@ impl NativePool {
         self.core.completions.take(env)
     }
 
+    /// Completions queued since the last call, copied into `target` (a Buffer JS reuses):
+    /// the bytes written, or -1 if they do not fit, leaving them for `takeCompletions`.
+    #[napi(catch_unwind)]
+    pub fn take_completions_into(&self, mut target: BufferSlice<'_>) -> Result<i64> {
+        guarded("takeCompletionsInto", || Ok(self.core.completions.take_into(&mut target).map_or(-1, |len| len as i64)))
+    }
+
     /// How many JS pool objects (across threads) use this pool.
     #[napi(getter, catch_unwind)]
     pub fn users(&self) -> u32 {
@@ -131,11 +138,17 @@ impl NativePool {
         env.spawn_future(async move { pool.warm_up().await.map_err(Into::into) })
     }
 
-    /// Starts every operation in `batch` (the submission format, see `wire`); each completes its
-    /// id. A malformed batch throws, having started none of its operations.
+    /// Starts every operation in the first `len` bytes of `batch` (the submission format, see
+    /// `wire`); each completes its id. A malformed batch throws, having started none of its
+    /// operations.
     #[napi(catch_unwind)]
-    pub fn submit(&self, batch: Buffer) -> Result<()> {
-        let records = guarded("submit", || Ok(read_batch(Bytes::from(batch.to_vec()))?))?;
+    pub fn submit(&self, batch: BufferSlice<'_>, len: u32) -> Result<()> {
+        let records = guarded("submit", || {
+            let bytes = batch
+                .get(..len as usize)
+                .ok_or_else(|| PoolError::Internal(format!("a submission of {len} bytes in a buffer of {}", batch.len())))?;
+            Ok(read_batch(Bytes::copy_from_slice(bytes))?)
+        })?;
         guarded("submit", || {
             self.core.submit(records);
             Ok(())
