@@ -5,7 +5,12 @@
 // statement's Bind/Execute/Sync and waits for ReadyForQuery, parsing nothing else. No driver
 // can do less work per round trip on the JS thread; the gap between it and pgdbpool is what
 // the hand-off to the core's worker thread costs. The libraries take turns for three rounds.
+// `-- --prototype` also builds and runs benchmark/js-thread-prototype (Linux, macOS): one
+// tokio-postgres session driven from the JS thread's libuv loop, kept there, handed over per
+// statement, or left on a tokio worker.
 
+const { execFileSync } = require('node:child_process')
+const path = require('node:path')
 const { startServer } = require('../__test__/helpers/pg')
 
 const N = 20000
@@ -58,6 +63,49 @@ async function measure(run) {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
 
+/** Builds benchmark/js-thread-prototype and loads it. */
+function loadPrototype() {
+  const dir = path.join(__dirname, 'js-thread-prototype')
+  execFileSync('cargo', ['build', '--release', '--manifest-path', path.join(dir, 'Cargo.toml')], { stdio: 'inherit' })
+  const file = path.join(dir, 'target', 'release', process.platform === 'darwin' ? 'libjs_thread_prototype.dylib' : 'libjs_thread_prototype.so')
+  const addon = { exports: {} }
+  process.dlopen(addon, file)
+  return addon.exports
+}
+
+/** The prototype's four ways of running a statement; every answer is checked. */
+async function prototypeRuns(e, sql) {
+  const proto = loadPrototype()
+  proto.connect(e.host, e.port, e.user, e.pass, e.name, sql)
+  const check = (v) => {
+    if (v !== 1) throw new Error(`the prototype answered ${v}`)
+  }
+  let kept = false
+  const keep = (on) => {
+    if (kept !== on) proto.stick(on)
+    kept = on
+  }
+  return {
+    'prototype: kept on the JS thread': async () => {
+      keep(true)
+      check(await proto.querySticky())
+    },
+    'prototype: to the JS thread per statement': async () => {
+      keep(false)
+      check(await proto.query())
+    },
+    'prototype: on a tokio worker': async () => {
+      keep(false)
+      check(await proto.queryWorker())
+    },
+    'prototype: alternating (2 statements)': async () => {
+      keep(false)
+      check(await proto.query())
+      check(await proto.queryWorker())
+    },
+  }
+}
+
 ;(async () => {
   const server = await startServer({ embedded: true })
   const e = server.endpoint
@@ -75,6 +123,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1]
   await pool.ready
 
   const runs = {
+    ...(process.argv.includes('--prototype') ? await prototypeRuns(e, sql) : {}),
     'raw socket (floor)': rawLoop(rawClient, 'floor'),
     'pg.Client': () => pgClient.query(sql),
     pgdbpool: () => pool.query(sql),
