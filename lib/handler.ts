@@ -123,16 +123,25 @@ export class Handler implements AsyncDisposable {
     this.#handler = handler
     const { pool, leakThreshold } = this.#ctx
     if (leakThreshold > 0) {
-      const taken = Date.now()
-      this.#leakTimer = setTimeout(() => {
-        const leak: LeakEvent = { group: this.group, heldMs: Date.now() - taken, stack }
+      const taken = performance.now()
+      // A timer can fire up to a loop iteration early against the clock (it counts from the
+      // loop's cached time): checked, and re-armed for the rest, so a report is never early.
+      const check = () => {
+        const held = performance.now() - taken
+        if (held < leakThreshold) {
+          this.#leakTimer = setTimeout(check, Math.ceil(leakThreshold - held))
+          this.#leakTimer.unref()
+          return
+        }
+        const leak: LeakEvent = { group: this.group, heldMs: Math.floor(held), stack }
         if (pool.listenerCount('leak') > 0) pool.notify('leak', leak)
         else
           process.emitWarning(
             `a handler of group '${leak.group}' has held its connection for ${leak.heldMs} ms (leak_threshold); ${stack}`,
             'PgDbPoolLeakWarning',
           )
-      }, leakThreshold)
+      }
+      this.#leakTimer = setTimeout(check, leakThreshold)
       this.#leakTimer.unref()
     }
     if (pool.listenerCount('acquire') > 0) pool.notify('acquire', { group: this.group })
