@@ -129,10 +129,7 @@ impl Completions {
             let end = chunk_end(&queue, TAKE_CHUNK);
             let copy = BufferSlice::copy_from(env, &queue[..end])?;
             if end == queue.len() {
-                queue.clear();
-                if queue.capacity() > KEEP_QUEUE {
-                    queue.shrink_to(KEEP_QUEUE);
-                }
+                empty(&mut queue);
             } else {
                 queue.drain(..end);
             }
@@ -157,10 +154,7 @@ impl Completions {
                 return None;
             }
             target[..len].copy_from_slice(&queue);
-            queue.clear();
-            if queue.capacity() > KEEP_QUEUE {
-                queue.shrink_to(KEEP_QUEUE);
-            }
+            empty(&mut queue);
             len
         };
         self.taken.notify_waiters();
@@ -185,6 +179,14 @@ impl Completions {
     /// Ends a one-shot statement's abortability (before its id is completed: JS may reuse it).
     fn forget_abort(&self, id: u32) {
         self.aborts.lock().remove(&id);
+    }
+}
+
+/// Empties the queue once JS has taken all of it, keeping at most [`KEEP_QUEUE`] of capacity.
+fn empty(queue: &mut Vec<u8>) {
+    queue.clear();
+    if queue.capacity() > KEEP_QUEUE {
+        queue.shrink_to(KEEP_QUEUE);
     }
 }
 
