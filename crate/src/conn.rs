@@ -54,6 +54,8 @@ pub(crate) struct Session {
     pub(crate) status: Arc<SessionStatus>,
     /// How to cancel what runs on this session; shared, not rebuilt, on every checkout.
     pub(crate) cancel_token: Arc<CancelTarget>,
+    /// Who polls its connection: the worker, or a JS thread running a statement on it.
+    pub(crate) driver: Arc<crate::driver::Driver>,
     /// Index of its endpoint within the group.
     pub(crate) endpoint: usize,
     /// When it was last returned to the pool by a user (for `idle_timeout`).
@@ -111,6 +113,7 @@ impl Session {
         });
         Self {
             cancel_token: Arc::new(opened.cancel),
+            driver: opened.driver,
             client: opened.client,
             status: opened.status,
             endpoint,

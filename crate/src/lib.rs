@@ -17,6 +17,8 @@ mod pgcompat;
 mod pgtext;
 mod pool;
 mod quiet;
+mod jsloop;
+mod driver;
 mod role;
 mod rt;
 #[cfg(test)]

@@ -57,3 +57,16 @@ where
         }
     }
 }
+
+/// Runs `f` inside the core's runtime context (for timers and spawns of futures polled on a JS
+/// thread, see `jsloop`); outside any when there is none.
+pub(crate) fn within<R>(f: impl FnOnce() -> R) -> R {
+    let handle = HANDLE.read().clone();
+    match handle {
+        Some(handle) => {
+            let _entered = handle.enter();
+            f()
+        }
+        None => f(),
+    }
+}

@@ -142,7 +142,7 @@ impl NativePool {
     /// `wire`); each completes its id. A malformed batch throws, having started none of its
     /// operations.
     #[napi(catch_unwind)]
-    pub fn submit(&self, batch: BufferSlice<'_>, len: u32) -> Result<()> {
+    pub fn submit(&self, env: &Env, batch: BufferSlice<'_>, len: u32) -> Result<()> {
         let records = guarded("submit", || {
             let bytes = batch
                 .get(..len as usize)
@@ -150,7 +150,7 @@ impl NativePool {
             Ok(read_batch(Bytes::copy_from_slice(bytes))?)
         })?;
         guarded("submit", || {
-            self.core.submit(records);
+            self.core.submit(env, records);
             Ok(())
         })
     }

@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use napi::Env;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -146,13 +147,16 @@ enum Job {
         mode: Arc<PgMode>,
     },
     RunHandler(Arc<HandlerSlot>),
+    /// A job's future that the JS thread's loop did not take (see `jsloop::try_run`).
+    Started(BoxFuture<'static, ()>),
 }
 
 impl Job {
     fn run(self, completions: Arc<Completions>) -> BoxFuture<'static, ()> {
         match self {
             Job::Query { id, shot, statement, abort } => Box::pin(async move {
-                let _in_flight = crate::quiet::InFlight::start();
+                // The worker's spin is for statements it waits on, not for those a JS thread polls.
+                let _in_flight = (!crate::jsloop::driving()).then(crate::quiet::InFlight::start);
                 let mut settle = Settle::new(&completions, id, abort.is_some());
                 let run = AssertUnwindSafe(async {
                     test_panic(&statement.sql, false);
@@ -171,13 +175,16 @@ impl Job {
                 Box::pin(PG_MODE.scope(mode, Job::Query { id, shot, statement, abort: None }.run(completions)))
             }
             Job::RunHandler(slot) => Box::pin(slot.run_queue(completions)),
+            Job::Started(task) => task,
         }
     }
 }
 
 impl Core {
     /// Starts the operations of a submission; each one completes its id.
-    pub(super) fn submit(&self, batch: Vec<Submitted>) {
+    pub(super) fn submit(&self, env: &Env, batch: Vec<Submitted>) {
+        // A statement alone in its tick's submission may run on the JS thread's own loop.
+        let alone = batch.len() == 1;
         let mut jobs = Vec::new();
         for Submitted { id, abortable, aborted, operation } in batch {
             if aborted {
@@ -187,6 +194,13 @@ impl Core {
             }
             match operation {
                 Operation::Query { group, statement } => match self.oneshot(group) {
+                    // Alone in flight on this JS thread: it runs on the thread's own loop.
+                    Some(shot) if alone && !abortable => {
+                        let job = Job::Query { id, shot, statement, abort: None };
+                        if let Err(task) = crate::jsloop::try_run(env, job.run(self.completions.clone())) {
+                            jobs.push(Job::Started(task));
+                        }
+                    }
                     Some(shot) => {
                         let abort = abortable.then(|| self.completions.abortable(id));
                         jobs.push(Job::Query { id, shot, statement, abort });

@@ -18,6 +18,7 @@ use tokio_postgres::{Client, Connection, NoTls};
 use super::tls::connect_error_text;
 use super::{CancelTarget, Endpoint};
 use crate::config::TargetSessionAttrs;
+use crate::driver::Driver;
 use crate::error::pg_error_text;
 use crate::role::{self, Role};
 use crate::status::{SessionStatus, Watched, WatchedTls};
@@ -30,6 +31,8 @@ pub(crate) struct Opened {
     pub(crate) status: Arc<SessionStatus>,
     /// How to cancel what runs on it.
     pub(crate) cancel: CancelTarget,
+    /// Who polls its connection (see `driver`).
+    pub(crate) driver: Arc<Driver>,
     role: Option<Role>,
 }
 
@@ -109,15 +112,16 @@ impl Endpoint {
     /// watched (see `status.rs`) below TLS, or above it when the session is encrypted.
     async fn open(self: &Arc<Self>, pg: &tokio_postgres::Config) -> Result<Opened, OpenFailure> {
         let (socket, address) = self.socket().await.map_err(|text| OpenFailure { text, terminated: false })?;
+        let fd = socket.fd();
         let status = Arc::new(SessionStatus::default());
         let failed = |e: tokio_postgres::Error| OpenFailure {
             terminated: e.as_db_error().is_some_and(|db| *db.code() == SqlState::ADMIN_SHUTDOWN),
             text: connect_error_text(&e, &self.config),
         };
-        let (client, role) = match &self.tls {
+        let (client, (role, driver)) = match &self.tls {
             None => {
                 let (client, connection) = pg.connect_raw(Watched::new(socket, status.clone(), false), NoTls).await.map_err(failed)?;
-                (client, self.drive(connection))
+                (client, self.drive(connection, fd))
             }
             Some(tls) => {
                 let connector = match MakeTlsConnect::<Watched<Socket>>::make_tls_connect(&mut tls.clone(), &self.config.host) {
@@ -126,11 +130,11 @@ impl Endpoint {
                 };
                 let watched = Watched::new(socket, status.clone(), true);
                 let (client, connection) = pg.connect_raw(watched, WatchedTls::new(connector, status.clone())).await.map_err(failed)?;
-                (client, self.drive(connection))
+                (client, self.drive(connection, fd))
             }
         };
         let cancel = CancelTarget { token: client.cancel_token(), address };
-        Ok(Opened { client, role, status, cancel })
+        Ok(Opened { client, role, status, cancel, driver })
     }
 
     /// A connected socket to the server and the address it reached (`None` for a Unix-domain
@@ -153,21 +157,21 @@ impl Endpoint {
         Ok((Socket::Tcp(tcp), address))
     }
 
-    /// Spawns the session's connection task, which keeps this endpoint's role current from
-    /// what the server reports; returns the role reported at startup.
-    fn drive<S, T>(self: &Arc<Self>, connection: Connection<S, T>) -> Option<Role>
+    /// Starts driving the session's connection, which keeps this endpoint's role current from
+    /// what the server reports; returns the role reported at startup, and the driver.
+    fn drive<S, T>(self: &Arc<Self>, connection: Connection<S, T>, fd: crate::driver::Fd) -> (Option<Role>, Arc<Driver>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let reported = role::reported_role(&connection);
         let endpoint = Arc::downgrade(self);
-        tokio::spawn(role::drive(connection, reported, move |role| {
+        let drive = role::drive(connection, reported, move |role| {
             if let Some(endpoint) = endpoint.upgrade() {
                 endpoint.set_role(role);
             }
-        }));
-        reported
+        });
+        (reported, Driver::spawn(drive, fd))
     }
 }
 
@@ -180,8 +184,50 @@ pub(crate) enum Socket {
     Unix(UnixStream),
 }
 
+impl Socket {
+    #[cfg(unix)]
+    fn fd(&self) -> crate::driver::Fd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn fd(&self) -> crate::driver::Fd {}
+
+    /// The socket itself, for reads and writes that bypass tokio's readiness (the JS thread's
+    /// event loop knows the socket is ready before tokio's worker does).
+    fn sock(&self) -> SockRef<'_> {
+        match self {
+            Socket::Tcp(s) => SockRef::from(s),
+            Socket::Unix(s) => SockRef::from(s),
+        }
+    }
+}
+
+/// A direct read or write from the JS thread (see `driver`): a full or empty socket is
+/// `Pending`, and the JS thread's event loop polls again when it is ready.
+fn direct<T>(result: io::Result<T>, writing: bool) -> Poll<io::Result<T>> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if writing {
+                crate::driver::wants_write();
+            }
+            Poll::Pending
+        }
+        other => Poll::Ready(other),
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if crate::driver::on_js() {
+            use std::io::Read;
+            let read = (&*self.sock()).read(buf.initialize_unfilled());
+            return direct(read, false).map_ok(|n| buf.advance(n));
+        }
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -191,6 +237,10 @@ impl AsyncRead for Socket {
 
 impl AsyncWrite for Socket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if crate::driver::on_js() {
+            use std::io::Write;
+            return direct((&*self.sock()).write(buf), true);
+        }
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -198,6 +248,10 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if crate::driver::on_js() {
+            use std::io::Write;
+            return direct((&*self.sock()).write_vectored(bufs), true);
+        }
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),

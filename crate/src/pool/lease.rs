@@ -217,6 +217,8 @@ impl Lease {
             return Err(PoolError::Closed);
         }
         let conn = self.conn.as_ref().ok_or(PoolError::Closed)?;
+        // Polled from a JS thread's loop (see `jsloop`): that thread drives the session meanwhile.
+        let _borrowed = crate::jsloop::borrow(&conn.driver);
         let result = if self.broken.load(Ordering::Relaxed) {
             Err(PoolError::Unsent("the shared connection was lost before the statement was sent".into()))
         } else {

@@ -1,0 +1,369 @@
+//! The JS-thread fast path: while a JS thread has no other one-shot statement in flight, its
+//! next one runs on that thread's own event loop instead of the tokio worker.
+//!
+//! A round trip through the worker crosses two thread hand-offs (JS → worker → JS); at
+//! concurrency 1 those cost more than the round trip itself (`npm run benchmark:floor`). Here
+//! the statement's future is polled on the JS thread, and the session it gets is taken over
+//! from its worker task for the statement (see `driver`): the request is written from the JS
+//! thread, libuv watches the socket (`uv_poll`), and the answer is read and encoded there.
+//! Anything that wakes the statement from another thread (a timer, a connection opened for it,
+//! a pipelined neighbour's answer read by the worker) reaches the loop through a `uv_async`.
+//! Under load nothing changes: a second statement in flight goes to the worker as before, so
+//! no protocol work moves onto a busy event loop.
+//!
+//! The handles belong to the JS environment: its async cleanup hook gives every taken session
+//! back, drops what still runs here, and closes the handles before Node closes the loop.
+
+#![allow(unsafe_code)]
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_int, c_void};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Wake, Waker};
+
+use napi::{sys, Env};
+use parking_lot::Mutex;
+
+use crate::driver::Driver;
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+extern "C" {
+    fn uv_poll_init(event_loop: *mut c_void, handle: *mut c_void, fd: c_int) -> c_int;
+    fn uv_poll_start(handle: *mut c_void, events: c_int, callback: unsafe extern "C" fn(*mut c_void, c_int, c_int)) -> c_int;
+    fn uv_poll_stop(handle: *mut c_void) -> c_int;
+    fn uv_async_init(event_loop: *mut c_void, handle: *mut c_void, callback: unsafe extern "C" fn(*mut c_void)) -> c_int;
+    fn uv_async_send(handle: *mut c_void) -> c_int;
+    fn uv_close(handle: *mut c_void, callback: unsafe extern "C" fn(*mut c_void));
+    fn uv_unref(handle: *mut c_void);
+}
+
+const UV_READABLE: c_int = 1;
+const UV_WRITABLE: c_int = 2;
+/// Room for a `uv_poll_t` or `uv_async_t` (at most 160 bytes on 64-bit platforms, in libuv 1.x).
+const HANDLE_WORDS: usize = 40;
+
+/// `PGDBPOOL_JS_DRIVE=off` in the environment: every statement goes to the worker.
+static OFF: LazyLock<bool> = LazyLock::new(|| std::env::var("PGDBPOOL_JS_DRIVE").is_ok_and(|v| v.eq_ignore_ascii_case("off")));
+
+/// A libuv handle's memory; freed by its close callback.
+fn new_handle() -> *mut c_void {
+    Box::into_raw(Box::new([0u64; HANDLE_WORDS])).cast()
+}
+
+/// The close callback of every handle here.
+unsafe extern "C" fn free_handle(handle: *mut c_void) {
+    drop(unsafe { Box::from_raw(handle.cast::<[u64; HANDLE_WORDS]>()) });
+    let _ = OPEN_HANDLES.try_with(|c| c.set(c.get().saturating_sub(1)));
+    finish_cleanup_if_done();
+}
+
+/// The wake-up of one loop from anywhere: what a task's waker does.
+struct Wakeup {
+    woken: AtomicBool,
+    /// The loop's `uv_async_t`, null once it is closed.
+    handle: Mutex<SendPtr>,
+}
+
+struct SendPtr(*mut c_void);
+// SAFETY: only passed to uv_async_send, which any thread may call while the handle is open
+// (the mutex keeps it from being closed meanwhile).
+unsafe impl Send for SendPtr {}
+
+impl Wake for Wakeup {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        // The loop that is polling right now sees the flag before it stops.
+        if DRIVING.try_with(Cell::get).is_ok_and(|d| d == Arc::as_ptr(self) as usize) {
+            return;
+        }
+        let handle = self.handle.lock();
+        if !handle.0.is_null() {
+            unsafe { uv_async_send(handle.0) };
+        }
+    }
+}
+
+/// A session taken over by this loop, and the `uv_poll_t` watching its socket.
+struct Taken {
+    driver: Arc<Driver>,
+    poll: *mut c_void,
+    writable: bool,
+}
+
+/// One JS thread's loop state.
+struct LoopState {
+    uv_loop: *mut c_void,
+    wakeup: Arc<Wakeup>,
+    waker: Waker,
+    tasks: RefCell<Vec<Task>>,
+    taken: RefCell<Vec<Taken>>,
+    /// Sessions given back, with their stopped `uv_poll_t` kept for the next time (closed once
+    /// the session has ended, before a new socket can reuse its descriptor here).
+    parked: RefCell<Vec<Taken>>,
+    driving: Cell<bool>,
+}
+
+thread_local! {
+    static LOOP: RefCell<Option<Rc<LoopState>>> = const { RefCell::new(None) };
+    /// The `Wakeup` (as an address) of the loop this thread is polling now, or 0.
+    static DRIVING: Cell<usize> = const { Cell::new(0) };
+    /// Handles opened here whose close callbacks have not run yet.
+    static OPEN_HANDLES: Cell<usize> = const { Cell::new(0) };
+    /// The environment's async cleanup hook while it waits for them (teardown under way).
+    static CLEANUP: Cell<sys::napi_async_cleanup_hook_handle> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Whether this thread is polling its loop (so a statement it polls may take its session over).
+pub(crate) fn driving() -> bool {
+    DRIVING.try_with(Cell::get).is_ok_and(|d| d != 0)
+}
+
+/// Runs `task` on this JS thread's loop if the loop has nothing else in flight; gives it back
+/// otherwise (the caller spawns it on the worker).
+pub(crate) fn try_run(env: &Env, task: Task) -> Result<(), Task> {
+    if *OFF {
+        return Err(task);
+    }
+    let Some(state) = state(env) else { return Err(task) };
+    if state.driving.get() || !state.tasks.borrow().is_empty() {
+        return Err(task);
+    }
+    state.tasks.borrow_mut().push(task);
+    drive(&state);
+    Ok(())
+}
+
+/// This thread's loop, set up on first use.
+fn state(env: &Env) -> Option<Rc<LoopState>> {
+    if let Some(state) = LOOP.with(|l| l.borrow().clone()) {
+        return Some(state);
+    }
+    if !CLEANUP.with(Cell::get).is_null() {
+        return None;
+    }
+    let mut uv_loop = std::ptr::null_mut();
+    if unsafe { sys::napi_get_uv_event_loop(env.raw(), &mut uv_loop) } != sys::Status::napi_ok || uv_loop.is_null() {
+        return None;
+    }
+    let uv_loop = uv_loop.cast::<c_void>();
+    let handle = new_handle();
+    if unsafe { uv_async_init(uv_loop, handle, on_async) } != 0 {
+        drop(unsafe { Box::from_raw(handle.cast::<[u64; HANDLE_WORDS]>()) });
+        return None;
+    }
+    unsafe { uv_unref(handle) };
+    OPEN_HANDLES.with(|c| c.set(c.get() + 1));
+    let mut hook = std::ptr::null_mut();
+    if unsafe { sys::napi_add_async_cleanup_hook(env.raw(), Some(cleanup), std::ptr::null_mut(), &mut hook) } != sys::Status::napi_ok {
+        unsafe { uv_close(handle, free_handle) };
+        return None;
+    }
+    let wakeup = Arc::new(Wakeup { woken: AtomicBool::new(false), handle: Mutex::new(SendPtr(handle)) });
+    let state = Rc::new(LoopState {
+        uv_loop,
+        waker: Waker::from(wakeup.clone()),
+        wakeup,
+        tasks: RefCell::new(Vec::new()),
+        taken: RefCell::new(Vec::new()),
+        parked: RefCell::new(Vec::new()),
+        driving: Cell::new(false),
+    });
+    LOOP.with(|l| *l.borrow_mut() = Some(state.clone()));
+    Some(state)
+}
+
+unsafe extern "C" fn on_async(_handle: *mut c_void) {
+    drive_current();
+}
+
+unsafe extern "C" fn on_poll(_handle: *mut c_void, _status: c_int, _events: c_int) {
+    drive_current();
+}
+
+fn drive_current() {
+    let state = LOOP.try_with(|l| l.borrow().clone()).ok().flatten();
+    if let Some(state) = state {
+        drive(&state);
+    }
+}
+
+/// Polls this loop's tasks and taken sessions until nothing is left to do for now.
+fn drive(state: &Rc<LoopState>) {
+    if state.driving.replace(true) {
+        return;
+    }
+    let outer = DRIVING.with(|d| d.replace(Arc::as_ptr(&state.wakeup) as usize));
+    crate::rt::within(|| poll_until_quiet(state));
+    DRIVING.with(|d| d.set(outer));
+    state.driving.set(false);
+}
+
+fn poll_until_quiet(state: &LoopState) {
+    let mut cx = Context::from_waker(&state.waker);
+    loop {
+        state.wakeup.woken.store(false, Ordering::Release);
+        let tasks = std::mem::take(&mut *state.tasks.borrow_mut());
+        let mut pending = Vec::with_capacity(tasks.len());
+        for mut task in tasks {
+            if task.as_mut().poll(&mut cx).is_pending() {
+                pending.push(task);
+            }
+        }
+        state.tasks.borrow_mut().extend(pending);
+        poll_taken(state, &mut cx);
+        if !state.wakeup.woken.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+/// Polls every session this loop has taken over; a session whose connection ended is let go.
+fn poll_taken(state: &LoopState, cx: &mut Context<'_>) {
+    let drivers: Vec<Arc<Driver>> = state.taken.borrow().iter().map(|t| t.driver.clone()).collect();
+    for driver in drivers {
+        let (ended, wants_write) = driver.poll_taken(cx);
+        let mut taken = state.taken.borrow_mut();
+        let Some(pos) = taken.iter().position(|t| Arc::ptr_eq(&t.driver, &driver)) else { continue };
+        if ended {
+            let gone = taken.swap_remove(pos);
+            drop(taken);
+            release(gone, Some(&state.parked));
+        } else if wants_write != taken[pos].writable {
+            taken[pos].writable = wants_write;
+            let events = if wants_write { UV_READABLE | UV_WRITABLE } else { UV_READABLE };
+            unsafe { uv_poll_start(taken[pos].poll, events, on_poll) };
+        }
+    }
+}
+
+/// Stops watching a taken session and gives it back to its worker task; its handle is parked
+/// in `parked`, or closed when there is none (teardown) or the session has ended.
+fn release(mut taken: Taken, parked: Option<&RefCell<Vec<Taken>>>) {
+    unsafe { uv_poll_stop(taken.poll) };
+    taken.driver.give_back(parked.is_none());
+    match parked {
+        Some(parked) if !taken.driver.ended() => {
+            taken.writable = false;
+            parked.borrow_mut().push(taken);
+        }
+        _ => close(taken),
+    }
+}
+
+fn close(taken: Taken) {
+    unsafe { uv_close(taken.poll, free_handle) };
+}
+
+/// A session taken over for one statement polled on this thread's loop; dropping it gives the
+/// session back. Holds nothing of the loop, so that the statement's future stays `Send`.
+#[derive(Debug)]
+pub(crate) struct Borrowed(Option<Arc<Driver>>);
+
+/// Takes `driver`'s session over for the statement being polled, if this thread is polling its
+/// loop and the session is not taken already.
+pub(crate) fn borrow(driver: &Arc<Driver>) -> Borrowed {
+    if !driving() {
+        return Borrowed(None);
+    }
+    let Some(state) = LOOP.try_with(|l| l.borrow().clone()).ok().flatten() else { return Borrowed(None) };
+    if !driver.take() {
+        return Borrowed(None);
+    }
+    let reused = {
+        let mut parked = state.parked.borrow_mut();
+        // Handles of ended sessions go first: their descriptors may be reused by new sockets.
+        for gone in parked.extract_if(.., |p| p.driver.ended()) {
+            close(gone);
+        }
+        parked.iter().position(|p| Arc::ptr_eq(&p.driver, driver)).map(|pos| parked.swap_remove(pos).poll)
+    };
+    let poll = match reused {
+        Some(poll) => poll,
+        None => {
+            let poll = new_handle();
+            if unsafe { uv_poll_init(state.uv_loop, poll, driver.fd) } != 0 {
+                drop(unsafe { Box::from_raw(poll.cast::<[u64; HANDLE_WORDS]>()) });
+                driver.give_back(false);
+                return Borrowed(None);
+            }
+            OPEN_HANDLES.with(|c| c.set(c.get() + 1));
+            unsafe { uv_unref(poll) };
+            poll
+        }
+    };
+    unsafe { uv_poll_start(poll, UV_READABLE, on_poll) };
+    state.taken.borrow_mut().push(Taken { driver: driver.clone(), poll, writable: false });
+    // Polled once now, so that the statement's request wakes this loop, not the worker.
+    let (ended, _) = driver.poll_taken(&mut Context::from_waker(&state.waker));
+    if ended {
+        give_back(driver);
+        return Borrowed(None);
+    }
+    Borrowed(Some(driver.clone()))
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if let Some(driver) = self.0.take() {
+            give_back(&driver);
+        }
+    }
+}
+
+fn give_back(driver: &Arc<Driver>) {
+    // During the thread's teardown the loop is gone: the session goes back with a wake-up.
+    let Some(state) = LOOP.try_with(|l| l.borrow().clone()).ok().flatten() else {
+        driver.give_back(true);
+        return;
+    };
+    let mut taken = state.taken.borrow_mut();
+    if let Some(pos) = taken.iter().position(|t| Arc::ptr_eq(&t.driver, driver)) {
+        let gone = taken.swap_remove(pos);
+        drop(taken);
+        release(gone, Some(&state.parked));
+    }
+}
+
+/// The environment's async cleanup hook: gives every taken session back, drops the tasks still
+/// here (their guards answer them), and closes the loop's handles; Node waits for the hook to
+/// be removed, which the last close callback does.
+unsafe extern "C" fn cleanup(hook: sys::napi_async_cleanup_hook_handle, _data: *mut c_void) {
+    CLEANUP.with(|c| c.set(hook));
+    let state = LOOP.with(|l| l.borrow_mut().take());
+    if let Some(state) = state {
+        let tasks = std::mem::take(&mut *state.tasks.borrow_mut());
+        drop(tasks);
+        let taken = std::mem::take(&mut *state.taken.borrow_mut());
+        for t in taken {
+            release(t, None);
+        }
+        let parked = std::mem::take(&mut *state.parked.borrow_mut());
+        for p in parked {
+            close(p);
+        }
+        let handle = std::mem::replace(&mut state.wakeup.handle.lock().0, std::ptr::null_mut());
+        if !handle.is_null() {
+            unsafe { uv_close(handle, free_handle) };
+        }
+    }
+    finish_cleanup_if_done();
+}
+
+fn finish_cleanup_if_done() {
+    if OPEN_HANDLES.try_with(Cell::get).map_or(true, |open| open > 0) {
+        return;
+    }
+    let hook = CLEANUP.try_with(|c| c.replace(std::ptr::null_mut())).unwrap_or(std::ptr::null_mut());
+    if !hook.is_null() {
+        unsafe { sys::napi_remove_async_cleanup_hook(hook) };
+    }
+}
