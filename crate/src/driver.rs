@@ -98,11 +98,6 @@ impl Driver {
         true
     }
 
-    /// Whether the connection has ended (its socket is closed).
-    pub(crate) fn ended(&self) -> bool {
-        self.connection.lock().is_none()
-    }
-
     /// Polls the taken-over connection from the JS thread, reading and writing directly.
     /// Returns whether it ended, and whether it wants the socket watched for writable.
     pub(crate) fn poll_taken(&self, cx: &mut Context<'_>) -> (bool, bool) {

@@ -106,9 +106,6 @@ struct LoopState {
     waker: Waker,
     tasks: RefCell<Vec<Task>>,
     taken: RefCell<Vec<Taken>>,
-    /// Sessions given back, with their stopped `uv_poll_t` kept for the next time (closed once
-    /// the session has ended, before a new socket can reuse its descriptor here).
-    parked: RefCell<Vec<Taken>>,
     driving: Cell<bool>,
 }
 
@@ -174,7 +171,6 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
         wakeup,
         tasks: RefCell::new(Vec::new()),
         taken: RefCell::new(Vec::new()),
-        parked: RefCell::new(Vec::new()),
         driving: Cell::new(false),
     });
     LOOP.with(|l| *l.borrow_mut() = Some(state.clone()));
@@ -236,7 +232,7 @@ fn poll_taken(state: &LoopState, cx: &mut Context<'_>) {
         if ended {
             let gone = taken.swap_remove(pos);
             drop(taken);
-            release(gone, Some(&state.parked));
+            release(gone, false);
         } else if wants_write != taken[pos].writable {
             taken[pos].writable = wants_write;
             let events = if wants_write { UV_READABLE | UV_WRITABLE } else { UV_READABLE };
@@ -245,22 +241,16 @@ fn poll_taken(state: &LoopState, cx: &mut Context<'_>) {
     }
 }
 
-/// Stops watching a taken session and gives it back to its worker task; its handle is parked
-/// in `parked`, or closed when there is none (teardown) or the session has ended.
-fn release(mut taken: Taken, parked: Option<&RefCell<Vec<Taken>>>) {
-    unsafe { uv_poll_stop(taken.poll) };
-    taken.driver.give_back(parked.is_none());
-    match parked {
-        Some(parked) if !taken.driver.ended() => {
-            taken.writable = false;
-            parked.borrow_mut().push(taken);
-        }
-        _ => close(taken),
+/// Stops watching a taken session, closes its handle and gives the session back to its worker
+/// task (woken to poll it itself with `wake`). The handle is closed now, while the socket is
+/// still open: closing it later, after the descriptor was closed and reused (by a socket of
+/// Node's own, say), would take that socket out of libuv's epoll set.
+fn release(taken: Taken, wake: bool) {
+    unsafe {
+        uv_poll_stop(taken.poll);
+        uv_close(taken.poll, free_handle);
     }
-}
-
-fn close(taken: Taken) {
-    unsafe { uv_close(taken.poll, free_handle) };
+    taken.driver.give_back(wake);
 }
 
 /// A session taken over for one statement polled on this thread's loop; dropping it gives the
@@ -278,29 +268,17 @@ pub(crate) fn borrow(driver: &Arc<Driver>) -> Borrowed {
     if !driver.take() {
         return Borrowed(None);
     }
-    let reused = {
-        let mut parked = state.parked.borrow_mut();
-        // Handles of ended sessions go first: their descriptors may be reused by new sockets.
-        for gone in parked.extract_if(.., |p| p.driver.ended()) {
-            close(gone);
-        }
-        parked.iter().position(|p| Arc::ptr_eq(&p.driver, driver)).map(|pos| parked.swap_remove(pos).poll)
-    };
-    let poll = match reused {
-        Some(poll) => poll,
-        None => {
-            let poll = new_handle();
-            if unsafe { uv_poll_init(state.uv_loop, poll, driver.fd) } != 0 {
-                drop(unsafe { Box::from_raw(poll.cast::<[u64; HANDLE_WORDS]>()) });
-                driver.give_back(false);
-                return Borrowed(None);
-            }
-            OPEN_HANDLES.with(|c| c.set(c.get() + 1));
-            unsafe { uv_unref(poll) };
-            poll
-        }
-    };
-    unsafe { uv_poll_start(poll, UV_READABLE, on_poll) };
+    let poll = new_handle();
+    if unsafe { uv_poll_init(state.uv_loop, poll, driver.fd) } != 0 {
+        drop(unsafe { Box::from_raw(poll.cast::<[u64; HANDLE_WORDS]>()) });
+        driver.give_back(false);
+        return Borrowed(None);
+    }
+    OPEN_HANDLES.with(|c| c.set(c.get() + 1));
+    unsafe {
+        uv_unref(poll);
+        uv_poll_start(poll, UV_READABLE, on_poll);
+    }
     state.taken.borrow_mut().push(Taken { driver: driver.clone(), poll, writable: false });
     // Polled once now, so that the statement's request wakes this loop, not the worker.
     let (ended, _) = driver.poll_taken(&mut Context::from_waker(&state.waker));
@@ -329,7 +307,7 @@ fn give_back(driver: &Arc<Driver>) {
     if let Some(pos) = taken.iter().position(|t| Arc::ptr_eq(&t.driver, driver)) {
         let gone = taken.swap_remove(pos);
         drop(taken);
-        release(gone, Some(&state.parked));
+        release(gone, false);
     }
 }
 
@@ -344,11 +322,7 @@ unsafe extern "C" fn cleanup(hook: sys::napi_async_cleanup_hook_handle, _data: *
         drop(tasks);
         let taken = std::mem::take(&mut *state.taken.borrow_mut());
         for t in taken {
-            release(t, None);
-        }
-        let parked = std::mem::take(&mut *state.parked.borrow_mut());
-        for p in parked {
-            close(p);
+            release(t, true);
         }
         let handle = std::mem::replace(&mut state.wakeup.handle.lock().0, std::ptr::null_mut());
         if !handle.is_null() {
