@@ -102,6 +102,9 @@ struct Taken {
 /// One JS thread's loop state.
 struct LoopState {
     uv_loop: *mut c_void,
+    env: sys::napi_env,
+    /// For the callback scope the deferred wake-ups run in (so their continuations run then).
+    async_context: sys::napi_async_context,
     wakeup: Arc<Wakeup>,
     waker: Waker,
     tasks: RefCell<Vec<Task>>,
@@ -111,6 +114,10 @@ struct LoopState {
 
 thread_local! {
     static LOOP: RefCell<Option<Rc<LoopState>>> = const { RefCell::new(None) };
+    /// While a drive that a libuv callback started polls: its environment, whose cores' wake-ups
+    /// wait in `DEFERRED` to be called directly when it ends.
+    static DEFER: Cell<usize> = const { Cell::new(0) };
+    static DEFERRED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     /// The `Wakeup` (as an address) of the loop this thread is polling now, or 0.
     static DRIVING: Cell<usize> = const { Cell::new(0) };
     /// Handles opened here whose close callbacks have not run yet.
@@ -165,8 +172,16 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
         return None;
     }
     let wakeup = Arc::new(Wakeup { woken: AtomicBool::new(false), handle: Mutex::new(SendPtr(handle)) });
+    let mut async_context = std::ptr::null_mut();
+    unsafe {
+        let mut name = std::ptr::null_mut();
+        sys::napi_create_string_utf8(env.raw(), c"pgdbpool".as_ptr(), 8, &mut name);
+        sys::napi_async_init(env.raw(), std::ptr::null_mut(), name, &mut async_context);
+    }
     let state = Rc::new(LoopState {
         uv_loop,
+        env: env.raw(),
+        async_context,
         waker: Waker::from(wakeup.clone()),
         wakeup,
         tasks: RefCell::new(Vec::new()),
@@ -185,10 +200,90 @@ unsafe extern "C" fn on_poll(_handle: *mut c_void, _status: c_int, _events: c_in
     drive_current();
 }
 
+/// A drive started by libuv: the wake-ups of this environment's cores it causes are called
+/// directly at its end, instead of through their threadsafe functions (a `uv_async` and a turn
+/// of the loop later).
 fn drive_current() {
     let state = LOOP.try_with(|l| l.borrow().clone()).ok().flatten();
     if let Some(state) = state {
+        if state.driving.get() {
+            return;
+        }
+        DEFER.with(|d| d.set(state.env as usize));
         drive(&state);
+        DEFER.with(|d| d.set(0));
+        call_deferred(&state);
+    }
+}
+
+/// Queues the call of `function` (a reference in `env`) for the end of the current drive, if
+/// a drive of `env`'s loop started by libuv is polling on this thread.
+pub(crate) fn defer_call(env: usize, function: usize) -> bool {
+    if env == 0 || DEFER.try_with(Cell::get).ok() != Some(env) {
+        return false;
+    }
+    DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        if !d.contains(&function) {
+            d.push(function);
+        }
+    });
+    true
+}
+
+fn call_deferred(state: &LoopState) {
+    let functions = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    if functions.is_empty() {
+        return;
+    }
+    let env = state.env;
+    unsafe {
+        let mut handles = std::ptr::null_mut();
+        sys::napi_open_handle_scope(env, &mut handles);
+        // Every function is fetched before any runs: a finalizer that runs meanwhile may delete
+        // a reference, not the value held here.
+        let values: Vec<sys::napi_value> = functions
+            .iter()
+            .filter_map(|&r| {
+                let mut value = std::ptr::null_mut();
+                (sys::napi_get_reference_value(env, r as sys::napi_ref, &mut value) == sys::Status::napi_ok && !value.is_null())
+                    .then_some(value)
+            })
+            .collect();
+        let mut resource = std::ptr::null_mut();
+        sys::napi_create_object(env, &mut resource);
+        let mut scope = std::ptr::null_mut();
+        sys::napi_open_callback_scope(env, resource, state.async_context, &mut scope);
+        let mut global = std::ptr::null_mut();
+        sys::napi_get_global(env, &mut global);
+        for value in values {
+            let mut out = std::ptr::null_mut();
+            if sys::napi_call_function(env, global, value, 0, std::ptr::null(), &mut out) == sys::Status::napi_pending_exception {
+                // As a threadsafe function's call would: an uncaught exception of the process.
+                let mut error = std::ptr::null_mut();
+                sys::napi_get_and_clear_last_exception(env, &mut error);
+                sys::napi_fatal_exception(env, error);
+            }
+        }
+        // Closing the outermost scope runs the microtasks: the callers' next statements.
+        sys::napi_close_callback_scope(env, scope);
+        sys::napi_close_handle_scope(env, handles);
+    }
+}
+
+/// A reference to `function` (in `env`) for [`defer_call`]; 0 when none could be made.
+pub(crate) fn function_ref(env: &Env, function: sys::napi_value) -> usize {
+    let mut reference = std::ptr::null_mut();
+    if unsafe { sys::napi_create_reference(env.raw(), function, 1, &mut reference) } != sys::Status::napi_ok {
+        return 0;
+    }
+    reference as usize
+}
+
+/// Deletes a reference made by [`function_ref`] (on its environment's thread).
+pub(crate) fn delete_function_ref(env: usize, reference: usize) {
+    if env != 0 && reference != 0 {
+        unsafe { sys::napi_delete_reference(env as sys::napi_env, reference as sys::napi_ref) };
     }
 }
 

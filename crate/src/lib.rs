@@ -9,16 +9,16 @@ mod bindings;
 mod codec;
 mod config;
 mod conn;
+mod driver;
 mod endpoint;
 mod error;
 mod events;
+mod jsloop;
 mod oneshot;
 mod pgcompat;
 mod pgtext;
 mod pool;
 mod quiet;
-mod jsloop;
-mod driver;
 mod role;
 mod rt;
 #[cfg(test)]

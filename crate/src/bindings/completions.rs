@@ -37,6 +37,10 @@ pub(super) struct Completions {
     taken: Notify,
     /// One-shot statements that have an `AbortSignal`, by id, while they run.
     aborts: Mutex<HashMap<u32, Arc<AbortCell>>>,
+    /// The environment and a reference to the wake-up function, to call it directly at the end
+    /// of a drive of that environment's loop (see `jsloop::defer_call`); cleared when the pool
+    /// object goes.
+    direct: Mutex<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Completions {
@@ -46,8 +50,14 @@ impl std::fmt::Debug for Completions {
 }
 
 impl Completions {
-    pub(super) fn new(wake: Wake) -> Self {
-        Self { queue: Mutex::new(Vec::new()), wake, taken: Notify::new(), aborts: Mutex::new(HashMap::new()) }
+    pub(super) fn new(wake: Wake, direct: (usize, usize)) -> Self {
+        Self { queue: Mutex::new(Vec::new()), wake, taken: Notify::new(), aborts: Mutex::new(HashMap::new()), direct: Mutex::new(direct) }
+    }
+
+    /// Forgets the direct wake-up (the pool object is being finalized) and deletes its reference.
+    pub(super) fn forget_direct(&self) {
+        let (env, reference) = std::mem::take(&mut *self.direct.lock());
+        crate::jsloop::delete_function_ref(env, reference);
     }
 
     /// Completes `id` with `result`: its result bytes, or its error.
@@ -114,6 +124,10 @@ impl Completions {
     }
 
     fn wake(&self) {
+        let (env, reference) = *self.direct.lock();
+        if crate::jsloop::defer_call(env, reference) {
+            return;
+        }
         // Fails only while the JS environment is shutting down; nobody is left to tell.
         let _ = self.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
     }

@@ -96,8 +96,9 @@ impl NativePool {
         guarded("NativePool.open", || {
             crate::rt::adopt_napi_runtime();
             let wake: Wake = on_complete.build_threadsafe_function::<()>().callee_handled::<false>().weak::<true>().build()?;
-            let pool = registry::pool_for(config_json, shared)?;
-            let completions = Arc::new(Completions::new(wake));
+            let direct = (env.raw() as usize, crate::jsloop::function_ref(&env, napi::JsValue::raw(&on_complete)));
+            let pool = registry::pool_for(config_json, shared).inspect_err(|_| crate::jsloop::delete_function_ref(direct.0, direct.1))?;
+            let completions = Arc::new(Completions::new(wake, direct));
             registry::listen(&pool, &completions);
             let core = Core::new(pool, completions);
             registry::watch_environment(&env, &core)?;
@@ -251,6 +252,7 @@ impl Drop for NativePool {
     fn drop(&mut self) {
         // A finalizer: nothing in it may panic across N-API.
         quietly(|| {
+            self.core.completions.forget_direct();
             registry::unregister(self.id);
             self.core.abandon();
         });
