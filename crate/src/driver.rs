@@ -27,6 +27,9 @@ thread_local! {
     /// Set while this thread polls a connection it has taken over from the worker: the socket
     /// is then read and written directly, and readiness comes from the JS thread's event loop.
     static ON_JS: Cell<bool> = const { Cell::new(false) };
+    /// While [`ON_JS`]: whether the socket may have something to read (a read that found it
+    /// empty clears it until the event loop reports the socket readable again).
+    static MAY_READ: Cell<bool> = const { Cell::new(false) };
     /// Set when a direct write found the socket full (the event loop must watch for writable).
     static WANTS_WRITE: Cell<bool> = const { Cell::new(false) };
 }
@@ -34,6 +37,17 @@ thread_local! {
 /// Whether the socket calls of this thread are direct (see [`ON_JS`]).
 pub(crate) fn on_js() -> bool {
     ON_JS.try_with(Cell::get).unwrap_or(false)
+}
+
+/// For a direct read: whether to try one (false when the last one found nothing and the event
+/// loop has not said the socket is readable since).
+pub(crate) fn may_read() -> bool {
+    MAY_READ.try_with(Cell::get).unwrap_or(true)
+}
+
+/// A direct read found the socket empty.
+pub(crate) fn read_nothing() {
+    let _ = MAY_READ.try_with(|r| r.set(false));
 }
 
 /// A direct write found the socket full.
@@ -51,6 +65,14 @@ pub(crate) struct Driver {
     worker: Mutex<Option<Waker>>,
     /// The socket, for the JS thread's event loop to watch.
     pub(crate) fd: Fd,
+    /// The JS thread's loop that watches the socket, if one does (set and cleared under
+    /// `connection`'s lock). While it does, an ended connection is parked, not dropped: its
+    /// socket stays open until that loop has closed its handle for it (see `jsloop::reap`).
+    watcher: Mutex<Option<Arc<crate::jsloop::Wakeup>>>,
+    /// An ended connection waiting for its watcher to let go of the socket.
+    parked: Mutex<Option<Drive>>,
+    /// Whether the socket may have something to read for the JS thread (see [`may_read`]).
+    may_read: AtomicBool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -67,6 +89,9 @@ impl Driver {
             taken: AtomicBool::new(false),
             worker: Mutex::new(None),
             fd,
+            watcher: Mutex::new(None),
+            parked: Mutex::new(None),
+            may_read: AtomicBool::new(true),
         });
         let polled = driver.clone();
         crate::rt::spawn(std::future::poll_fn(move |cx| polled.poll_worker(cx)));
@@ -84,57 +109,117 @@ impl Driver {
         if self.taken.load(Ordering::Acquire) {
             return Poll::Pending;
         }
-        poll_connection(&mut connection, cx)
+        self.poll_connection(&mut connection, cx)
     }
 
-    /// Takes the connection over for the calling thread's event loop; false if it is taken
-    /// already or has ended.
-    pub(crate) fn take(&self) -> bool {
+    /// Takes the connection over for the event loop that `watcher` wakes: `None` if it is
+    /// taken already, has ended, or another loop watches its socket; otherwise whether that
+    /// loop starts watching the socket now (it must open a handle for it).
+    pub(crate) fn take(&self, watcher: &Arc<crate::jsloop::Wakeup>) -> Option<bool> {
         let connection = self.connection.lock();
         if connection.is_none() || self.taken.load(Ordering::Acquire) {
-            return false;
+            return None;
         }
+        let mut current = self.watcher.lock();
+        let newly = match current.as_ref() {
+            Some(w) if Arc::ptr_eq(w, watcher) => false,
+            Some(_) => return None,
+            None => {
+                *current = Some(watcher.clone());
+                true
+            }
+        };
         self.taken.store(true, Ordering::Release);
-        true
+        Some(newly)
+    }
+
+    /// The event loop says the socket is readable (or in error): the next direct poll reads.
+    pub(crate) fn readable(&self) {
+        self.may_read.store(true, Ordering::Relaxed);
+    }
+
+    /// The socket turned readable while the worker has the connection: the worker task polls
+    /// it (the give-back poll did not ask tokio to tell it, see [`Driver::give_back`]).
+    pub(crate) fn wake_worker(&self) {
+        if let Some(worker) = self.worker.lock().clone() {
+            worker.wake();
+        }
     }
 
     /// Polls the taken-over connection from the JS thread, reading and writing directly.
     /// Returns whether it ended, and whether it wants the socket watched for writable.
     pub(crate) fn poll_taken(&self, cx: &mut Context<'_>) -> (bool, bool) {
         let mut connection = self.connection.lock();
+        let (ended, wants_write) = self.poll_direct(&mut connection, cx);
+        drop(connection);
+        if ended {
+            // The worker task waits for the connection to end: it has.
+            self.wake_worker();
+        }
+        (ended, wants_write)
+    }
+
+    /// Polls the connection reading and writing directly (see [`ON_JS`]); whether it ended,
+    /// and whether a write found the socket full.
+    fn poll_direct(&self, connection: &mut Option<Drive>, cx: &mut Context<'_>) -> (bool, bool) {
         ON_JS.with(|j| j.set(true));
+        MAY_READ.with(|r| r.set(self.may_read.load(Ordering::Relaxed)));
         WANTS_WRITE.with(|w| w.set(false));
-        let ended = poll_connection(&mut connection, cx).is_ready();
+        let ended = self.poll_connection(connection, cx).is_ready();
         ON_JS.with(|j| j.set(false));
+        self.may_read.store(MAY_READ.with(Cell::get), Ordering::Relaxed);
         (ended, WANTS_WRITE.with(Cell::get))
     }
 
-    /// Gives the connection back to the worker task: polled once here with the task's waker, so
-    /// that whatever the connection waits for wakes the task from now on (instead of a wake-up
-    /// of the worker for that, a cross-thread hop per statement). With `wake`, the task is woken
-    /// to poll it itself (where this thread may not poll: the environment's teardown).
+    /// The watching loop stops watching (its handle is closed): the parked connection, if the
+    /// connection ended, is dropped now, which closes the socket.
+    pub(crate) fn unwatch(&self) {
+        let _connection = self.connection.lock();
+        *self.watcher.lock() = None;
+        drop(self.parked.lock().take());
+    }
+
+    /// Whether the connection ended (a watching loop then closes its handle, see `unwatch`).
+    pub(crate) fn ended(&self) -> bool {
+        self.connection.lock().is_none()
+    }
+
+    /// Gives the connection back to the worker task. Without `wake` (the JS thread's loop still
+    /// watches the socket) it is polled once here, directly, with the task's waker: whatever
+    /// the connection waits for besides the socket (its requests) wakes the task from now on,
+    /// and the socket turning readable wakes the loop, which wakes the task (`wake_worker`);
+    /// that saves a read and a wake-up of the worker per statement. With `wake`, or when that
+    /// poll's write found the socket full, the task is woken to poll it itself.
     pub(crate) fn give_back(&self, wake: bool) {
         let worker = self.worker.lock().clone();
         let mut connection = self.connection.lock();
         self.taken.store(false, Ordering::Release);
-        match worker {
-            Some(worker) if !wake => {
-                let _ = poll_connection(&mut connection, &mut Context::from_waker(&worker));
+        let Some(worker) = worker else { return };
+        if !wake {
+            let (ended, wants_write) = self.poll_direct(&mut connection, &mut Context::from_waker(&worker));
+            if !ended && !wants_write {
+                return;
             }
-            Some(worker) => {
-                drop(connection);
-                worker.wake();
-            }
-            None => {}
         }
+        drop(connection);
+        worker.wake();
     }
-}
 
-fn poll_connection(connection: &mut Option<Drive>, cx: &mut Context<'_>) -> Poll<()> {
-    let Some(drive) = connection.as_mut() else { return Poll::Ready(()) };
-    let polled = drive.as_mut().poll(cx);
-    if polled.is_ready() {
-        *connection = None;
+    /// Polls the connection (under its lock); an ended one is dropped, or parked while a JS
+    /// thread's loop watches its socket, and that loop is told to let go of it.
+    fn poll_connection(&self, connection: &mut Option<Drive>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(drive) = connection.as_mut() else { return Poll::Ready(()) };
+        let polled = drive.as_mut().poll(cx);
+        if polled.is_ready() {
+            let ended = connection.take();
+            match self.watcher.lock().as_ref() {
+                Some(watcher) => {
+                    *self.parked.lock() = ended;
+                    watcher.reap_soon();
+                }
+                None => drop(ended),
+            }
+        }
+        polled
     }
-    polled
 }

@@ -63,10 +63,33 @@ unsafe extern "C" fn free_handle(handle: *mut c_void) {
 }
 
 /// The wake-up of one loop from anywhere: what a task's waker does.
-struct Wakeup {
+pub(crate) struct Wakeup {
     woken: AtomicBool,
     /// The loop's `uv_async_t`, null once it is closed.
     handle: Mutex<SendPtr>,
+    /// Set when the connection of a session whose socket the loop watches ended: the loop
+    /// closes its handle for the socket, and then the socket (see [`reap`]).
+    reap: AtomicBool,
+}
+
+impl Wakeup {
+    /// Asks the loop to let go of the sockets of ended connections.
+    pub(crate) fn reap_soon(&self) {
+        self.reap.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    fn notify(&self) {
+        self.woken.store(true, Ordering::Release);
+        // The loop that is polling right now sees the flag before it stops.
+        if DRIVING.try_with(Cell::get).is_ok_and(|d| d == std::ptr::from_ref(self) as usize) {
+            return;
+        }
+        let handle = self.handle.lock();
+        if !handle.0.is_null() {
+            unsafe { uv_async_send(handle.0) };
+        }
+    }
 }
 
 struct SendPtr(*mut c_void);
@@ -80,23 +103,20 @@ impl Wake for Wakeup {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        // The loop that is polling right now sees the flag before it stops.
-        if DRIVING.try_with(Cell::get).is_ok_and(|d| d == Arc::as_ptr(self) as usize) {
-            return;
-        }
-        let handle = self.handle.lock();
-        if !handle.0.is_null() {
-            unsafe { uv_async_send(handle.0) };
-        }
+        self.notify();
     }
 }
 
-/// A session taken over by this loop, and the `uv_poll_t` watching its socket.
-struct Taken {
+/// A session whose socket this loop watches, from the first statement of the loop that took it
+/// over until its connection ends: opening and closing a `uv_poll_t` per statement cost 5
+/// `epoll_ctl` and an `ioctl`. The handle is started while the session is taken over, and
+/// stopped when the socket turns readable while it is not (the worker reads it then).
+struct Watch {
     driver: Arc<Driver>,
     poll: *mut c_void,
+    started: bool,
     writable: bool,
+    taken: bool,
 }
 
 /// One JS thread's loop state.
@@ -108,7 +128,7 @@ struct LoopState {
     wakeup: Arc<Wakeup>,
     waker: Waker,
     tasks: RefCell<Vec<Task>>,
-    taken: RefCell<Vec<Taken>>,
+    watched: RefCell<Vec<Watch>>,
     driving: Cell<bool>,
 }
 
@@ -171,7 +191,7 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
         unsafe { uv_close(handle, free_handle) };
         return None;
     }
-    let wakeup = Arc::new(Wakeup { woken: AtomicBool::new(false), handle: Mutex::new(SendPtr(handle)) });
+    let wakeup = Arc::new(Wakeup { woken: AtomicBool::new(false), handle: Mutex::new(SendPtr(handle)), reap: AtomicBool::new(false) });
     let mut async_context = std::ptr::null_mut();
     unsafe {
         let mut name = std::ptr::null_mut();
@@ -185,7 +205,7 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
         waker: Waker::from(wakeup.clone()),
         wakeup,
         tasks: RefCell::new(Vec::new()),
-        taken: RefCell::new(Vec::new()),
+        watched: RefCell::new(Vec::new()),
         driving: Cell::new(false),
     });
     LOOP.with(|l| *l.borrow_mut() = Some(state.clone()));
@@ -196,7 +216,22 @@ unsafe extern "C" fn on_async(_handle: *mut c_void) {
     drive_current();
 }
 
-unsafe extern "C" fn on_poll(_handle: *mut c_void, _status: c_int, _events: c_int) {
+unsafe extern "C" fn on_poll(handle: *mut c_void, _status: c_int, _events: c_int) {
+    let Some(state) = LOOP.try_with(|l| l.borrow().clone()).ok().flatten() else { return };
+    {
+        let mut watched = state.watched.borrow_mut();
+        let Some(watch) = watched.iter_mut().find(|w| w.poll == handle) else { return };
+        if !watch.taken {
+            // Readable while the worker has it: the worker reads it; this loop stops looking.
+            unsafe { uv_poll_stop(handle) };
+            watch.started = false;
+            watch.driver.readable();
+            watch.driver.wake_worker();
+            return;
+        }
+        // Readable or in error: the next poll reads (and so sees the error).
+        watch.driver.readable();
+    }
     drive_current();
 }
 
@@ -301,6 +336,7 @@ fn drive(state: &Rc<LoopState>) {
 fn poll_until_quiet(state: &LoopState) {
     let mut cx = Context::from_waker(&state.waker);
     loop {
+        reap(state);
         state.wakeup.woken.store(false, Ordering::Release);
         let tasks = std::mem::take(&mut *state.tasks.borrow_mut());
         let mut pending = Vec::with_capacity(tasks.len());
@@ -317,35 +353,51 @@ fn poll_until_quiet(state: &LoopState) {
     }
 }
 
-/// Polls every session this loop has taken over; a session whose connection ended is let go.
+/// Polls every session this loop has taken over (an ended one is reaped, see [`reap`]).
 fn poll_taken(state: &LoopState, cx: &mut Context<'_>) {
-    let drivers: Vec<Arc<Driver>> = state.taken.borrow().iter().map(|t| t.driver.clone()).collect();
+    let drivers: Vec<Arc<Driver>> = state.watched.borrow().iter().filter(|w| w.taken).map(|w| w.driver.clone()).collect();
     for driver in drivers {
         let (ended, wants_write) = driver.poll_taken(cx);
-        let mut taken = state.taken.borrow_mut();
-        let Some(pos) = taken.iter().position(|t| Arc::ptr_eq(&t.driver, &driver)) else { continue };
         if ended {
-            let gone = taken.swap_remove(pos);
-            drop(taken);
-            release(gone, false);
-        } else if wants_write != taken[pos].writable {
-            taken[pos].writable = wants_write;
+            continue;
+        }
+        let mut watched = state.watched.borrow_mut();
+        let Some(watch) = watched.iter_mut().find(|w| Arc::ptr_eq(&w.driver, &driver)) else { continue };
+        if wants_write != watch.writable {
+            watch.writable = wants_write;
             let events = if wants_write { UV_READABLE | UV_WRITABLE } else { UV_READABLE };
-            unsafe { uv_poll_start(taken[pos].poll, events, on_poll) };
+            unsafe { uv_poll_start(watch.poll, events, on_poll) };
         }
     }
 }
 
-/// Stops watching a taken session, closes its handle and gives the session back to its worker
-/// task (woken to poll it itself with `wake`). The handle is closed now, while the socket is
-/// still open: closing it later, after the descriptor was closed and reused (by a socket of
-/// Node's own, say), would take that socket out of libuv's epoll set.
-fn release(taken: Taken, wake: bool) {
-    unsafe {
-        uv_poll_stop(taken.poll);
-        uv_close(taken.poll, free_handle);
+/// Lets go of the sessions whose connections ended: closes each one's handle, then its socket.
+/// In that order: closing the handle after the descriptor was closed and reused (by a socket of
+/// Node's own, say) would take that socket out of libuv's epoll set, so a connection that ends
+/// while this loop watches its socket is parked until then (see `Driver::unwatch`).
+fn reap(state: &LoopState) {
+    if !state.wakeup.reap.swap(false, Ordering::AcqRel) {
+        return;
     }
-    taken.driver.give_back(wake);
+    let ended: Vec<Watch> = {
+        let mut watched = state.watched.borrow_mut();
+        let (ended, live) = std::mem::take(&mut *watched).into_iter().partition(|w| w.driver.ended());
+        *watched = live;
+        ended
+    };
+    for watch in ended {
+        close(watch, false);
+    }
+}
+
+/// Closes a watch's handle and then lets its driver go (giving the session back if this loop
+/// has it; with `wake`, the worker task is woken to poll it itself).
+fn close(watch: Watch, wake: bool) {
+    unsafe { uv_close(watch.poll, free_handle) };
+    if watch.taken {
+        watch.driver.give_back(wake);
+    }
+    watch.driver.unwatch();
 }
 
 /// A session taken over for one statement polled on this thread's loop; dropping it gives the
@@ -354,33 +406,41 @@ fn release(taken: Taken, wake: bool) {
 pub(crate) struct Borrowed(Option<Arc<Driver>>);
 
 /// Takes `driver`'s session over for the statement being polled, if this thread is polling its
-/// loop and the session is not taken already.
+/// loop and the session is not taken already (nor watched by another thread's loop).
 pub(crate) fn borrow(driver: &Arc<Driver>) -> Borrowed {
     if !driving() {
         return Borrowed(None);
     }
     let Some(state) = LOOP.try_with(|l| l.borrow().clone()).ok().flatten() else { return Borrowed(None) };
-    if !driver.take() {
-        return Borrowed(None);
+    let Some(newly) = driver.take(&state.wakeup) else { return Borrowed(None) };
+    if newly {
+        let poll = new_handle();
+        if unsafe { uv_poll_init(state.uv_loop, poll, driver.fd) } != 0 {
+            drop(unsafe { Box::from_raw(poll.cast::<[u64; HANDLE_WORDS]>()) });
+            driver.give_back(false);
+            driver.unwatch();
+            return Borrowed(None);
+        }
+        OPEN_HANDLES.with(|c| c.set(c.get() + 1));
+        unsafe { uv_unref(poll) };
+        state.watched.borrow_mut().push(Watch { driver: driver.clone(), poll, started: false, writable: false, taken: false });
     }
-    let poll = new_handle();
-    if unsafe { uv_poll_init(state.uv_loop, poll, driver.fd) } != 0 {
-        drop(unsafe { Box::from_raw(poll.cast::<[u64; HANDLE_WORDS]>()) });
-        driver.give_back(false);
-        return Borrowed(None);
+    {
+        let mut watched = state.watched.borrow_mut();
+        let Some(watch) = watched.iter_mut().find(|w| Arc::ptr_eq(&w.driver, driver)) else {
+            drop(watched);
+            driver.give_back(false);
+            return Borrowed(None);
+        };
+        watch.taken = true;
+        if !watch.started || watch.writable {
+            unsafe { uv_poll_start(watch.poll, UV_READABLE, on_poll) };
+            watch.started = true;
+            watch.writable = false;
+        }
     }
-    OPEN_HANDLES.with(|c| c.set(c.get() + 1));
-    unsafe {
-        uv_unref(poll);
-        uv_poll_start(poll, UV_READABLE, on_poll);
-    }
-    state.taken.borrow_mut().push(Taken { driver: driver.clone(), poll, writable: false });
     // Polled once now, so that the statement's request wakes this loop, not the worker.
-    let (ended, _) = driver.poll_taken(&mut Context::from_waker(&state.waker));
-    if ended {
-        give_back(driver);
-        return Borrowed(None);
-    }
+    let _ = driver.poll_taken(&mut Context::from_waker(&state.waker));
     Borrowed(Some(driver.clone()))
 }
 
@@ -398,11 +458,14 @@ fn give_back(driver: &Arc<Driver>) {
         driver.give_back(true);
         return;
     };
-    let mut taken = state.taken.borrow_mut();
-    if let Some(pos) = taken.iter().position(|t| Arc::ptr_eq(&t.driver, driver)) {
-        let gone = taken.swap_remove(pos);
-        drop(taken);
-        release(gone, false);
+    let mut watched = state.watched.borrow_mut();
+    match watched.iter_mut().find(|w| Arc::ptr_eq(&w.driver, driver)) {
+        Some(watch) if watch.taken => {
+            watch.taken = false;
+            drop(watched);
+            driver.give_back(false);
+        }
+        _ => {}
     }
 }
 
@@ -415,9 +478,9 @@ unsafe extern "C" fn cleanup(hook: sys::napi_async_cleanup_hook_handle, _data: *
     if let Some(state) = state {
         let tasks = std::mem::take(&mut *state.tasks.borrow_mut());
         drop(tasks);
-        let taken = std::mem::take(&mut *state.taken.borrow_mut());
-        for t in taken {
-            release(t, true);
+        let watched = std::mem::take(&mut *state.watched.borrow_mut());
+        for watch in watched {
+            close(watch, true);
         }
         let handle = std::mem::replace(&mut state.wakeup.handle.lock().0, std::ptr::null_mut());
         if !handle.is_null() {

@@ -182,6 +182,13 @@ pub(crate) enum Socket {
     Tcp(TcpStream),
     /// A Unix-domain socket (`host` is a directory).
     Unix(UnixStream),
+    /// TCP out of tokio's reactor, while a JS thread's event loop watches it (see `driver`):
+    /// registered, every answer the JS thread reads would also wake the worker for nothing.
+    TcpDirect(std::net::TcpStream),
+    /// A Unix-domain socket out of tokio's reactor (as `TcpDirect`).
+    UnixDirect(std::os::unix::net::UnixStream),
+    /// Between two of the above, or after a move between them failed.
+    Moving,
 }
 
 impl Socket {
@@ -191,20 +198,53 @@ impl Socket {
         match self {
             Socket::Tcp(s) => s.as_raw_fd(),
             Socket::Unix(s) => s.as_raw_fd(),
+            Socket::TcpDirect(s) => s.as_raw_fd(),
+            Socket::UnixDirect(s) => s.as_raw_fd(),
+            Socket::Moving => -1,
         }
     }
 
     #[cfg(not(unix))]
     fn fd(&self) -> crate::driver::Fd {}
 
-    /// The socket itself, for reads and writes that bypass tokio's readiness (the JS thread's
-    /// event loop knows the socket is ready before tokio's worker does).
-    fn sock(&self) -> SockRef<'_> {
+    /// The socket for a direct read or write from the JS thread: taken out of tokio's reactor
+    /// first if it is in it.
+    fn direct(&mut self) -> io::Result<SockRef<'_>> {
+        if matches!(self, Socket::Tcp(_) | Socket::Unix(_)) {
+            *self = match std::mem::replace(self, Socket::Moving) {
+                Socket::Tcp(s) => Socket::TcpDirect(s.into_std()?),
+                Socket::Unix(s) => Socket::UnixDirect(s.into_std()?),
+                other => other,
+            };
+        }
         match self {
-            Socket::Tcp(s) => SockRef::from(s),
-            Socket::Unix(s) => SockRef::from(s),
+            Socket::TcpDirect(s) => Ok(SockRef::from(&*s)),
+            Socket::UnixDirect(s) => Ok(SockRef::from(&*s)),
+            _ => Err(moving()),
         }
     }
+
+    /// The socket in tokio's reactor, for the worker: put back into it first if it is out.
+    fn registered(&mut self) -> io::Result<&mut Self> {
+        if matches!(self, Socket::TcpDirect(_) | Socket::UnixDirect(_)) {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(io::Error::other("pgdbpool: a session's socket was polled outside the core's runtime"));
+            }
+            *self = match std::mem::replace(self, Socket::Moving) {
+                Socket::TcpDirect(s) => Socket::Tcp(TcpStream::from_std(s)?),
+                Socket::UnixDirect(s) => Socket::Unix(UnixStream::from_std(s)?),
+                other => other,
+            };
+        }
+        match self {
+            Socket::Moving => Err(moving()),
+            _ => Ok(self),
+        }
+    }
+}
+
+fn moving() -> io::Error {
+    io::Error::other("pgdbpool: a session's socket could not be moved between tokio and the JS thread's event loop")
 }
 
 /// A direct read or write from the JS thread (see `driver`): a full or empty socket is
@@ -214,6 +254,8 @@ fn direct<T>(result: io::Result<T>, writing: bool) -> Poll<io::Result<T>> {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             if writing {
                 crate::driver::wants_write();
+            } else {
+                crate::driver::read_nothing();
             }
             Poll::Pending
         }
@@ -223,59 +265,88 @@ fn direct<T>(result: io::Result<T>, writing: bool) -> Poll<io::Result<T>> {
 
 impl AsyncRead for Socket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         if crate::driver::on_js() {
             use std::io::Read;
-            let read = (&*self.sock()).read(buf.initialize_unfilled());
-            return direct(read, false).map_ok(|n| buf.advance(n));
+            if !crate::driver::may_read() {
+                return Poll::Pending;
+            }
+            let sock = match this.direct() {
+                Ok(sock) => sock,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            let room = buf.initialize_unfilled();
+            let wanted = room.len();
+            let read = (&*sock).read(room);
+            return direct(read, false).map_ok(|n| {
+                // A stream socket's read returns less than asked only when it has no more now.
+                if n > 0 && n < wanted {
+                    crate::driver::read_nothing();
+                }
+                buf.advance(n);
+            });
         }
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        match this.registered() {
+            Ok(Socket::Tcp(s)) => Pin::new(s).poll_read(cx, buf),
+            Ok(Socket::Unix(s)) => Pin::new(s).poll_read(cx, buf),
+            Ok(_) => Poll::Ready(Err(moving())),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 }
 
 impl AsyncWrite for Socket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         if crate::driver::on_js() {
             use std::io::Write;
-            return direct((&*self.sock()).write(buf), true);
+            return match this.direct() {
+                Ok(sock) => direct((&*sock).write(buf), true),
+                Err(e) => Poll::Ready(Err(e)),
+            };
         }
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        match this.registered() {
+            Ok(Socket::Tcp(s)) => Pin::new(s).poll_write(cx, buf),
+            Ok(Socket::Unix(s)) => Pin::new(s).poll_write(cx, buf),
+            Ok(_) => Poll::Ready(Err(moving())),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         if crate::driver::on_js() {
             use std::io::Write;
-            return direct((&*self.sock()).write_vectored(bufs), true);
+            return match this.direct() {
+                Ok(sock) => direct((&*sock).write_vectored(bufs), true),
+                Err(e) => Poll::Ready(Err(e)),
+            };
         }
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        match this.registered() {
+            Ok(Socket::Tcp(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Ok(Socket::Unix(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Ok(_) => Poll::Ready(Err(moving())),
+            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Socket::Tcp(s) => s.is_write_vectored(),
-            Socket::Unix(s) => s.is_write_vectored(),
-        }
+        true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes to a socket are not buffered here.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        Poll::Ready(match this {
+            Socket::Tcp(s) => SockRef::from(&*s).shutdown(std::net::Shutdown::Write),
+            Socket::Unix(s) => SockRef::from(&*s).shutdown(std::net::Shutdown::Write),
+            Socket::TcpDirect(s) => s.shutdown(std::net::Shutdown::Write),
+            Socket::UnixDirect(s) => s.shutdown(std::net::Shutdown::Write),
+            Socket::Moving => Err(moving()),
+        })
     }
 }
