@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
@@ -66,11 +66,8 @@ pub(crate) struct Driver {
     /// The socket, for the JS thread's event loop to watch.
     pub(crate) fd: Fd,
     /// The JS thread's loop that watches the socket, if one does (set and cleared under
-    /// `connection`'s lock). While it does, an ended connection is parked, not dropped: its
-    /// socket stays open until that loop has closed its handle for it (see `jsloop::reap`).
+    /// `connection`'s lock; see [`watch_fd`] for what that means for closing the socket).
     watcher: Mutex<Option<Arc<crate::jsloop::Wakeup>>>,
-    /// An ended connection waiting for its watcher to let go of the socket.
-    parked: Mutex<Option<Drive>>,
     /// Whether the socket may have something to read for the JS thread (see [`may_read`]).
     may_read: AtomicBool,
 }
@@ -90,7 +87,6 @@ impl Driver {
             worker: Mutex::new(None),
             fd,
             watcher: Mutex::new(None),
-            parked: Mutex::new(None),
             may_read: AtomicBool::new(true),
         });
         let polled = driver.clone();
@@ -171,12 +167,12 @@ impl Driver {
         (ended, WANTS_WRITE.with(Cell::get))
     }
 
-    /// The watching loop stops watching (its handle is closed): the parked connection, if the
-    /// connection ended, is dropped now, which closes the socket.
+    /// The watching loop has closed its handle for the socket: the socket is closed now if it
+    /// was dropped meanwhile (see [`watch_fd`]).
     pub(crate) fn unwatch(&self) {
         let _connection = self.connection.lock();
         *self.watcher.lock() = None;
-        drop(self.parked.lock().take());
+        unwatch_fd(self.fd);
     }
 
     /// Whether the connection ended (a watching loop then closes its handle, see `unwatch`).
@@ -205,21 +201,62 @@ impl Driver {
         worker.wake();
     }
 
-    /// Polls the connection (under its lock); an ended one is dropped, or parked while a JS
-    /// thread's loop watches its socket, and that loop is told to let go of it.
+    /// Polls the connection (under its lock); an ended one is dropped.
     fn poll_connection(&self, connection: &mut Option<Drive>, cx: &mut Context<'_>) -> Poll<()> {
         let Some(drive) = connection.as_mut() else { return Poll::Ready(()) };
         let polled = drive.as_mut().poll(cx);
         if polled.is_ready() {
-            let ended = connection.take();
-            match self.watcher.lock().as_ref() {
-                Some(watcher) => {
-                    *self.parked.lock() = ended;
-                    watcher.reap_soon();
-                }
-                None => drop(ended),
-            }
+            *connection = None;
         }
         polled
     }
 }
+
+/// The sockets that a JS thread's loop has a `uv_poll_t` for, and the loop; with the socket
+/// itself once the session dropped it.
+///
+/// A handle names its socket by descriptor, and closing the handle takes that descriptor out of
+/// libuv's epoll set. Were the socket closed first, the descriptor could be reused by a socket
+/// of Node's own before the handle is closed, and closing the handle would take that one out of
+/// the loop: it would never be read again. So a watched socket that is dropped stays open here,
+/// and is closed once its loop has closed the handle (see `jsloop::reap`).
+#[cfg(unix)]
+static WATCHED_FDS: LazyLock<Mutex<Vec<(Fd, Arc<crate::jsloop::Wakeup>, Option<std::os::fd::OwnedFd>)>>> =
+    LazyLock::new(|| Mutex::new(Vec::new()));
+
+/// `loop_wakeup`'s loop has opened a handle for `fd`.
+#[cfg(unix)]
+pub(crate) fn watch_fd(fd: Fd, loop_wakeup: &Arc<crate::jsloop::Wakeup>) {
+    WATCHED_FDS.lock().push((fd, loop_wakeup.clone(), None));
+}
+
+/// The loop has closed its handle for `fd`: the socket is closed too if it was dropped.
+#[cfg(unix)]
+fn unwatch_fd(fd: Fd) {
+    let mut watched = WATCHED_FDS.lock();
+    if let Some(pos) = watched.iter().position(|(f, _, _)| *f == fd) {
+        let (_, _, socket) = watched.swap_remove(pos);
+        drop(watched);
+        drop(socket);
+    }
+}
+
+/// A session's socket is being dropped: if a loop watches it, it is kept open until the loop
+/// has closed its handle (and the loop is asked to); otherwise it is given back to be closed.
+#[cfg(unix)]
+pub(crate) fn retire_fd(socket: std::os::fd::OwnedFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut watched = WATCHED_FDS.lock();
+    let Some(entry) = watched.iter_mut().find(|(f, _, kept)| *f == socket.as_raw_fd() && kept.is_none()) else { return Some(socket) };
+    entry.2 = Some(socket);
+    let owner = entry.1.clone();
+    drop(watched);
+    owner.reap_soon();
+    None
+}
+
+#[cfg(not(unix))]
+pub(crate) fn watch_fd(_fd: Fd, _loop_wakeup: &Arc<crate::jsloop::Wakeup>) {}
+
+#[cfg(not(unix))]
+fn unwatch_fd(_fd: Fd) {}

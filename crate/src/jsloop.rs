@@ -371,10 +371,8 @@ fn poll_taken(state: &LoopState, cx: &mut Context<'_>) {
     }
 }
 
-/// Lets go of the sessions whose connections ended: closes each one's handle, then its socket.
-/// In that order: closing the handle after the descriptor was closed and reused (by a socket of
-/// Node's own, say) would take that socket out of libuv's epoll set, so a connection that ends
-/// while this loop watches its socket is parked until then (see `Driver::unwatch`).
+/// Lets go of the sessions whose connections ended: closes each one's handle, then its socket
+/// (kept open until then, see `driver::watch_fd`).
 fn reap(state: &LoopState) {
     if !state.wakeup.reap.swap(false, Ordering::AcqRel) {
         return;
@@ -396,6 +394,9 @@ fn close(watch: Watch, wake: bool) {
     unsafe { uv_close(watch.poll, free_handle) };
     if watch.taken {
         watch.driver.give_back(wake);
+    } else if wake {
+        // Nobody else watches its socket now: the worker task polls it (and hands it to tokio).
+        watch.driver.wake_worker();
     }
     watch.driver.unwatch();
 }
@@ -423,6 +424,7 @@ pub(crate) fn borrow(driver: &Arc<Driver>) -> Borrowed {
         }
         OPEN_HANDLES.with(|c| c.set(c.get() + 1));
         unsafe { uv_unref(poll) };
+        crate::driver::watch_fd(driver.fd, &state.wakeup);
         state.watched.borrow_mut().push(Watch { driver: driver.clone(), poll, started: false, writable: false, taken: false });
     }
     {

@@ -40,11 +40,11 @@ impl Endpoint {
     /// handed to another user.
     pub(crate) async fn cancel(&self, target: &CancelTarget) {
         let socket = match target.address {
-            Some(address) => TcpStream::connect(address).await.map(Socket::Tcp),
+            Some(address) => TcpStream::connect(address).await.map(Socket::tcp),
             None if self.config.host.starts_with('/') => {
-                UnixStream::connect(format!("{}/.s.PGSQL.{}", self.config.host, self.config.port)).await.map(Socket::Unix)
+                UnixStream::connect(format!("{}/.s.PGSQL.{}", self.config.host, self.config.port)).await.map(Socket::unix)
             }
-            None => TcpStream::connect((self.config.host.as_str(), self.config.port)).await.map(Socket::Tcp),
+            None => TcpStream::connect((self.config.host.as_str(), self.config.port)).await.map(Socket::tcp),
         };
         let Ok(socket) = socket else { return };
         let socket = WaitForClose(socket);

@@ -145,7 +145,7 @@ impl Endpoint {
         let refused = |e: io::Error| format!("error connecting to server: {e}");
         if host.starts_with('/') {
             let path = format!("{host}/.s.PGSQL.{port}");
-            return Ok((Socket::Unix(UnixStream::connect(path).await.map_err(refused)?), None));
+            return Ok((Socket::unix(UnixStream::connect(path).await.map_err(refused)?), None));
         }
         let tcp = TcpStream::connect((host, port)).await.map_err(refused)?;
         tcp.set_nodelay(true).map_err(refused)?;
@@ -154,7 +154,7 @@ impl Endpoint {
         let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10)).with_retries(3);
         SockRef::from(&tcp).set_tcp_keepalive(&keepalive).map_err(refused)?;
         let address = tcp.peer_addr().ok();
-        Ok((Socket::Tcp(tcp), address))
+        Ok((Socket::tcp(tcp), address))
     }
 
     /// Starts driving the session's connection, which keeps this endpoint's role current from
@@ -175,9 +175,49 @@ impl Endpoint {
     }
 }
 
-/// A session's transport.
+/// A session's socket. Dropped while a JS thread's loop watches it, it stays open until that
+/// loop has closed its handle for it (see `driver::watch_fd`).
 #[derive(Debug)]
-pub(crate) enum Socket {
+pub(crate) struct Socket(Transport);
+
+impl Socket {
+    pub(crate) fn tcp(stream: TcpStream) -> Self {
+        Self(Transport::Tcp(stream))
+    }
+
+    pub(crate) fn unix(stream: UnixStream) -> Self {
+        Self(Transport::Unix(stream))
+    }
+
+    fn fd(&self) -> crate::driver::Fd {
+        self.0.fd()
+    }
+}
+
+impl Drop for Socket {
+    #[cfg(unix)]
+    fn drop(&mut self) {
+        use std::os::fd::OwnedFd;
+        let socket: Option<OwnedFd> = match std::mem::replace(&mut self.0, Transport::Moving) {
+            // Out of tokio's reactor first, while the descriptor is still this socket's.
+            Transport::Tcp(s) => s.into_std().ok().map(OwnedFd::from),
+            Transport::Unix(s) => s.into_std().ok().map(OwnedFd::from),
+            Transport::TcpDirect(s) => Some(OwnedFd::from(s)),
+            Transport::UnixDirect(s) => Some(OwnedFd::from(s)),
+            Transport::Moving => None,
+        };
+        if let Some(socket) = socket {
+            drop(crate::driver::retire_fd(socket));
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn drop(&mut self) {}
+}
+
+/// How a session's socket is held: in tokio's reactor, or out of it.
+#[derive(Debug)]
+enum Transport {
     /// TCP.
     Tcp(TcpStream),
     /// A Unix-domain socket (`host` is a directory).
@@ -191,16 +231,16 @@ pub(crate) enum Socket {
     Moving,
 }
 
-impl Socket {
+impl Transport {
     #[cfg(unix)]
     fn fd(&self) -> crate::driver::Fd {
         use std::os::fd::AsRawFd;
         match self {
-            Socket::Tcp(s) => s.as_raw_fd(),
-            Socket::Unix(s) => s.as_raw_fd(),
-            Socket::TcpDirect(s) => s.as_raw_fd(),
-            Socket::UnixDirect(s) => s.as_raw_fd(),
-            Socket::Moving => -1,
+            Transport::Tcp(s) => s.as_raw_fd(),
+            Transport::Unix(s) => s.as_raw_fd(),
+            Transport::TcpDirect(s) => s.as_raw_fd(),
+            Transport::UnixDirect(s) => s.as_raw_fd(),
+            Transport::Moving => -1,
         }
     }
 
@@ -210,34 +250,34 @@ impl Socket {
     /// The socket for a direct read or write from the JS thread: taken out of tokio's reactor
     /// first if it is in it.
     fn direct(&mut self) -> io::Result<SockRef<'_>> {
-        if matches!(self, Socket::Tcp(_) | Socket::Unix(_)) {
-            *self = match std::mem::replace(self, Socket::Moving) {
-                Socket::Tcp(s) => Socket::TcpDirect(s.into_std()?),
-                Socket::Unix(s) => Socket::UnixDirect(s.into_std()?),
+        if matches!(self, Transport::Tcp(_) | Transport::Unix(_)) {
+            *self = match std::mem::replace(self, Transport::Moving) {
+                Transport::Tcp(s) => Transport::TcpDirect(s.into_std()?),
+                Transport::Unix(s) => Transport::UnixDirect(s.into_std()?),
                 other => other,
             };
         }
         match self {
-            Socket::TcpDirect(s) => Ok(SockRef::from(&*s)),
-            Socket::UnixDirect(s) => Ok(SockRef::from(&*s)),
+            Transport::TcpDirect(s) => Ok(SockRef::from(&*s)),
+            Transport::UnixDirect(s) => Ok(SockRef::from(&*s)),
             _ => Err(moving()),
         }
     }
 
     /// The socket in tokio's reactor, for the worker: put back into it first if it is out.
     fn registered(&mut self) -> io::Result<&mut Self> {
-        if matches!(self, Socket::TcpDirect(_) | Socket::UnixDirect(_)) {
+        if matches!(self, Transport::TcpDirect(_) | Transport::UnixDirect(_)) {
             if tokio::runtime::Handle::try_current().is_err() {
                 return Err(io::Error::other("pgdbpool: a session's socket was polled outside the core's runtime"));
             }
-            *self = match std::mem::replace(self, Socket::Moving) {
-                Socket::TcpDirect(s) => Socket::Tcp(TcpStream::from_std(s)?),
-                Socket::UnixDirect(s) => Socket::Unix(UnixStream::from_std(s)?),
+            *self = match std::mem::replace(self, Transport::Moving) {
+                Transport::TcpDirect(s) => Transport::Tcp(TcpStream::from_std(s)?),
+                Transport::UnixDirect(s) => Transport::Unix(UnixStream::from_std(s)?),
                 other => other,
             };
         }
         match self {
-            Socket::Moving => Err(moving()),
+            Transport::Moving => Err(moving()),
             _ => Ok(self),
         }
     }
@@ -265,7 +305,7 @@ fn direct<T>(result: io::Result<T>, writing: bool) -> Poll<io::Result<T>> {
 
 impl AsyncRead for Socket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        let this = &mut self.get_mut().0;
         if crate::driver::on_js() {
             use std::io::Read;
             if !crate::driver::may_read() {
@@ -287,8 +327,8 @@ impl AsyncRead for Socket {
             });
         }
         match this.registered() {
-            Ok(Socket::Tcp(s)) => Pin::new(s).poll_read(cx, buf),
-            Ok(Socket::Unix(s)) => Pin::new(s).poll_read(cx, buf),
+            Ok(Transport::Tcp(s)) => Pin::new(s).poll_read(cx, buf),
+            Ok(Transport::Unix(s)) => Pin::new(s).poll_read(cx, buf),
             Ok(_) => Poll::Ready(Err(moving())),
             Err(e) => Poll::Ready(Err(e)),
         }
@@ -297,7 +337,7 @@ impl AsyncRead for Socket {
 
 impl AsyncWrite for Socket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+        let this = &mut self.get_mut().0;
         if crate::driver::on_js() {
             use std::io::Write;
             return match this.direct() {
@@ -306,15 +346,15 @@ impl AsyncWrite for Socket {
             };
         }
         match this.registered() {
-            Ok(Socket::Tcp(s)) => Pin::new(s).poll_write(cx, buf),
-            Ok(Socket::Unix(s)) => Pin::new(s).poll_write(cx, buf),
+            Ok(Transport::Tcp(s)) => Pin::new(s).poll_write(cx, buf),
+            Ok(Transport::Unix(s)) => Pin::new(s).poll_write(cx, buf),
             Ok(_) => Poll::Ready(Err(moving())),
             Err(e) => Poll::Ready(Err(e)),
         }
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+        let this = &mut self.get_mut().0;
         if crate::driver::on_js() {
             use std::io::Write;
             return match this.direct() {
@@ -323,8 +363,8 @@ impl AsyncWrite for Socket {
             };
         }
         match this.registered() {
-            Ok(Socket::Tcp(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Ok(Socket::Unix(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Ok(Transport::Tcp(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Ok(Transport::Unix(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
             Ok(_) => Poll::Ready(Err(moving())),
             Err(e) => Poll::Ready(Err(e)),
         }
@@ -340,13 +380,13 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        let this = &mut self.get_mut().0;
         Poll::Ready(match this {
-            Socket::Tcp(s) => SockRef::from(&*s).shutdown(std::net::Shutdown::Write),
-            Socket::Unix(s) => SockRef::from(&*s).shutdown(std::net::Shutdown::Write),
-            Socket::TcpDirect(s) => s.shutdown(std::net::Shutdown::Write),
-            Socket::UnixDirect(s) => s.shutdown(std::net::Shutdown::Write),
-            Socket::Moving => Err(moving()),
+            Transport::Tcp(s) => SockRef::from(&*s).shutdown(std::net::Shutdown::Write),
+            Transport::Unix(s) => SockRef::from(&*s).shutdown(std::net::Shutdown::Write),
+            Transport::TcpDirect(s) => s.shutdown(std::net::Shutdown::Write),
+            Transport::UnixDirect(s) => s.shutdown(std::net::Shutdown::Write),
+            Transport::Moving => Err(moving()),
         })
     }
 }
