@@ -221,23 +221,31 @@ impl Driver {
 /// the loop: it would never be read again. So a watched socket that is dropped stays open here,
 /// and is closed once its loop has closed the handle (see `jsloop::reap`).
 #[cfg(unix)]
-static WATCHED_FDS: LazyLock<Mutex<Vec<(Fd, Arc<crate::jsloop::Wakeup>, Option<std::os::fd::OwnedFd>)>>> =
-    LazyLock::new(|| Mutex::new(Vec::new()));
+static WATCHED_FDS: LazyLock<Mutex<Vec<WatchedFd>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+#[cfg(unix)]
+struct WatchedFd {
+    fd: Fd,
+    /// The loop that has a handle for it.
+    owner: Arc<crate::jsloop::Wakeup>,
+    /// The socket, once its session dropped it.
+    kept: Option<std::os::fd::OwnedFd>,
+}
 
 /// `loop_wakeup`'s loop has opened a handle for `fd`.
 #[cfg(unix)]
 pub(crate) fn watch_fd(fd: Fd, loop_wakeup: &Arc<crate::jsloop::Wakeup>) {
-    WATCHED_FDS.lock().push((fd, loop_wakeup.clone(), None));
+    WATCHED_FDS.lock().push(WatchedFd { fd, owner: loop_wakeup.clone(), kept: None });
 }
 
 /// The loop has closed its handle for `fd`: the socket is closed too if it was dropped.
 #[cfg(unix)]
 fn unwatch_fd(fd: Fd) {
     let mut watched = WATCHED_FDS.lock();
-    if let Some(pos) = watched.iter().position(|(f, _, _)| *f == fd) {
-        let (_, _, socket) = watched.swap_remove(pos);
+    if let Some(pos) = watched.iter().position(|w| w.fd == fd) {
+        let gone = watched.swap_remove(pos);
         drop(watched);
-        drop(socket);
+        drop(gone);
     }
 }
 
@@ -247,9 +255,9 @@ fn unwatch_fd(fd: Fd) {
 pub(crate) fn retire_fd(socket: std::os::fd::OwnedFd) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
     let mut watched = WATCHED_FDS.lock();
-    let Some(entry) = watched.iter_mut().find(|(f, _, kept)| *f == socket.as_raw_fd() && kept.is_none()) else { return Some(socket) };
-    entry.2 = Some(socket);
-    let owner = entry.1.clone();
+    let Some(entry) = watched.iter_mut().find(|w| w.fd == socket.as_raw_fd() && w.kept.is_none()) else { return Some(socket) };
+    entry.kept = Some(socket);
+    let owner = entry.owner.clone();
     drop(watched);
     owner.reap_soon();
     None
