@@ -31,10 +31,11 @@ export declare class NativePool {
   warmUp(): Promise<void>
   /**
    * Starts every operation in the first `len` bytes of `batch` (the submission format, see
-   * `wire`); each completes its id. A malformed batch throws, having started none of its
-   * operations.
+   * `wire`); each completes its id. `quiet`: nothing else of this pool object is in flight
+   * (a lone one-shot statement may then run on the JS thread's own loop, see `jsloop`). A
+   * malformed batch throws, having started none of its operations.
    */
-  submit(batch: Buffer, len: number): void
+  submit(batch: Buffer, len: number, quiet: boolean): void
   /**
    * An aborted operation: a handler statement still queued is dropped unrun; the one running
    * is cancelled on the server (it then fails with SQLSTATE 57014, and the session is closed

@@ -299,8 +299,9 @@ export class Core {
     this.#batch = []
     this.#batchNumber++
     try {
-      // The core copies the bytes, so the buffer is reused.
-      this.native.submit(w.buf, w.pos)
+      // The core copies the bytes, so the buffer is reused. Quiet: nothing but this batch is in
+      // flight (a lone statement may then run on this thread's event loop, not the worker).
+      this.native.submit(w.buf, w.pos, this.#unsettled === batch.length)
     } catch (e) {
       const native = fromNative(e)
       const error =

@@ -140,10 +140,11 @@ impl NativePool {
     }
 
     /// Starts every operation in the first `len` bytes of `batch` (the submission format, see
-    /// `wire`); each completes its id. A malformed batch throws, having started none of its
-    /// operations.
+    /// `wire`); each completes its id. `quiet`: nothing else of this pool object is in flight
+    /// (a lone one-shot statement may then run on the JS thread's own loop, see `jsloop`). A
+    /// malformed batch throws, having started none of its operations.
     #[napi(catch_unwind)]
-    pub fn submit(&self, env: &Env, batch: BufferSlice<'_>, len: u32) -> Result<()> {
+    pub fn submit(&self, env: &Env, batch: BufferSlice<'_>, len: u32, quiet: bool) -> Result<()> {
         let records = guarded("submit", || {
             let bytes = batch
                 .get(..len as usize)
@@ -151,7 +152,7 @@ impl NativePool {
             Ok(read_batch(Bytes::copy_from_slice(bytes))?)
         })?;
         guarded("submit", || {
-            self.core.submit(env, records);
+            self.core.submit(env, records, quiet);
             Ok(())
         })
     }

@@ -181,10 +181,12 @@ impl Job {
 }
 
 impl Core {
-    /// Starts the operations of a submission; each one completes its id.
-    pub(super) fn submit(&self, env: &Env, batch: Vec<Submitted>) {
-        // A statement alone in its tick's submission may run on the JS thread's own loop.
-        let alone = batch.len() == 1;
+    /// Starts the operations of a submission; each one completes its id. With `quiet` (nothing
+    /// else of the pool object in flight), a one-shot statement alone in it may run on the JS
+    /// thread's own loop; under load everything goes to the worker, so that no protocol work
+    /// moves onto a busy event loop.
+    pub(super) fn submit(&self, env: &Env, batch: Vec<Submitted>, quiet: bool) {
+        let alone = quiet && batch.len() == 1;
         let mut jobs = Vec::new();
         for Submitted { id, abortable, aborted, operation } in batch {
             if aborted {
