@@ -72,6 +72,12 @@ export declare class NativePool {
 }
 
 /**
+ * How many statements so far ran on a JS thread's own event loop (the fast path of a quiet
+ * pool, see `jsloop`); for the tests.
+ */
+export declare function jsThreadStatements(): number
+
+/**
  * Lets go of `handler` of pool object `core`. Synchronous: an open transaction is rolled back
  * in the background, and the connection is not handed to anyone before that is done. With
  * `hand_over`, a clean connection stays under the same handler number for the caller's next

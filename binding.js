@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativePool = nativeBinding.NativePool
+module.exports.jsThreadStatements = nativeBinding.jsThreadStatements
 module.exports.releaseHandler = nativeBinding.releaseHandler
 module.exports.setMaxResultBytes = nativeBinding.setMaxResultBytes
 module.exports.tryAcquireHandler = nativeBinding.tryAcquireHandler

@@ -8,6 +8,7 @@ const net = require('node:net')
 const test = require('ava')
 
 const { Pool, DBConnectionError } = require('..')
+const binding = require('../binding.js')
 const { startServer, guardProcess, waitFor } = require('./helpers/pg')
 
 guardProcess(test)
@@ -48,6 +49,34 @@ test('statements one at a time and in bursts get their own answers, and every se
   const g = pool.stats().groups.default
   t.is(g.inUse, 0)
   t.true(g.size <= 2)
+})
+
+test.serial('a lone statement of a quiet pool runs on the event loop; under load none does', async (t) => {
+  const pool = makePool(t, 4)
+  await pool.query('SELECT 1')
+  let before = binding.jsThreadStatements()
+  for (let i = 0; i < 50; i++) await pool.query('SELECT $1::int AS i', [i])
+  t.true(binding.jsThreadStatements() - before >= 45, 'one at a time, statements take the fast path')
+
+  // 32 callers, each awaiting its statements one after another: every tick's submissions have
+  // others in flight, so they all go to the worker, even a tick with a single statement in it.
+  let stop = false
+  let answered = 0
+  const callers = Array.from({ length: 32 }, async (_, c) => {
+    while (!stop) {
+      const r = await pool.query('SELECT $1::int AS c', [c])
+      if (r.rows[0].c !== c) t.fail(`caller ${c} got ${r.rows[0].c}`)
+      answered++
+    }
+  })
+  await waitFor(() => answered >= 200, { ms: 20000, what: 'the callers to get going' })
+  before = binding.jsThreadStatements()
+  const start = answered
+  await waitFor(() => answered - start >= 2000, { ms: 30000, what: '2000 statements under load' })
+  const onLoop = binding.jsThreadStatements() - before
+  stop = true
+  await Promise.all(callers)
+  t.is(onLoop, 0, `${onLoop} of ${answered - start} statements under load ran on the event loop`)
 })
 
 test('a session killed on the server under a statement fails that statement only; the next ones work', async (t) => {

@@ -146,6 +146,14 @@ thread_local! {
     static CLEANUP: Cell<sys::napi_async_cleanup_hook_handle> = const { Cell::new(std::ptr::null_mut()) };
 }
 
+/// Statements whose session a JS thread's loop took over, since the process started.
+static DRIVEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many statements ran on a JS thread's loop so far.
+pub(crate) fn driven() -> u64 {
+    DRIVEN.load(Ordering::Relaxed)
+}
+
 /// Whether this thread is polling its loop (so a statement it polls may take its session over).
 pub(crate) fn driving() -> bool {
     DRIVING.try_with(Cell::get).is_ok_and(|d| d != 0)
@@ -441,6 +449,7 @@ pub(crate) fn borrow(driver: &Arc<Driver>) -> Borrowed {
             watch.writable = false;
         }
     }
+    DRIVEN.fetch_add(1, Ordering::Relaxed);
     // Polled once now, so that the statement's request wakes this loop, not the worker.
     let _ = driver.poll_taken(&mut Context::from_waker(&state.waker));
     Borrowed(Some(driver.clone()))
