@@ -25,7 +25,7 @@ mod rt;
 mod server_tests;
 mod status;
 
-pub use bindings::{release_handler, set_max_result_bytes, try_acquire_handler, NativePool};
+pub use bindings::{js_thread_statements, release_handler, set_max_result_bytes, try_acquire_handler, NativePool};
 
 /// Half the cores for tokio workers (at least 1, at most 4): on 2 cores a single worker, so a
 /// connection's task and the queries waiting on it run on one thread and tokio-postgres's

@@ -82,7 +82,7 @@ pub fn release_handler(core: u32, handler: u32, hand_over: bool, own_waiting: u3
 /// How many statements so far ran on a JS thread's own event loop (the fast path of a quiet
 /// pool, see `jsloop`); for the tests.
 #[napi(catch_unwind)]
-pub(crate) fn js_thread_statements() -> f64 {
+pub fn js_thread_statements() -> f64 {
     crate::jsloop::driven() as f64
 }
 
