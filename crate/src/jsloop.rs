@@ -32,14 +32,91 @@ use crate::driver::Driver;
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-extern "C" {
-    fn uv_poll_init(event_loop: *mut c_void, handle: *mut c_void, fd: c_int) -> c_int;
-    fn uv_poll_start(handle: *mut c_void, events: c_int, callback: unsafe extern "C" fn(*mut c_void, c_int, c_int)) -> c_int;
-    fn uv_poll_stop(handle: *mut c_void) -> c_int;
-    fn uv_async_init(event_loop: *mut c_void, handle: *mut c_void, callback: unsafe extern "C" fn(*mut c_void)) -> c_int;
-    fn uv_async_send(handle: *mut c_void) -> c_int;
-    fn uv_close(handle: *mut c_void, callback: unsafe extern "C" fn(*mut c_void));
-    fn uv_unref(handle: *mut c_void);
+type PollCallback = unsafe extern "C" fn(*mut c_void, c_int, c_int);
+type HandleCallback = unsafe extern "C" fn(*mut c_void);
+
+/// The libuv functions used here, looked up in the process at first use instead of linked: Node
+/// exports them, but a binary without them (`cargo test`'s, a host that does not export libuv)
+/// must still load the addon, and then simply has no fast path.
+struct Uv {
+    poll_init: PollInit,
+    poll_start: PollStart,
+    poll_stop: HandleCall,
+    async_init: AsyncInit,
+    async_send: HandleCall,
+    close: Close,
+    unref: Unref,
+}
+
+type PollInit = unsafe extern "C" fn(*mut c_void, *mut c_void, c_int) -> c_int;
+type PollStart = unsafe extern "C" fn(*mut c_void, c_int, PollCallback) -> c_int;
+type HandleCall = unsafe extern "C" fn(*mut c_void) -> c_int;
+type AsyncInit = unsafe extern "C" fn(*mut c_void, *mut c_void, HandleCallback) -> c_int;
+type Close = unsafe extern "C" fn(*mut c_void, HandleCallback);
+type Unref = unsafe extern "C" fn(*mut c_void);
+
+#[cfg(unix)]
+static UV: LazyLock<Option<Uv>> = LazyLock::new(|| {
+    let find = |name: &std::ffi::CStr| {
+        // SAFETY: dlsym with RTLD_DEFAULT only reads the process's symbol tables.
+        let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!found.is_null()).then_some(found)
+    };
+    // SAFETY: each symbol is libuv's function of that name, whose signature (libuv 1.x) is the
+    // field's type.
+    unsafe {
+        Some(Uv {
+            poll_init: std::mem::transmute::<*mut c_void, PollInit>(find(c"uv_poll_init")?),
+            poll_start: std::mem::transmute::<*mut c_void, PollStart>(find(c"uv_poll_start")?),
+            poll_stop: std::mem::transmute::<*mut c_void, HandleCall>(find(c"uv_poll_stop")?),
+            async_init: std::mem::transmute::<*mut c_void, AsyncInit>(find(c"uv_async_init")?),
+            async_send: std::mem::transmute::<*mut c_void, HandleCall>(find(c"uv_async_send")?),
+            close: std::mem::transmute::<*mut c_void, Close>(find(c"uv_close")?),
+            unref: std::mem::transmute::<*mut c_void, Unref>(find(c"uv_unref")?),
+        })
+    }
+});
+
+#[cfg(not(unix))]
+static UV: LazyLock<Option<Uv>> = LazyLock::new(|| None);
+
+// Callers hold a loop state, which exists only when UV was found (see `state`); without it
+// these do nothing and report failure.
+unsafe fn uv_poll_init(event_loop: *mut c_void, handle: *mut c_void, fd: crate::driver::Fd) -> c_int {
+    #[cfg(unix)]
+    if let Some(uv) = UV.as_ref() {
+        return unsafe { (uv.poll_init)(event_loop, handle, fd) };
+    }
+    let _ = (event_loop, handle, fd);
+    -1
+}
+
+unsafe fn uv_poll_start(handle: *mut c_void, events: c_int, callback: PollCallback) -> c_int {
+    UV.as_ref().map_or(-1, |uv| unsafe { (uv.poll_start)(handle, events, callback) })
+}
+
+unsafe fn uv_poll_stop(handle: *mut c_void) -> c_int {
+    UV.as_ref().map_or(-1, |uv| unsafe { (uv.poll_stop)(handle) })
+}
+
+unsafe fn uv_async_init(event_loop: *mut c_void, handle: *mut c_void, callback: HandleCallback) -> c_int {
+    UV.as_ref().map_or(-1, |uv| unsafe { (uv.async_init)(event_loop, handle, callback) })
+}
+
+unsafe fn uv_async_send(handle: *mut c_void) -> c_int {
+    UV.as_ref().map_or(-1, |uv| unsafe { (uv.async_send)(handle) })
+}
+
+unsafe fn uv_close(handle: *mut c_void, callback: HandleCallback) {
+    if let Some(uv) = UV.as_ref() {
+        unsafe { (uv.close)(handle, callback) }
+    }
+}
+
+unsafe fn uv_unref(handle: *mut c_void) {
+    if let Some(uv) = UV.as_ref() {
+        unsafe { (uv.unref)(handle) }
+    }
 }
 
 const UV_READABLE: c_int = 1;
@@ -179,7 +256,7 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
     if let Some(state) = LOOP.with(|l| l.borrow().clone()) {
         return Some(state);
     }
-    if !CLEANUP.with(Cell::get).is_null() {
+    if !CLEANUP.with(Cell::get).is_null() || UV.is_none() {
         return None;
     }
     let mut uv_loop = std::ptr::null_mut();
