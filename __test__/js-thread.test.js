@@ -9,6 +9,7 @@ const test = require('ava')
 
 const { Pool, DBConnectionError } = require('..')
 const binding = require('../binding.js')
+const pg = require('pgdbpool/pg')
 const { startServer, guardProcess, waitFor } = require('./helpers/pg')
 
 guardProcess(test)
@@ -77,6 +78,19 @@ test.serial('a lone statement of a quiet pool runs on the event loop; under load
   stop = true
   await Promise.all(callers)
   t.is(onLoop, 0, `${onLoop} of ${answered - start} statements under load ran on the event loop`)
+})
+
+test.serial("pgdbpool/pg's one-shot queries (what the ORMs send) take the fast path too, with pg's result shapes", async (t) => {
+  const pool = new pg.Pool({ ...server.clientConfig(), max: 2 })
+  t.teardown(() => pool.end().catch(() => {}))
+  await pool.query('SELECT 1')
+  const before = binding.jsThreadStatements()
+  for (let i = 0; i < 50; i++) {
+    const r = await pool.query({ text: 'SELECT $1::int AS i, $2::text AS s', values: [i, `v${i}`], rowMode: i % 2 ? 'array' : undefined })
+    const expected = i % 2 ? [[i, `v${i}`]] : [{ i, s: `v${i}` }]
+    if (JSON.stringify(r.rows) !== JSON.stringify(expected)) t.fail(`query ${i} got ${JSON.stringify(r.rows)}`)
+  }
+  t.true(binding.jsThreadStatements() - before >= 45, 'one at a time, they run on the event loop')
 })
 
 test('a session killed on the server under a statement fails that statement only; the next ones work', async (t) => {

@@ -210,6 +210,12 @@ impl Core {
                     None => self.completions.complete(id, Err(PoolError::Closed)),
                 },
                 Operation::PgQuery { group, statement, mode } => match self.oneshot(group) {
+                    Some(shot) if alone => {
+                        let job = Job::PgQuery { id, shot, statement, mode };
+                        if let Err(task) = crate::jsloop::try_run(env, job.run(self.completions.clone())) {
+                            jobs.push(Job::Started(task));
+                        }
+                    }
                     Some(shot) => jobs.push(Job::PgQuery { id, shot, statement, mode }),
                     None => self.completions.complete(id, Err(PoolError::Closed)),
                 },
