@@ -283,6 +283,33 @@ impl Transport {
     }
 }
 
+/// A stream in tokio's reactor, as the writes see it.
+type Registered<'a> = Pin<&'a mut (dyn AsyncWrite + Unpin + Send)>;
+
+impl Transport {
+    /// A write: directly on the JS thread (see `driver`) with `direct_write`, else through
+    /// tokio's reactor with `tokio_write`.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        direct_write: impl FnOnce(&socket2::Socket) -> io::Result<usize>,
+        tokio_write: impl FnOnce(Registered<'_>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if crate::driver::on_js() {
+            return match self.direct() {
+                Ok(sock) => direct(direct_write(&sock), true),
+                Err(e) => Poll::Ready(Err(e)),
+            };
+        }
+        match self.registered() {
+            Ok(Transport::Tcp(s)) => tokio_write(Pin::new(s), cx),
+            Ok(Transport::Unix(s)) => tokio_write(Pin::new(s), cx),
+            Ok(_) => Poll::Ready(Err(moving())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
 fn moving() -> io::Error {
     io::Error::other("pgdbpool: a session's socket could not be moved between tokio and the JS thread's event loop")
 }
@@ -337,37 +364,13 @@ impl AsyncRead for Socket {
 
 impl AsyncWrite for Socket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut self.get_mut().0;
-        if crate::driver::on_js() {
-            use std::io::Write;
-            return match this.direct() {
-                Ok(sock) => direct((&*sock).write(buf), true),
-                Err(e) => Poll::Ready(Err(e)),
-            };
-        }
-        match this.registered() {
-            Ok(Transport::Tcp(s)) => Pin::new(s).poll_write(cx, buf),
-            Ok(Transport::Unix(s)) => Pin::new(s).poll_write(cx, buf),
-            Ok(_) => Poll::Ready(Err(moving())),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        use std::io::Write;
+        self.get_mut().0.poll_write_with(cx, |sock| (&*sock).write(buf), |stream, cx| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let this = &mut self.get_mut().0;
-        if crate::driver::on_js() {
-            use std::io::Write;
-            return match this.direct() {
-                Ok(sock) => direct((&*sock).write_vectored(bufs), true),
-                Err(e) => Poll::Ready(Err(e)),
-            };
-        }
-        match this.registered() {
-            Ok(Transport::Tcp(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Ok(Transport::Unix(s)) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Ok(_) => Poll::Ready(Err(moving())),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        use std::io::Write;
+        self.get_mut().0.poll_write_with(cx, |sock| (&*sock).write_vectored(bufs), |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
