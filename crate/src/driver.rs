@@ -3,8 +3,11 @@
 //!
 //! tokio-postgres's `Connection` is the future that reads and writes the session's socket. It
 //! lives here behind a lock, and exactly one side polls it at a time: the worker task, unless
-//! the JS thread has taken it over. Handing it back wakes the worker task, which polls it again
-//! and so registers its own wakers everywhere the JS thread's had been.
+//! the JS thread has taken it over. Handing it back polls it once more, directly, with the
+//! worker task's waker (so the task is woken by what the connection waits for besides the
+//! socket); the socket itself stays watched by the JS thread's loop, which wakes the task when
+//! it turns readable. The socket is out of tokio's reactor while the JS thread reads it, and
+//! back in on the worker's next poll (see `endpoint::connect::Socket`).
 
 use std::cell::Cell;
 use std::future::Future;

@@ -1,15 +1,17 @@
-//! The JS-thread fast path: while a JS thread has no other one-shot statement in flight, its
-//! next one runs on that thread's own event loop instead of the tokio worker.
+//! The JS-thread fast path: while a pool object has nothing else in flight, its next one-shot
+//! statement runs on the calling thread's own event loop instead of the tokio worker.
 //!
 //! A round trip through the worker crosses two thread hand-offs (JS → worker → JS); at
 //! concurrency 1 those cost more than the round trip itself (`npm run benchmark:floor`). Here
 //! the statement's future is polled on the JS thread, and the session it gets is taken over
 //! from its worker task for the statement (see `driver`): the request is written from the JS
 //! thread, libuv watches the socket (`uv_poll`), and the answer is read and encoded there.
+//! A session's handle lives from its first statement here until its connection ends, started
+//! while the session is taken over and stopped once the worker reads the socket again.
 //! Anything that wakes the statement from another thread (a timer, a connection opened for it,
 //! a pipelined neighbour's answer read by the worker) reaches the loop through a `uv_async`.
-//! Under load nothing changes: a second statement in flight goes to the worker as before, so
-//! no protocol work moves onto a busy event loop.
+//! Under load nothing changes: a statement submitted while others are in flight goes to the
+//! worker as before, so no protocol work moves onto a busy event loop.
 //!
 //! The handles belong to the JS environment: its async cleanup hook gives every taken session
 //! back, drops what still runs here, and closes the handles before Node closes the loop.
