@@ -181,6 +181,14 @@ impl Job {
 }
 
 impl Core {
+    /// Runs a lone one-shot statement's job on this JS thread's loop, or queues it for the
+    /// worker when the loop has something in flight already (see `jsloop::try_run`).
+    fn run_on_loop(&self, env: &Env, job: Job, jobs: &mut Vec<Job>) {
+        if let Err(task) = crate::jsloop::try_run(env, job.run(self.completions.clone())) {
+            jobs.push(Job::Started(task));
+        }
+    }
+
     /// Starts the operations of a submission; each one completes its id. With `quiet` (nothing
     /// else of the pool object in flight), a one-shot statement alone in it may run on the JS
     /// thread's own loop; under load everything goes to the worker, so that no protocol work
@@ -197,12 +205,7 @@ impl Core {
             match operation {
                 Operation::Query { group, statement } => match self.oneshot(group) {
                     // Alone in flight on this JS thread: it runs on the thread's own loop.
-                    Some(shot) if alone && !abortable => {
-                        let job = Job::Query { id, shot, statement, abort: None };
-                        if let Err(task) = crate::jsloop::try_run(env, job.run(self.completions.clone())) {
-                            jobs.push(Job::Started(task));
-                        }
-                    }
+                    Some(shot) if alone && !abortable => self.run_on_loop(env, Job::Query { id, shot, statement, abort: None }, &mut jobs),
                     Some(shot) => {
                         let abort = abortable.then(|| self.completions.abortable(id));
                         jobs.push(Job::Query { id, shot, statement, abort });
@@ -210,12 +213,7 @@ impl Core {
                     None => self.completions.complete(id, Err(PoolError::Closed)),
                 },
                 Operation::PgQuery { group, statement, mode } => match self.oneshot(group) {
-                    Some(shot) if alone => {
-                        let job = Job::PgQuery { id, shot, statement, mode };
-                        if let Err(task) = crate::jsloop::try_run(env, job.run(self.completions.clone())) {
-                            jobs.push(Job::Started(task));
-                        }
-                    }
+                    Some(shot) if alone => self.run_on_loop(env, Job::PgQuery { id, shot, statement, mode }, &mut jobs),
                     Some(shot) => jobs.push(Job::PgQuery { id, shot, statement, mode }),
                     None => self.completions.complete(id, Err(PoolError::Closed)),
                 },
