@@ -253,6 +253,11 @@ pub(crate) fn try_run(env: &Env, task: Task) -> Result<(), Task> {
     Ok(())
 }
 
+/// This thread's loop, if it is set up (and the thread is not being torn down).
+fn current() -> Option<Rc<LoopState>> {
+    LOOP.try_with(|l| l.borrow().clone()).ok().flatten()
+}
+
 /// This thread's loop, set up on first use.
 fn state(env: &Env) -> Option<Rc<LoopState>> {
     if let Some(state) = LOOP.with(|l| l.borrow().clone()) {
@@ -304,7 +309,7 @@ unsafe extern "C" fn on_async(_handle: *mut c_void) {
 }
 
 unsafe extern "C" fn on_poll(handle: *mut c_void, _status: c_int, _events: c_int) {
-    let Some(state) = LOOP.try_with(|l| l.borrow().clone()).ok().flatten() else { return };
+    let Some(state) = current() else { return };
     {
         let mut watched = state.watched.borrow_mut();
         let Some(watch) = watched.iter_mut().find(|w| w.poll == handle) else { return };
@@ -326,7 +331,7 @@ unsafe extern "C" fn on_poll(handle: *mut c_void, _status: c_int, _events: c_int
 /// directly at its end, instead of through their threadsafe functions (a `uv_async` and a turn
 /// of the loop later).
 fn drive_current() {
-    let state = LOOP.try_with(|l| l.borrow().clone()).ok().flatten();
+    let state = current();
     if let Some(state) = state {
         if state.driving.get() {
             return;
@@ -499,7 +504,7 @@ pub(crate) fn borrow(driver: &Arc<Driver>) -> Borrowed {
     if !driving() {
         return Borrowed(None);
     }
-    let Some(state) = LOOP.try_with(|l| l.borrow().clone()).ok().flatten() else { return Borrowed(None) };
+    let Some(state) = current() else { return Borrowed(None) };
     let Some(newly) = driver.take(&state.wakeup) else { return Borrowed(None) };
     if newly {
         let poll = new_handle();
@@ -544,7 +549,7 @@ impl Drop for Borrowed {
 
 fn give_back(driver: &Arc<Driver>) {
     // During the thread's teardown the loop is gone: the session goes back with a wake-up.
-    let Some(state) = LOOP.try_with(|l| l.borrow().clone()).ok().flatten() else {
+    let Some(state) = current() else {
         driver.give_back(true);
         return;
     };
