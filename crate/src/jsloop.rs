@@ -141,9 +141,15 @@ unsafe extern "C" fn free_handle(handle: *mut c_void) {
     finish_cleanup_if_done();
 }
 
-/// The wake-up of one loop from anywhere: what a task's waker does.
+/// The wake-up of one loop from anywhere: what the wakers of its tasks and of its taken
+/// sessions' connections do.
 pub(crate) struct Wakeup {
     woken: AtomicBool,
+    /// A task of this loop was woken (or is new): the next drive polls the tasks.
+    tasks_due: AtomicBool,
+    /// A taken session's connection was woken, or its socket turned readable: the next drive
+    /// polls the taken connections.
+    connections_due: AtomicBool,
     /// The loop's `uv_async_t`, null once it is closed.
     handle: Mutex<SendPtr>,
     /// Set when the connection of a session whose socket the loop watches ended: the loop
@@ -176,13 +182,31 @@ struct SendPtr(*mut c_void);
 // (the mutex keeps it from being closed meanwhile).
 unsafe impl Send for SendPtr {}
 
-impl Wake for Wakeup {
+/// The waker of a loop's tasks.
+struct TaskWake(Arc<Wakeup>);
+
+impl Wake for TaskWake {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.notify();
+        self.0.tasks_due.store(true, Ordering::Release);
+        self.0.notify();
+    }
+}
+
+/// The waker of the connections a loop has taken over.
+struct ConnectionWake(Arc<Wakeup>);
+
+impl Wake for ConnectionWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.connections_due.store(true, Ordering::Release);
+        self.0.notify();
     }
 }
 
@@ -205,7 +229,8 @@ struct LoopState {
     /// For the callback scope the deferred wake-ups run in (so their continuations run then).
     async_context: sys::napi_async_context,
     wakeup: Arc<Wakeup>,
-    waker: Waker,
+    task_waker: Waker,
+    connection_waker: Waker,
     tasks: RefCell<Vec<Task>>,
     watched: RefCell<Vec<Watch>>,
     driving: Cell<bool>,
@@ -249,6 +274,7 @@ pub(crate) fn try_run(env: &Env, task: Task) -> Result<(), Task> {
         return Err(task);
     }
     state.tasks.borrow_mut().push(task);
+    state.wakeup.tasks_due.store(true, Ordering::Release);
     drive(&state);
     Ok(())
 }
@@ -283,7 +309,13 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
         unsafe { uv_close(handle, free_handle) };
         return None;
     }
-    let wakeup = Arc::new(Wakeup { woken: AtomicBool::new(false), handle: Mutex::new(SendPtr(handle)), reap: AtomicBool::new(false) });
+    let wakeup = Arc::new(Wakeup {
+        woken: AtomicBool::new(false),
+        tasks_due: AtomicBool::new(false),
+        connections_due: AtomicBool::new(false),
+        handle: Mutex::new(SendPtr(handle)),
+        reap: AtomicBool::new(false),
+    });
     let mut async_context = std::ptr::null_mut();
     unsafe {
         let mut name = std::ptr::null_mut();
@@ -294,7 +326,8 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
         uv_loop,
         env: env.raw(),
         async_context,
-        waker: Waker::from(wakeup.clone()),
+        task_waker: Waker::from(Arc::new(TaskWake(wakeup.clone()))),
+        connection_waker: Waker::from(Arc::new(ConnectionWake(wakeup.clone()))),
         wakeup,
         tasks: RefCell::new(Vec::new()),
         watched: RefCell::new(Vec::new()),
@@ -323,6 +356,7 @@ unsafe extern "C" fn on_poll(handle: *mut c_void, _status: c_int, _events: c_int
         }
         // Readable or in error: the next poll reads (and so sees the error).
         watch.driver.readable();
+        state.wakeup.connections_due.store(true, Ordering::Release);
     }
     drive_current();
 }
@@ -425,20 +459,28 @@ fn drive(state: &Rc<LoopState>) {
     state.driving.set(false);
 }
 
+/// Polls what was woken (a statement's future is deep, and polling it or a connection for
+/// nothing was a good part of a lone statement's time here) until nothing is.
 fn poll_until_quiet(state: &LoopState) {
-    let mut cx = Context::from_waker(&state.waker);
+    let mut tasks_cx = Context::from_waker(&state.task_waker);
+    let mut connections_cx = Context::from_waker(&state.connection_waker);
     loop {
         reap(state);
         state.wakeup.woken.store(false, Ordering::Release);
-        let tasks = std::mem::take(&mut *state.tasks.borrow_mut());
-        let mut pending = Vec::with_capacity(tasks.len());
-        for mut task in tasks {
-            if task.as_mut().poll(&mut cx).is_pending() {
-                pending.push(task);
+        if state.wakeup.tasks_due.swap(false, Ordering::AcqRel) {
+            // Taken out while they are polled, and put back with their room (no list per drive).
+            let mut tasks = std::mem::take(&mut *state.tasks.borrow_mut());
+            tasks.retain_mut(|task| task.as_mut().poll(&mut tasks_cx).is_pending());
+            let mut current = state.tasks.borrow_mut();
+            if current.is_empty() {
+                *current = tasks;
+            } else {
+                current.extend(tasks);
             }
         }
-        state.tasks.borrow_mut().extend(pending);
-        poll_taken(state, &mut cx);
+        if state.wakeup.connections_due.swap(false, Ordering::AcqRel) {
+            poll_taken(state, &mut connections_cx);
+        }
         if !state.wakeup.woken.load(Ordering::Acquire) {
             return;
         }
@@ -447,8 +489,15 @@ fn poll_until_quiet(state: &LoopState) {
 
 /// Polls every session this loop has taken over (an ended one is reaped, see [`reap`]).
 fn poll_taken(state: &LoopState, cx: &mut Context<'_>) {
-    let drivers: Vec<Arc<Driver>> = state.watched.borrow().iter().filter(|w| w.taken).map(|w| w.driver.clone()).collect();
-    for driver in drivers {
+    let mut next = 0;
+    loop {
+        // By position, the list borrowed only between polls: no list is built per drive.
+        let driver = {
+            let watched = state.watched.borrow();
+            let Some(offset) = watched.iter().skip(next).position(|w| w.taken) else { return };
+            next += offset + 1;
+            watched[next - 1].driver.clone()
+        };
         let (ended, wants_write) = driver.poll_taken(cx);
         if ended {
             continue;
@@ -535,7 +584,7 @@ pub(crate) fn borrow(driver: &Arc<Driver>) -> Borrowed {
     }
     DRIVEN.fetch_add(1, Ordering::Relaxed);
     // Polled once now, so that the statement's request wakes this loop, not the worker.
-    let _ = driver.poll_taken(&mut Context::from_waker(&state.waker));
+    let _ = driver.poll_taken(&mut Context::from_waker(&state.connection_waker));
     Borrowed(Some(driver.clone()))
 }
 
