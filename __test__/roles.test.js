@@ -190,3 +190,31 @@ test.serial('no endpoint with the wanted role: DBOfflineError names each node an
   for (const s of servers) t.true(err.message.includes(`127.0.0.1:${s.port}: server is a primary, target_session_attrs is 'standby'`), err.message)
   await pool.close()
 })
+
+test.serial('a node that turns read-only says so on the next round trip of a session: the role changes without a health check', async (t) => {
+  if (external) return t.pass('needs embedded servers')
+  // No health-monitor round during the test: only the session's own round trips can tell.
+  const pool = new Pool({
+    type: 'non-threaded',
+    health_interval: 600000,
+    db: [{ ...servers[1].endpoint, id: 's1', application_name: app(), connect_timeout: 2 }],
+    groups: { default: { connection_count: 1 } },
+  })
+  await pool.ready
+  const endpoint = () => pool.stats().groups.default.endpoints[0]
+  t.is(endpoint().readOnly, false)
+  const { rows } = await pool.query('SELECT pg_backend_pid() AS pid')
+  await setReadOnly(servers[1], true)
+  // The backend applies the reload at its next command; the ParameterStatus comes with that answer.
+  const pids = new Set()
+  await waitFor(
+    async () => {
+      pids.add((await pool.query('SELECT pg_backend_pid() AS pid')).rows[0].pid)
+      return endpoint().readOnly
+    },
+    { ms: 10000, what: 'the reported read-only role' },
+  )
+  t.deepEqual([...pids], [rows[0].pid], 'learnt on the same session, not from a new one')
+  t.is(endpoint().role, 'primary')
+  await pool.close()
+})

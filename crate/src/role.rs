@@ -8,12 +8,14 @@
 //! `pg_is_in_recovery()` instead.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::{Client, Connection, SimpleQueryMessage};
 
 use crate::config::TargetSessionAttrs;
+use crate::status::SessionStatus;
 
 /// A server's role as far as `target_session_attrs` cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,26 +103,16 @@ pub(crate) async fn query_role(client: &Client) -> Result<Role, tokio_postgres::
     Ok(Role { standby, read_only })
 }
 
-/// The role a session's server reported last, if it reports it.
-pub(crate) fn reported_role<S, T>(connection: &Connection<S, T>) -> Option<Role>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    Role::from_params(connection.parameter("in_hot_standby"), connection.parameter("default_transaction_read_only"))
-}
-
 /// Runs a session's connection task. Whenever the server reports a different role (see the
-/// module docs), `changed` is called with it.
-pub(crate) async fn drive<S, T>(mut connection: Connection<S, T>, mut last: Option<Role>, changed: impl Fn(Role))
+/// module docs; `status` reads the reports off the byte stream), `changed` is called with it.
+pub(crate) async fn drive<S, T>(mut connection: Connection<S, T>, status: Arc<SessionStatus>, mut last: Option<Role>, changed: impl Fn(Role))
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
     std::future::poll_fn(|cx| loop {
         let polled = connection.poll_message(cx);
-        // ParameterStatus is absorbed inside poll_message; its values are readable afterwards.
-        let now = reported_role(&connection);
+        let now = status.reported_role();
         if now.is_some() && now != last {
             last = now;
             if let Some(role) = now {

@@ -27,6 +27,8 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 
+use crate::role::Role;
+
 /// Where the session's transaction stands, as the server last said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TxStatus {
@@ -47,6 +49,9 @@ pub(crate) struct SessionStatus {
     settings_changed: AtomicBool,
     /// The server reported a `client_encoding` other than UTF8.
     foreign_encoding: AtomicBool,
+    /// The server's role as its reported `in_hot_standby` and `default_transaction_read_only`
+    /// say (see `role`), as read off the stream; `ROLE_UNKNOWN` until it reports them.
+    reported_role: AtomicU8,
     /// A statement completed with the `PREPARE` tag (an SQL-level prepared statement).
     prepared: AtomicBool,
     /// Requests written that earn a ReadyForQuery (the startup, each Query, each Sync).
@@ -67,6 +72,7 @@ impl Default for SessionStatus {
             status: AtomicU8::new(b'I'),
             settings_changed: AtomicBool::new(false),
             foreign_encoding: AtomicBool::new(false),
+            reported_role: AtomicU8::new(ROLE_UNKNOWN),
             prepared: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             answered: AtomicU64::new(0),
@@ -88,6 +94,28 @@ impl SessionStatus {
     }
 
     /// Whether the server announced a changed setting since the last call.
+    /// The role the server reported last (`None` if it does not report it: before 14, or a
+    /// pooler that does not pass the settings on). Current as soon as the bytes are read, so a
+    /// connection task can compare it after every poll for the price of a load.
+    pub(crate) fn reported_role(&self) -> Option<Role> {
+        let bits = self.reported_role.load(Ordering::Acquire);
+        let standby = match bits & ROLE_STANDBY_MASK {
+            ROLE_STANDBY_ON => "on",
+            ROLE_STANDBY_OFF => "off",
+            _ => return None,
+        };
+        Role::from_params(Some(standby), Some(if bits & ROLE_READ_ONLY != 0 { "on" } else { "off" }))
+    }
+
+    fn report_setting(&self, name: &[u8], value: &[u8]) {
+        let on = value == b"on";
+        let _ = self.reported_role.fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| match name {
+            b"in_hot_standby" => Some((bits & !ROLE_STANDBY_MASK) | if on { ROLE_STANDBY_ON } else { ROLE_STANDBY_OFF }),
+            b"default_transaction_read_only" => Some(if on { bits | ROLE_READ_ONLY } else { bits & !ROLE_READ_ONLY }),
+            _ => None,
+        });
+    }
+
     pub(crate) fn take_settings_changed(&self) -> bool {
         self.settings_changed.load(Ordering::Acquire) && self.settings_changed.swap(false, Ordering::AcqRel)
     }
@@ -149,6 +177,14 @@ enum Framing {
 /// Bodies longer than this are skipped, never kept: ReadyForQuery has one byte, and the
 /// ParameterStatus and CommandComplete messages we read are short.
 const KEEP_LIMIT: usize = 1024;
+
+/// `SessionStatus::reported_role`'s bits: `in_hot_standby` not reported, off, or on (the low two
+/// bits), and `default_transaction_read_only` on.
+const ROLE_UNKNOWN: u8 = 0;
+const ROLE_STANDBY_OFF: u8 = 1;
+const ROLE_STANDBY_ON: u8 = 2;
+const ROLE_STANDBY_MASK: u8 = 0b11;
+const ROLE_READ_ONLY: u8 = 0b100;
 
 /// Follows backend messages and records what [`SessionStatus`] holds.
 #[derive(Debug)]
@@ -225,6 +261,7 @@ impl Reader {
                 if self.started {
                     self.status.settings_changed.store(true, Ordering::Release);
                 }
+                self.status.report_setting(name, value);
             }
             b'C' => {
                 if body.starts_with(b"PREPARE\0") {
@@ -453,6 +490,23 @@ mod tests {
         r.feed(&message(b'Z', b"E"));
         assert!(r.status.take_prepared());
         assert_eq!(r.status.tx(), TxStatus::Failed);
+    }
+
+    #[test]
+    fn the_reported_role_follows_the_settings_as_they_are_read() {
+        let mut r = reader(false);
+        r.feed(&message(b'S', b"default_transaction_read_only\0off\0"));
+        assert_eq!(r.status.reported_role(), None, "no in_hot_standby: the role is not reported");
+        r.feed(&message(b'S', b"in_hot_standby\0off\0"));
+        r.feed(&message(b'Z', b"I"));
+        assert_eq!(r.status.reported_role(), Some(Role { standby: false, read_only: false }));
+        r.feed(&message(b'S', b"default_transaction_read_only\0on\0"));
+        assert_eq!(r.status.reported_role(), Some(Role { standby: false, read_only: true }));
+        r.feed(&message(b'S', b"in_hot_standby\0on\0"));
+        r.feed(&message(b'S', b"default_transaction_read_only\0off\0"));
+        assert_eq!(r.status.reported_role(), Some(Role { standby: true, read_only: true }), "a standby is read-only");
+        r.feed(&message(b'S', b"in_hot_standby\0off\0"));
+        assert_eq!(r.status.reported_role(), Some(Role { standby: false, read_only: false }));
     }
 
     #[test]

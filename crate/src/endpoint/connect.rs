@@ -121,7 +121,7 @@ impl Endpoint {
         let (client, (role, driver)) = match &self.tls {
             None => {
                 let (client, connection) = pg.connect_raw(Watched::new(socket, status.clone(), false), NoTls).await.map_err(failed)?;
-                (client, self.drive(connection, fd))
+                (client, self.drive(connection, fd, status.clone()))
             }
             Some(tls) => {
                 let connector = match MakeTlsConnect::<Watched<Socket>>::make_tls_connect(&mut tls.clone(), &self.config.host) {
@@ -130,7 +130,7 @@ impl Endpoint {
                 };
                 let watched = Watched::new(socket, status.clone(), true);
                 let (client, connection) = pg.connect_raw(watched, WatchedTls::new(connector, status.clone())).await.map_err(failed)?;
-                (client, self.drive(connection, fd))
+                (client, self.drive(connection, fd, status.clone()))
             }
         };
         let cancel = CancelTarget { token: client.cancel_token(), address };
@@ -159,14 +159,19 @@ impl Endpoint {
 
     /// Starts driving the session's connection, which keeps this endpoint's role current from
     /// what the server reports; returns the role reported at startup, and the driver.
-    fn drive<S, T>(self: &Arc<Self>, connection: Connection<S, T>, fd: crate::driver::Fd) -> (Option<Role>, Arc<Driver>)
+    fn drive<S, T>(
+        self: &Arc<Self>,
+        connection: Connection<S, T>,
+        fd: crate::driver::Fd,
+        status: Arc<SessionStatus>,
+    ) -> (Option<Role>, Arc<Driver>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let reported = role::reported_role(&connection);
+        let reported = status.reported_role();
         let endpoint = Arc::downgrade(self);
-        let drive = role::drive(connection, reported, move |role| {
+        let drive = role::drive(connection, status, reported, move |role| {
             if let Some(endpoint) = endpoint.upgrade() {
                 endpoint.set_role(role);
             }
@@ -331,10 +336,10 @@ fn direct<T>(result: io::Result<T>, writing: bool) -> Poll<io::Result<T>> {
 }
 
 impl AsyncRead for Socket {
+    #[allow(unsafe_code)]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut self.get_mut().0;
         if crate::driver::on_js() {
-            use std::io::Read;
             if !crate::driver::may_read() {
                 return Poll::Pending;
             }
@@ -342,14 +347,19 @@ impl AsyncRead for Socket {
                 Ok(sock) => sock,
                 Err(e) => return Poll::Ready(Err(e)),
             };
-            let room = buf.initialize_unfilled();
+            // Read into the buffer's uninitialised room: zeroing it first (`initialize_unfilled`)
+            // cost as much as a small answer's parsing.
+            // SAFETY: `recv` only writes into the room, and the first `n` bytes it reports are
+            // marked initialised below, no more.
+            let room = unsafe { buf.unfilled_mut() };
             let wanted = room.len();
-            let read = (&*sock).read(room);
+            let read = sock.recv(room);
             return direct(read, false).map_ok(|n| {
                 // A stream socket's read returns less than asked only when it has no more now.
                 if n > 0 && n < wanted {
                     crate::driver::read_nothing();
                 }
+                unsafe { buf.assume_init(n) };
                 buf.advance(n);
             });
         }
