@@ -182,31 +182,21 @@ struct SendPtr(*mut c_void);
 // (the mutex keeps it from being closed meanwhile).
 unsafe impl Send for SendPtr {}
 
-/// The waker of a loop's tasks.
-struct TaskWake(Arc<Wakeup>);
-
-impl Wake for TaskWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.tasks_due.store(true, Ordering::Release);
-        self.0.notify();
-    }
+/// The waker of one side of a loop: its tasks, or the connections it has taken over.
+struct SideWake {
+    wakeup: Arc<Wakeup>,
+    connections: bool,
 }
 
-/// The waker of the connections a loop has taken over.
-struct ConnectionWake(Arc<Wakeup>);
-
-impl Wake for ConnectionWake {
+impl Wake for SideWake {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.connections_due.store(true, Ordering::Release);
-        self.0.notify();
+        let due = if self.connections { &self.wakeup.connections_due } else { &self.wakeup.tasks_due };
+        due.store(true, Ordering::Release);
+        self.wakeup.notify();
     }
 }
 
@@ -326,8 +316,8 @@ fn state(env: &Env) -> Option<Rc<LoopState>> {
         uv_loop,
         env: env.raw(),
         async_context,
-        task_waker: Waker::from(Arc::new(TaskWake(wakeup.clone()))),
-        connection_waker: Waker::from(Arc::new(ConnectionWake(wakeup.clone()))),
+        task_waker: Waker::from(Arc::new(SideWake { wakeup: wakeup.clone(), connections: false })),
+        connection_waker: Waker::from(Arc::new(SideWake { wakeup: wakeup.clone(), connections: true })),
         wakeup,
         tasks: RefCell::new(Vec::new()),
         watched: RefCell::new(Vec::new()),

@@ -105,8 +105,12 @@ pub(crate) async fn query_role(client: &Client) -> Result<Role, tokio_postgres::
 
 /// Runs a session's connection task. Whenever the server reports a different role (see the
 /// module docs; `status` reads the reports off the byte stream), `changed` is called with it.
-pub(crate) async fn drive<S, T>(mut connection: Connection<S, T>, status: Arc<SessionStatus>, mut last: Option<Role>, changed: impl Fn(Role))
-where
+pub(crate) async fn drive<S, T>(
+    mut connection: Connection<S, T>,
+    status: Arc<SessionStatus>,
+    mut last: Option<Role>,
+    changed: impl Fn(Role),
+) where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
