@@ -29,10 +29,10 @@ pub(crate) struct Role {
 const KNOWN: u8 = 0b100;
 
 impl Role {
-    /// From the reported GUCs; `None` when the server does not report `in_hot_standby`.
-    pub(crate) fn from_params(in_hot_standby: Option<&str>, default_read_only: Option<&str>) -> Option<Self> {
-        let standby = in_hot_standby? == "on";
-        Some(Self { standby, read_only: standby || default_read_only == Some("on") })
+    /// From the reported `in_hot_standby` and `default_transaction_read_only` (a standby is
+    /// read-only whatever the latter says).
+    pub(crate) fn reported(in_hot_standby: bool, default_read_only: bool) -> Self {
+        Self { standby: in_hot_standby, read_only: in_hot_standby || default_read_only }
     }
 
     /// Whether a group with `wanted` may use a server with this role (libpq's meanings).
@@ -98,9 +98,7 @@ pub(crate) async fn query_role(client: &Client) -> Result<Role, tokio_postgres::
         _ => None,
     });
     // A server that answers without a row is no PostgreSQL we know; treat it as a primary.
-    let standby = row.and_then(|r| r.get(0)) == Some("t");
-    let read_only = standby || row.and_then(|r| r.get(1)) == Some("on");
-    Ok(Role { standby, read_only })
+    Ok(Role::reported(row.and_then(|r| r.get(0)) == Some("t"), row.and_then(|r| r.get(1)) == Some("on")))
 }
 
 /// Runs a session's connection task. Whenever the server reports a different role (see the
@@ -142,12 +140,11 @@ mod tests {
         let primary = Role { standby: false, read_only: false };
         let ro_primary = Role { standby: false, read_only: true };
         // A test: a failure here is the test failing.
-        let standby = Role::from_params(Some("on"), Some("off")).expect("reported");
+        let standby = Role::reported(true, false);
         assert!(standby.read_only);
         assert!(primary.fits(TargetSessionAttrs::ReadWrite) && !ro_primary.fits(TargetSessionAttrs::ReadWrite));
         assert!(ro_primary.fits(TargetSessionAttrs::Primary) && ro_primary.fits(TargetSessionAttrs::ReadOnly));
         assert!(standby.fits(TargetSessionAttrs::Standby) && !standby.fits(TargetSessionAttrs::Primary));
-        assert_eq!(Role::from_params(None, Some("on")), None);
     }
 
     #[test]

@@ -93,18 +93,17 @@ impl SessionStatus {
         }
     }
 
-    /// Whether the server announced a changed setting since the last call.
     /// The role the server reported last (`None` if it does not report it: before 14, or a
     /// pooler that does not pass the settings on). Current as soon as the bytes are read, so a
     /// connection task can compare it after every poll for the price of a load.
     pub(crate) fn reported_role(&self) -> Option<Role> {
         let bits = self.reported_role.load(Ordering::Acquire);
         let standby = match bits & ROLE_STANDBY_MASK {
-            ROLE_STANDBY_ON => "on",
-            ROLE_STANDBY_OFF => "off",
+            ROLE_STANDBY_ON => true,
+            ROLE_STANDBY_OFF => false,
             _ => return None,
         };
-        Role::from_params(Some(standby), Some(if bits & ROLE_READ_ONLY != 0 { "on" } else { "off" }))
+        Some(Role::reported(standby, bits & ROLE_READ_ONLY != 0))
     }
 
     fn report_setting(&self, name: &[u8], value: &[u8]) {
@@ -116,6 +115,7 @@ impl SessionStatus {
         });
     }
 
+    /// Whether the server announced a changed setting since the last call.
     pub(crate) fn take_settings_changed(&self) -> bool {
         self.settings_changed.load(Ordering::Acquire) && self.settings_changed.swap(false, Ordering::AcqRel)
     }
